@@ -1,0 +1,83 @@
+"""Argument checks shared by every op: each error names the argument, what was received and
+what was expected, so that the message tells the fix."""
+
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+BACKENDS = ("reference", "cpu", "cuda")
+
+
+def as_pair(value, name, minimum):
+    """(a, b) from an int or a pair of ints, each at least `minimum`."""
+    if isinstance(value, numbers.Integral):
+        pair = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, numbers.Integral) for v in value
+    ):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{name} must be >= {minimum} in both directions, got {value!r}")
+    return pair
+
+
+def check_ndim(array, name, ndim, layout):
+    """`array` has `ndim` dimensions; `layout` spells them out for the message, e.g. '(B, C, H, W)'."""
+    if not hasattr(array, "ndim") or not hasattr(array, "dtype"):
+        raise TypeError(f"{name} must be a NumPy or CuPy array {layout}, got {type(array).__name__}")
+    if array.ndim != ndim:
+        raise ValueError(
+            f"{name} must have {ndim} dimensions {layout}, got shape {tuple(array.shape)}"
+        )
+
+
+def check_shape(array, name, expected, why):
+    """`array.shape == expected`; `why` explains where the expected shape comes from."""
+    if tuple(array.shape) != tuple(expected):
+        raise ValueError(
+            f"{name} has shape {tuple(array.shape)}, expected {tuple(expected)} ({why})"
+        )
+
+
+def check_float_dtypes(named_arrays):
+    """All arrays share one dtype, float32 or float64; returns it. None entries are skipped."""
+    present = [(name, a) for name, a in named_arrays if a is not None]
+    first_name, first = present[0]
+    if first.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{first_name} must be float32 or float64, got {first.dtype}")
+    for name, a in present[1:]:
+        if a.dtype != first.dtype:
+            raise TypeError(
+                f"{name} has dtype {a.dtype} but {first_name} has {first.dtype}; "
+                "all arrays of one call must share a dtype"
+            )
+    return first.dtype
+
+
+def resolve_backend(backend, uses_cupy):
+    """The backend to run: the one asked for, or 'cuda' for CuPy arrays and 'cpu' for NumPy ones.
+
+    The CPU and reference backends need NumPy arrays; the CUDA backend needs CuPy arrays except
+    under the Numba CUDA simulator, which runs kernels on NumPy arrays.
+    """
+    if backend is None:
+        return "cuda" if uses_cupy else "cpu"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+    if backend != "cuda" and uses_cupy:
+        raise TypeError(
+            f"backend={backend!r} runs on NumPy arrays, got CuPy arrays "
+            "(use backend='cuda' or None, or move the arrays with cupy.asnumpy)"
+        )
+    if backend == "cuda" and not uses_cupy:
+        from numba import config
+
+        if not config.ENABLE_CUDASIM:
+            raise TypeError(
+                "backend='cuda' needs CuPy arrays, got NumPy arrays "
+                "(move them with cupy.asarray, or set NUMBA_ENABLE_CUDASIM=1 to simulate)"
+            )
+    return backend

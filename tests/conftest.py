@@ -1,0 +1,24 @@
+"""Test-session setup: simulate CUDA unless a real GPU (with CuPy) is present.
+
+NUMBA_ENABLE_CUDASIM must be set before anything imports numba.cuda, so this runs first.
+Set it yourself to force a mode: 1 simulates, 0 uses the GPU.
+"""
+
+import os
+
+
+def _gpu_with_cupy():
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no CuPy, no driver or no device: all mean "simulate"
+        return False
+
+
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "0" if _gpu_with_cupy() else "1")
+
+
+def pytest_report_header(config):
+    mode = "simulator" if os.environ["NUMBA_ENABLE_CUDASIM"] == "1" else "GPU (CuPy arrays)"
+    return f"dcn_numba CUDA backend runs on: {mode}"

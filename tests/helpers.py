@@ -1,0 +1,27 @@
+"""Helpers the tests share: the backend axis and moving arrays to where a backend runs."""
+
+import os
+
+import numpy as np
+
+BACKENDS = ["reference", "cpu", "cuda"]
+KERNEL_BACKENDS = ["cpu", "cuda"]
+ON_GPU = os.environ.get("NUMBA_ENABLE_CUDASIM") == "0"
+
+
+def to_backend(backend, array):
+    """The array as the backend takes it: CuPy on a real GPU for 'cuda', NumPy otherwise."""
+    if array is None or backend != "cuda" or not ON_GPU:
+        return array
+    import cupy
+
+    return cupy.asarray(array)
+
+
+def to_numpy(array):
+    """A NumPy copy of a NumPy or CuPy array (None stays None)."""
+    if array is None or isinstance(array, np.ndarray):
+        return array
+    import cupy
+
+    return cupy.asnumpy(array)

@@ -31,6 +31,18 @@ def array_module(*arrays):
     return cupy if kinds == {True} else np
 
 
+def to_device(array, device):
+    """`array` where `device` says: "cpu" gives a NumPy array, "cuda" a CuPy array; no copy when
+    it is already there. This is the one explicit transfer (e.g. moving a model, saving it)."""
+    if device == "cpu":
+        return cupy.asnumpy(array) if is_cupy(array) else np.asarray(array)
+    if device == "cuda":
+        if cupy is None:
+            raise TypeError("device='cuda' needs CuPy (pip install -e '.[cuda]'), which is not installed")
+        return cupy.asarray(array)
+    raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+
+
 def contiguous(xp, array):
     """A C-contiguous version of `array` (no copy when it already is one).
 

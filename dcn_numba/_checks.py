@@ -81,3 +81,40 @@ def resolve_backend(backend, uses_cupy):
                 "(move them with cupy.asarray, or set NUMBA_ENABLE_CUDASIM=1 to simulate)"
             )
     return backend
+
+
+def as_int(value, name, minimum=None):
+    """`value` as an int, at least `minimum` when one is given (bools are not counts)."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def as_real(value, name, positive=False):
+    """`value` as a finite float, > 0 when `positive`."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    if not np.isfinite(value) or (positive and value <= 0):
+        expected = "a finite number > 0" if positive else "a finite number"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return float(value)
+
+
+def check_rois(xp, rois, batch_size):
+    """rois is (N, 5) with rows (batch_index, x1, y1, x2, y2) and every batch_index an integer value
+    in [0, batch_size). Reading the verdict of a CuPy array waits for the device once."""
+    if rois.shape[1:] != (5,):
+        raise ValueError(
+            f"rois has shape {tuple(rois.shape)}, expected (N, 5): rows (batch_index, x1, y1, x2, y2)"
+        )
+    batch_index = rois[:, 0]
+    wrong = ~((batch_index == xp.floor(batch_index)) & (batch_index >= 0) & (batch_index < batch_size))
+    if bool(wrong.any()):
+        n = int(xp.argmax(wrong))
+        raise ValueError(
+            f"rois[{n}, 0] = {float(batch_index[n])!r} is not a batch index: expected an integer value "
+            f"in [0, {batch_size}), the input's batch size being {batch_size} "
+            "(rows are (batch_index, x1, y1, x2, y2))"
+        )

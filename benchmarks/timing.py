@@ -1,0 +1,49 @@
+"""Timing helpers the benchmark scripts share: a warm-up call, then the best of several repeats.
+
+The best (minimum) time is the least disturbed by other work on the machine; every ratio a script
+prints compares two timings taken in the same run, on the same machine.
+"""
+
+import platform
+import time
+
+import numpy as np
+
+
+def best_time(func, repeats=5, warmup=1, synchronize=None):
+    """Minimum wall time of `func()` over `repeats` runs after `warmup` untimed runs (seconds).
+
+    `synchronize` (e.g. a CUDA stream synchronize) is called before reading each clock, so that
+    asynchronous GPU work is counted.
+    """
+    for _ in range(warmup):
+        func()
+    if synchronize:
+        synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        func()
+        if synchronize:
+            synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def machine_description():
+    """One line naming the machine: processor, core count, Python, NumPy and Numba versions."""
+    import os
+
+    import numba
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}, NumPy {np.__version__}, Numba {numba.__version__}")
+
+
+def row(name, seconds, baseline_seconds=None, baseline_name=None):
+    """A printed result line: the time, and the ratio to a baseline measured in the same run."""
+    line = f"{name:<48s} {seconds * 1e3:10.2f} ms"
+    if baseline_seconds is not None:
+        line += f"   {baseline_seconds / seconds:6.2f}x faster than {baseline_name}" if seconds < baseline_seconds \
+            else f"   {seconds / baseline_seconds:6.2f}x slower than {baseline_name}"
+    return line

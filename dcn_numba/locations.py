@@ -1,0 +1,61 @@
+"""Where a deformable convolution samples: absolute input coordinates, for plotting.
+
+Output position (i, j), tap k = ki·kw + kj of offset group g samples the input at
+
+    p = p0 + p_k + Δp_k,   p0 + p_k = (i·stride_h − pad_h + ki·dil_h,  j·stride_w − pad_w + kj·dil_w)
+
+(SPEC.md §1), with Δp_k = (offset[b, g·2K + 2k], offset[b, g·2K + 2k + 1]), y first. With zero
+offsets this is the regular (dilated) grid of an ordinary convolution.
+"""
+
+import numpy as np
+
+from ._arrays import to_device
+from ._checks import as_pair
+
+
+def regular_grid(kernel_size, output_size, stride=1, padding=0, dilation=1):
+    """p0 + p_k for every tap and output position: (kh·kw, H_out, W_out, 2) of (y, x)."""
+    (kh, kw), (stride_h, stride_w) = as_pair(kernel_size, "kernel_size", 1), as_pair(stride, "stride", 1)
+    (pad_h, pad_w), (dil_h, dil_w) = as_pair(padding, "padding", 0), as_pair(dilation, "dilation", 1)
+    H_out, W_out = output_size
+    ki, kj = np.divmod(np.arange(kh * kw), kw)
+    p_y = np.arange(H_out)[None, :, None] * stride_h - pad_h + ki[:, None, None] * dil_h
+    p_x = np.arange(W_out)[None, None, :] * stride_w - pad_w + kj[:, None, None] * dil_w
+    return np.stack(np.broadcast_arrays(p_y, p_x), axis=-1)
+
+
+def sampling_locations(offset, kernel_size, stride=1, padding=0, dilation=1):
+    """p0 + p_k + Δp_k as a NumPy array (B, G_off, kh·kw, H_out, W_out, 2) of (y, x) input
+    coordinates, from offset (B, 2·G_off·kh·kw, H_out, W_out) (NumPy or CuPy)."""
+    offset = to_device(offset, "cpu")
+    kh, kw = as_pair(kernel_size, "kernel_size", 1)
+    K = kh * kw
+    if offset.ndim != 4 or offset.shape[1] == 0 or offset.shape[1] % (2 * K):
+        raise ValueError(f"offset has shape {tuple(offset.shape)}, expected (B, 2·G_off·kh·kw, "
+                         f"H_out, W_out) with a positive multiple of 2·kh·kw = {2 * K} channels")
+    B, channels, H_out, W_out = offset.shape
+    deltas = offset.reshape(B, channels // (2 * K), K, 2, H_out, W_out).transpose(0, 1, 2, 4, 5, 3)
+    grid = regular_grid((kh, kw), (H_out, W_out), stride, padding, dilation)
+    return grid.astype(offset.dtype) + deltas
+
+
+def trace_back(locations, batch_index, y, x, group=0):
+    """The points of the first layer's input that output (y, x) of the last of a stack of
+    deformable layers reads, through every layer: the paper's picture of 9³ = 729 points for
+    three 3×3 layers.
+
+    `locations` holds, first layer first, the `sampling_locations` arrays (B, G_off, K, H_out,
+    W_out, 2) of layers that feed each other (each layer's output is the next one's input). From
+    the last layer down, every point is rounded to the nearest output position of the layer below
+    (and clipped into its map) and replaced by the K points that position samples. Returns
+    (K^L, 2) (y, x) coordinates on the first layer's input.
+    """
+    points = np.array([[y, x]])
+    for layer in reversed(locations):
+        taps = layer[batch_index, group]
+        H_out, W_out = taps.shape[1:3]
+        rows = np.clip(np.rint(points[:, 0]).astype(int), 0, H_out - 1)
+        columns = np.clip(np.rint(points[:, 1]).astype(int), 0, W_out - 1)
+        points = taps[:, rows, columns].transpose(1, 0, 2).reshape(-1, 2)
+    return points

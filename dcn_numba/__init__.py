@@ -6,5 +6,7 @@ arrays). backend=None picks "cuda" for CuPy arrays and "cpu" for NumPy arrays.
 """
 
 from .deform_conv import deform_conv2d, deform_conv2d_backward
+from .deform_psroi_pool import deform_psroi_pool, deform_psroi_pool_backward
+from .deform_roi_pool import deform_roi_pool, deform_roi_pool_backward
 
 __version__ = "0.1.0"

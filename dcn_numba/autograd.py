@@ -108,10 +108,9 @@ class Tensor:
             if grad is None:
                 continue
             if tensor.creator is None:
-                # Leaves keep a contiguous gradient of their own: a broadcast view handed back
-                # by a backward pass (sum, mean) must not be shared with anything else.
-                grad = array_module(grad).ascontiguousarray(grad)
-                tensor.grad = grad if tensor.grad is None else tensor.grad + grad
+                # A leaf keeps an array of its own: backward passes hand back views (the
+                # broadcast of a sum) and share one array between inputs (the two sides of +).
+                tensor.grad = grad.copy() if tensor.grad is None else tensor.grad + grad
                 continue
             function = tensor.creator
             for parent, parent_grad in zip(function.inputs, function.backward(grad)):

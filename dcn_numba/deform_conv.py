@@ -70,15 +70,17 @@ def _validate(input, offset, weight, bias, stride, padding, dilation, mask, grad
             f"offset has {offset_channels} channels, i.e. offset_groups = {offset_groups}, which does not "
             f"divide C_in = {C_in}; expected offset_groups dividing C_in"
         )
+    sizes = f"offset_groups = {offset_groups}, kh·kw = {K}, H_out×W_out = {H_out}×{W_out}"
     check_shape(offset, "offset", (B, 2 * offset_groups * K, H_out, W_out),
-                "(B, 2·offset_groups·kh·kw, H_out, W_out)")
+                f"B, 2·offset_groups·kh·kw, H_out, W_out with {sizes}")
     if mask is not None:
         check_shape(mask, "mask", (B, offset_groups * K, H_out, W_out),
-                    f"(B, offset_groups·kh·kw, H_out, W_out) with offset_groups = {offset_groups} from offset")
+                    f"B, offset_groups·kh·kw, H_out, W_out with {sizes}; offset_groups comes from offset")
     if bias is not None:
-        check_shape(bias, "bias", (C_out,), "(C_out,) with C_out = weight.shape[0]")
+        check_shape(bias, "bias", (C_out,), "C_out = weight.shape[0]")
     if grad_output is not None:
-        check_shape(grad_output, "grad_output", (B, C_out, H_out, W_out), "(B, C_out, H_out, W_out): the output's shape")
+        check_shape(grad_output, "grad_output", (B, C_out, H_out, W_out),
+                    "B, C_out, H_out, W_out: the shape of the output")
     return xp, stride, padding, dilation
 
 

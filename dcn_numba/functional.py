@@ -165,6 +165,11 @@ class SlidingWindows:
     Window (i, j), tap (ki, kj) reads the padded input at row i·stride_h + ki·dilation_h and
     column j·stride_w + kj·dilation_w, for H_out = floor((H + 2·pad_h − dil_h·(kh − 1) − 1) /
     stride_h) + 1 rows of windows (same for W).
+
+    The windows are laid out (C, kh, kw, H_out, W_out, B), batch last: a tap of every window is
+    then a slice whose contiguous runs hold a whole row of windows for the whole batch, which keeps
+    the copies and the strided adds below fast. Results go back as (B, C, H, W) views of that
+    memory, so that consecutive layers hand each other batch-last arrays without copying.
     """
 
     def __init__(self, op, input_shape, kernel_size, stride, padding, dilation):
@@ -181,22 +186,25 @@ class SlidingWindows:
                              f"{self.padding} is smaller than the kernel's reach "
                              f"(kernel_size {self.kernel_size}, dilation {self.dilation})")
 
+    def padded_shape(self):
+        B, C, H, W = self.input_shape
+        return C, H + 2 * self.padding[0], W + 2 * self.padding[1], B
+
     def unfold(self, xp, x, fill=0.0):
-        """View (B, C, kh, kw, H_out, W_out) of every window of x padded with `fill`."""
+        """View (C, kh, kw, H_out, W_out, B) of every window of x (B, C, H, W) padded with `fill`."""
         (pad_h, pad_w), (B, C, H, W) = self.padding, x.shape
-        if pad_h or pad_w:
-            padded = xp.full((B, C, H + 2 * pad_h, W + 2 * pad_w), fill, dtype=x.dtype)
-            padded[:, :, pad_h:pad_h + H, pad_w:pad_w + W] = x
-            x = padded
-        step_b, step_c, step_h, step_w = x.strides
+        padded = xp.full(self.padded_shape(), fill, dtype=x.dtype)
+        padded[:, pad_h:pad_h + H, pad_w:pad_w + W] = x.transpose(1, 2, 3, 0)
+        step_c, step_h, step_w, step_b = padded.strides
         (dil_h, dil_w), (stride_h, stride_w) = self.dilation, self.stride
         return xp.lib.stride_tricks.as_strided(
-            x, shape=(B, C, *self.kernel_size, *self.output_size),
-            strides=(step_b, step_c, step_h * dil_h, step_w * dil_w,
-                     step_h * stride_h, step_w * stride_w))
+            padded, shape=(C, *self.kernel_size, *self.output_size, B),
+            strides=(step_c, step_h * dil_h, step_w * dil_w, step_h * stride_h, step_w * stride_w,
+                     step_b))
 
     def fold(self, xp, grad_windows):
-        """The adjoint of `unfold` (col2im): ∂L/∂x from ∂L/∂windows (B, C, kh, kw, H_out, W_out).
+        """The adjoint of `unfold` (col2im): ∂L/∂x (B, C, H, W) from ∂L/∂windows
+        (C, kh, kw, H_out, W_out, B).
 
         Tap (ki, kj) of all windows is one strided slice of the padded image, so the loop adds
         kh·kw vectorised slices, and overlapping windows accumulate as they should.
@@ -204,13 +212,19 @@ class SlidingWindows:
         B, C, H, W = self.input_shape
         (pad_h, pad_w), (H_out, W_out) = self.padding, self.output_size
         (dil_h, dil_w), (stride_h, stride_w) = self.dilation, self.stride
-        grad = xp.zeros((B, C, H + 2 * pad_h, W + 2 * pad_w), dtype=grad_windows.dtype)
+        grad = xp.zeros(self.padded_shape(), dtype=grad_windows.dtype)
         for ki in range(self.kernel_size[0]):
             for kj in range(self.kernel_size[1]):
                 rows = slice(ki * dil_h, ki * dil_h + stride_h * (H_out - 1) + 1, stride_h)
                 columns = slice(kj * dil_w, kj * dil_w + stride_w * (W_out - 1) + 1, stride_w)
-                grad[:, :, rows, columns] += grad_windows[:, :, ki, kj]
-        return grad[:, :, pad_h:pad_h + H, pad_w:pad_w + W]
+                grad[:, rows, columns] += grad_windows[:, ki, kj]
+        return grad[:, pad_h:pad_h + H, pad_w:pad_w + W].transpose(3, 0, 1, 2)
+
+
+def batch_last(xp, array):
+    """(B, C, ...) → a contiguous (C, ..., B) copy, or a free view when the memory already has
+    that order (the outputs of this module do)."""
+    return xp.ascontiguousarray(xp.moveaxis(array, 0, -1))
 
 
 class Conv2d(Function):
@@ -218,9 +232,9 @@ class Conv2d(Function):
     (i, j) of x at channel c, tap (ki, kj); G = groups splits the channels into G independent
     convolutions.
 
-    im2col: the windows are copied into columns (G, C/G·kh·kw, B·H_out·W_out), and each group is
+    im2col: the windows are copied into columns (G, C/G·kh·kw, H_out·W_out·B), and each group is
     one GEMM, out = weight (G, C_out/G, C/G·kh·kw) @ columns. Backward with g = ∂L/∂out as rows
-    (G, C_out/G, B·H_out·W_out): ∂L/∂weight = g @ columnsᵀ, ∂L/∂columns = weightᵀ @ g folded back
+    (G, C_out/G, H_out·W_out·B): ∂L/∂weight = g @ columnsᵀ, ∂L/∂columns = weightᵀ @ g folded back
     onto the input (col2im), ∂L/∂bias = Σ_{b,i,j} g.
     """
 
@@ -235,28 +249,25 @@ class Conv2d(Function):
         if bias is not None and bias.shape != (C_out,):
             raise ValueError(f"conv2d: bias has shape {tuple(bias.shape)}, expected ({C_out},)")
         self.windows = SlidingWindows("conv2d", x.shape, weight.shape[2:], stride, padding, dilation)
-        B, (H_out, W_out) = x.shape[0], self.windows.output_size
-        columns = self.windows.unfold(self.xp, x).transpose(1, 2, 3, 0, 4, 5)
-        self.columns = self.xp.ascontiguousarray(columns).reshape(groups, -1, B * H_out * W_out)
+        columns = self.xp.ascontiguousarray(self.windows.unfold(self.xp, x))
+        self.columns = columns.reshape(groups, C_group * weight.shape[2] * weight.shape[3], -1)
         self.weight = weight.reshape(groups, C_out // groups, -1)
-        out = (self.weight @ self.columns).reshape(C_out, B, H_out, W_out).transpose(1, 0, 2, 3)
-        out = self.xp.ascontiguousarray(out)
+        out = (self.weight @ self.columns).reshape(C_out, *self.windows.output_size, x.shape[0])
         if bias is not None:
-            out += bias.reshape(1, C_out, 1, 1)
-        return out
+            out += bias.reshape(C_out, 1, 1, 1)
+        return out.transpose(3, 0, 1, 2)
 
     def backward(self, grad_output):
         x, weight, bias = self.inputs
-        B, C_out, H_out, W_out = grad_output.shape
         groups = self.weight.shape[0]
-        rows = self.xp.ascontiguousarray(grad_output.transpose(1, 0, 2, 3)).reshape(groups, -1, B * H_out * W_out)
+        rows = batch_last(self.xp, grad_output).reshape(groups, self.weight.shape[1], -1)
         grad_weight = (rows @ self.columns.transpose(0, 2, 1)).reshape(weight.shape)
-        grad_bias = None if bias is None else grad_output.sum(axis=(0, 2, 3))
+        grad_bias = None if bias is None else rows.sum(axis=2).reshape(-1)
         grad_input = None
         if x.requires_grad:
-            grad_columns = (self.weight.transpose(0, 2, 1) @ rows).reshape(
-                x.shape[1], *self.windows.kernel_size, B, H_out, W_out)
-            grad_input = self.windows.fold(self.xp, grad_columns.transpose(3, 0, 1, 2, 4, 5))
+            grad_columns = self.weight.transpose(0, 2, 1) @ rows
+            grad_input = self.windows.fold(self.xp, grad_columns.reshape(
+                x.shape[1], *self.windows.kernel_size, *self.windows.output_size, x.shape[0]))
         return grad_input, grad_weight, grad_bias
 
 
@@ -274,16 +285,24 @@ class MaxPool2d(Function):
     def forward(self, x, kernel_size, stride, padding):
         require_ndim("max_pool2d", "input", x, "(B, C, H, W)")
         self.windows = SlidingWindows("max_pool2d", x.shape, kernel_size, stride, padding, 1)
-        taps = self.windows.unfold(self.xp, x, fill=-np.inf).transpose(0, 1, 4, 5, 2, 3)
-        taps = taps.reshape(*taps.shape[:4], -1)
-        self.argmax = taps.argmax(axis=-1)
-        return taps.max(axis=-1)
+        windows = self.windows.unfold(self.xp, x, fill=-np.inf)
+        kh, kw = self.windows.kernel_size
+        # A running maximum over the kh·kw taps: each pass compares whole output-sized arrays.
+        out = windows[:, 0, 0].copy()
+        self.argmax = self.xp.zeros(out.shape, dtype=np.int32)
+        for tap in range(1, kh * kw):
+            candidate = windows[:, tap // kw, tap % kw]
+            larger = candidate > out
+            out = self.xp.where(larger, candidate, out)
+            self.argmax = self.xp.where(larger, tap, self.argmax)
+        return out.transpose(3, 0, 1, 2)
 
     def backward(self, grad_output):
         kh, kw = self.windows.kernel_size
-        chosen = self.argmax[..., None] == self.xp.arange(kh * kw)
-        grad_taps = (grad_output[..., None] * chosen).reshape(*grad_output.shape, kh, kw)
-        return (self.windows.fold(self.xp, grad_taps.transpose(0, 1, 4, 5, 2, 3)),)
+        taps = self.xp.arange(kh * kw, dtype=np.int32).reshape(kh, kw, 1, 1, 1)
+        chosen = self.argmax[:, None, None] == taps
+        grad_windows = chosen * batch_last(self.xp, grad_output)[:, None, None]
+        return (self.windows.fold(self.xp, grad_windows),)
 
 
 class AvgPool2d(Function):
@@ -293,21 +312,23 @@ class AvgPool2d(Function):
     def forward(self, x, kernel_size, stride, padding):
         require_ndim("avg_pool2d", "input", x, "(B, C, H, W)")
         self.windows = SlidingWindows("avg_pool2d", x.shape, kernel_size, stride, padding, 1)
-        return self.windows.unfold(self.xp, x).mean(axis=(2, 3))
+        return self.windows.unfold(self.xp, x).mean(axis=(1, 2)).transpose(3, 0, 1, 2)
 
     def backward(self, grad_output):
         kh, kw = self.windows.kernel_size
-        B, C, H_out, W_out = grad_output.shape
-        share = grad_output[:, :, None, None] / (kh * kw)
-        return (self.windows.fold(self.xp, self.xp.broadcast_to(share, (B, C, kh, kw, H_out, W_out))),)
+        share = batch_last(self.xp, grad_output)[:, None, None] / (kh * kw)
+        windows_shape = (share.shape[0], kh, kw) + share.shape[3:]
+        return (self.windows.fold(self.xp, self.xp.broadcast_to(share, windows_shape)),)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
-    return MaxPool2d.apply(x, kernel_size=kernel_size, stride=stride or kernel_size, padding=padding)
+    return MaxPool2d.apply(x, kernel_size=kernel_size, stride=kernel_size if stride is None else stride,
+                           padding=padding)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0):
-    return AvgPool2d.apply(x, kernel_size=kernel_size, stride=stride or kernel_size, padding=padding)
+    return AvgPool2d.apply(x, kernel_size=kernel_size, stride=kernel_size if stride is None else stride,
+                           padding=padding)
 
 
 def adaptive_pooling_matrix(xp, size, output_size, dtype):
@@ -352,6 +373,7 @@ class BatchNorm(Function):
     the running estimates. Backward: ∂L/∂weight = Σ g·x̂ and ∂L/∂bias = Σ g (sums over the N values);
     ∂L/∂x = weight/sqrt(σ² + eps) · g in evaluation, and in training, where μ and σ² depend on x,
     ∂L/∂x = weight/sqrt(σ² + eps) · (g − mean g − x̂ · mean(g·x̂)).
+    The work is done on rows (C, N), one per channel, in the batch-last order of `batch_last`.
     """
 
     def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps):
@@ -361,34 +383,34 @@ class BatchNorm(Function):
             if x.ndim < 2 or array.shape != (C,):
                 raise ValueError(f"batch_norm: {name} has shape {tuple(array.shape)} but input "
                                  f"{tuple(x.shape)} needs one value per channel of axis 1")
-        self.axes = (0,) + tuple(range(2, x.ndim))
-        self.per_channel = (1, C) + (1,) * (x.ndim - 2)
+        rows = batch_last(self.xp, x)
+        self.channel_first_shape, rows = rows.shape, rows.reshape(C, -1)
         if training:
-            mean, var = x.mean(axis=self.axes), x.var(axis=self.axes)
-            count = x.size // C
+            mean = rows.mean(axis=1)
+            centred = rows - mean[:, None]
+            var = (centred * centred).mean(axis=1)
+            count = rows.shape[1]
             running_mean *= 1 - momentum
             running_mean += momentum * mean
             running_var *= 1 - momentum
             running_var += momentum * var * count / max(count - 1, 1)
         else:
-            mean, var = running_mean, running_var
+            centred, var = rows - running_mean[:, None], running_var
         self.training = training
-        self.inverse_std = (1 / self.xp.sqrt(var + eps)).reshape(self.per_channel)
-        self.x_hat = (x - mean.reshape(self.per_channel)) * self.inverse_std
-        return weight.reshape(self.per_channel) * self.x_hat + bias.reshape(self.per_channel)
+        self.scale = weight / self.xp.sqrt(var + eps)
+        self.x_hat = centred * (1 / self.xp.sqrt(var + eps))[:, None]
+        out = weight[:, None] * self.x_hat + bias[:, None]
+        return self.xp.moveaxis(out.reshape(self.channel_first_shape), -1, 0)
 
     def backward(self, grad_output):
-        weight = self.inputs[1].data.reshape(self.per_channel)
-        grad_bias = grad_output.sum(axis=self.axes)
-        grad_weight = (grad_output * self.x_hat).sum(axis=self.axes)
+        rows = batch_last(self.xp, grad_output).reshape(self.x_hat.shape)
+        grad_bias = rows.sum(axis=1)
+        grad_weight = (rows * self.x_hat).sum(axis=1)
         if self.training:
-            count = grad_output.size // grad_bias.size
-            centred = grad_output - (grad_bias.reshape(self.per_channel)
-                                     + self.x_hat * grad_weight.reshape(self.per_channel)) / count
-            grad_input = weight * self.inverse_std * centred
-        else:
-            grad_input = weight * self.inverse_std * grad_output
-        return grad_input, grad_weight, grad_bias
+            count = rows.shape[1]
+            rows = rows - (grad_bias[:, None] + self.x_hat * grad_weight[:, None]) / count
+        grad_input = (self.scale[:, None] * rows).reshape(self.channel_first_shape)
+        return self.xp.moveaxis(grad_input, -1, 0), grad_weight, grad_bias
 
 
 def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
@@ -483,7 +505,7 @@ class DeformPSRoIPool(Function):
         return deform_psroi_pool_backward(grad_output, x, self.rois, trans, **self.params)
 
 
-def deform_psroi_pool(x, rois, trans=None, spatial_scale=1.0, output_dim=1, group_size=1,
+def deform_psroi_pool(x, rois, trans=None, spatial_scale=1.0, output_dim=None, group_size=1,
                       pooled_size=7, part_size=None, sample_per_part=4, trans_std=0.1):
     """Position-sensitive deformable RoI pooling of x (B, output_dim·group_size², H, W) over rois
     (N, 5); trans (N, 2·num_classes, part_size, part_size) is stored x first. Returns

@@ -112,11 +112,12 @@ forward = [("x", "S"), ("Δp", "S"), ("S", "col"), ("m", "col"), ("col", "out"),
 for start, end in forward:
     axis.annotate("", boxes[end], boxes[start], arrowprops=dict(arrowstyle="->", color="0.5",
                                                                 shrinkA=14, shrinkB=14))
-gradients = {("out", "L"): "grad_out", ("col", "out"): "gcol = weightᵀ·grad_out",
-             ("S", "col"): "m·gcol", ("x", "S"): "scatter w_ab", ("Δp", "S"): "·∂S/∂p"}
-for (start, end), label in gradients.items():
-    (x0, y0), (x1, y1) = boxes[start], boxes[end]
-    axis.text((x0 + x1) / 2, (y0 + y1) / 2 + 0.28, label, ha="center", color="tab:red", fontsize=8)
+# What travels back along each arrow, and where to write it: (x, y, text).
+gradients = [(8.35, 2.05, "grad_out"), (6.25, 2.05, "gcol = weightᵀ·grad_out"), (4.1, 2.05, "m·gcol"),
+             (4.55, 1.0, "Σ gcol·S"), (1.8, 2.45, "scatter m·gcol·w_ab"), (1.8, 1.15, "Σ m·gcol·∂S/∂p"),
+             (8.55, 1.15, "grad_out·colᵀ, Σ grad_out")]
+for gx, gy, label in gradients:
+    axis.text(gx, gy, label, ha="center", color="tab:red", fontsize=8)
 plt.show()
 
 # %% [markdown]
@@ -358,7 +359,7 @@ try:
                         grad_out, x, zero_offset, weight, bias, padding=padding, mask=mask)[1]),
                     mode="elementwise", rtol=1e-6, atol=1e-8)
 except AssertionError as failure:
-    print(str(failure)[:400])
+    print("\n".join(str(failure).splitlines()[:5]))
 else:
     raise AssertionError("expected the gradient check at zero offsets to fail")
 

@@ -369,14 +369,13 @@ class Chunk(NamedTuple):
     col: object
 
 
-def chunks(backend, geometry, offset, mask, group_taps, max_col_buffer_bytes):
+def chunks(backend, geometry, offset, mask, max_col_buffer_bytes):
     """Yield each Chunk of the batch with its samples located and its column buffer allocated."""
     xp = array_module(offset)
-    G = geometry.C_in * geometry.kh * geometry.kw // group_taps
     HW_out = geometry.H_out * geometry.W_out
     samples_per_image = geometry.offset_groups * geometry.kh * geometry.kw
-    bytes_per_image = G * group_taps * HW_out * offset.itemsize
-    for start, stop in batch_chunks(offset.shape[0], bytes_per_image, max_col_buffer_bytes):
+    col_per_image = geometry.C_in * geometry.kh * geometry.kw * HW_out
+    for start, stop in batch_chunks(offset.shape[0], col_per_image * offset.itemsize, max_col_buffer_bytes):
         n_samples = (stop - start) * samples_per_image
         top_left = xp.empty(n_samples * HW_out, dtype=np.int64)
         l_y = xp.empty(n_samples * HW_out, dtype=offset.dtype)
@@ -384,7 +383,7 @@ def chunks(backend, geometry, offset, mask, group_taps, max_col_buffer_bytes):
         run(backend, LOCATE, n_samples, HW_out, offset[start:stop].reshape(-1), top_left, l_y, l_x,
             geometry)
         mask_chunk, use_mask = flat_mask(xp, mask, start, stop, offset.dtype)
-        col = xp.empty((stop - start) * G * group_taps * HW_out, dtype=offset.dtype)
+        col = xp.empty((stop - start) * col_per_image, dtype=offset.dtype)
         yield Chunk(start, stop, top_left, l_y, l_x, mask_chunk, use_mask, col)
 
 
@@ -406,7 +405,7 @@ def deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask, 
     HW_out = geometry.H_out * geometry.W_out
     padded = zero_padded(xp, input)
     output = xp.empty((input.shape[0], weight.shape[0], geometry.H_out, geometry.W_out), dtype=input.dtype)
-    for chunk in chunks(backend, geometry, offset, mask, group_taps, max_col_buffer_bytes):
+    for chunk in chunks(backend, geometry, offset, mask, max_col_buffer_bytes):
         n = chunk.stop - chunk.start
         deformable_im2col(backend, geometry, padded, chunk)
         xp.matmul(weights, chunk.col.reshape(n, G, group_taps, HW_out),
@@ -434,7 +433,7 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias, stride, pad
     grad_offset = xp.zeros_like(offset)
     grad_mask = None if mask is None else xp.zeros_like(mask)
     grad_weight_groups = xp.zeros_like(weights)
-    for chunk in chunks(backend, geometry, offset, mask, group_taps, max_col_buffer_bytes):
+    for chunk in chunks(backend, geometry, offset, mask, max_col_buffer_bytes):
         start, stop, n = chunk.start, chunk.stop, chunk.stop - chunk.start
         deformable_im2col(backend, geometry, padded, chunk)
         columns = chunk.col.reshape(n, G, group_taps, HW_out)

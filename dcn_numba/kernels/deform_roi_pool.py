@@ -19,8 +19,8 @@ Must match dcn_numba.reference.deform_roi_pool (tests/test_deform_roi_pool.py ch
 Who owns which output:
     forward       CPU: one prange iteration per RoI bin (n, ph, pw), looping over the channels
                   CUDA: one thread per output element (n, c, ph, pw)
-    grad_input    CPU: one iteration per input plane (b, c): it alone writes that plane, so no races
-                  CUDA: one thread per output element, atomic adds into the corners it read
+    grad_input    CPU: one iteration per image and block of channels: it alone writes those planes,
+                  so no races        CUDA: one thread per output element, atomic adds into the corners
     grad_offset   CPU: one iteration per RoI bin (n, ph, pw), summing over the channels
                   CUDA: the same thread as grad_input, atomic adds over the channels
 """
@@ -28,13 +28,18 @@ Who owns which output:
 from typing import NamedTuple
 
 import numba
+import numpy as np
 from numba import cuda, prange, types
 
 from .._arrays import array_module, cuda_stream
 from . import sampling
 from ._targets import cpu_kernel, for_cuda, launch
-from .sampling import (roi_align_average, roi_align_average_gradient, roi_align_bin, roi_align_corner,
-                       roi_align_count, roi_align_is_valid, roi_align_sample_position)
+from .sampling import (roi_align_bin, roi_align_corner, roi_align_count, roi_align_is_valid,
+                       roi_align_sample, roi_align_sample_gradient, roi_align_sample_position)
+
+# Channels per task of the CPU grad_input kernel: enough to share the geometry of a sample among
+# many scatters, few enough to leave several tasks per thread.
+CHANNELS_PER_TASK = 16
 
 
 class RoIAlignGeometry(NamedTuple):
@@ -57,65 +62,86 @@ class RoIAlignGeometry(NamedTuple):
 
 @cpu_kernel
 def deform_roi_pool_forward_cpu(n_bins, input, rois, offset, has_offset, output, geometry):
-    """output[n, c, ph, pw] for the n_bins = N·PH·PW bins (n, ph, pw) and every channel c: the bin
-    geometry is computed once and serves all the channels."""
+    """output[n, :, ph, pw] for the n_bins = N·PH·PW bins (n, ph, pw). The channels are the inner
+    loop, so that the position, corners and weights of a sample, the same for every channel, are
+    computed once per sample (the compiler hoists them out of that loop)."""
     bins_per_roi = geometry.PH * geometry.PW
+    H, W = geometry.H, geometry.W
     for roi_bin in prange(n_bins):
         n = roi_bin // bins_per_roi
         ph = roi_bin % bins_per_roi // geometry.PW
         pw = roi_bin % geometry.PW
         bin_ = roi_align_bin(rois, offset, has_offset, n, ph, pw, geometry)
+        first_plane = bin_.batch * geometry.C * H * W
+        totals = np.zeros(geometry.C)
+        for iy in range(bin_.grid_h):
+            for ix in range(bin_.grid_w):
+                y, x = roi_align_sample_position(bin_, iy, ix)
+                for c in range(geometry.C):
+                    totals[c] += roi_align_sample(input, first_plane + c * H * W, H, W, y, x)
+        count = roi_align_count(bin_)
         for c in range(geometry.C):
-            plane = (bin_.batch * geometry.C + c) * geometry.H * geometry.W
-            output[n, c, ph, pw] = roi_align_average(input, plane, geometry.H, geometry.W, bin_)
+            output[n, c, ph, pw] = totals[c] / count
 
 
 @cpu_kernel
-def deform_roi_pool_grad_input_cpu(n_planes, rois, offset, has_offset, grad_output, grad_input,
+def deform_roi_pool_grad_input_cpu(n_tasks, rois, offset, has_offset, grad_output, grad_input,
                                    geometry):
     """grad_input[b, c] += grad_out[n, c, ph, pw] / n_ij · w_ab at every corner read, for the
-    n_planes = B·C planes (b, c), over the RoIs of image b; each iteration writes its own plane."""
+    n_tasks = B·ceil(C / CHANNELS_PER_TASK) tasks (image b, block of channels), over the RoIs of
+    image b; each task alone writes the planes of its channels. A block shares the geometry of
+    each sample among its channels."""
     H, W = geometry.H, geometry.W
-    for image_channel in prange(n_planes):
-        b = image_channel // geometry.C
-        c = image_channel % geometry.C
-        plane = image_channel * H * W
+    tasks_per_image = -(-geometry.C // CHANNELS_PER_TASK)
+    for task in prange(n_tasks):
+        b = task // tasks_per_image
+        first = task % tasks_per_image * CHANNELS_PER_TASK
+        last = min(first + CHANNELS_PER_TASK, geometry.C)
         for n in range(rois.shape[0]):
             if int(rois[n, 0]) != b:
                 continue
             for ph in range(geometry.PH):
                 for pw in range(geometry.PW):
                     bin_ = roi_align_bin(rois, offset, has_offset, n, ph, pw, geometry)
-                    share = grad_output[n, c, ph, pw] / roi_align_count(bin_)
+                    count = roi_align_count(bin_)
                     for iy in range(bin_.grid_h):
                         for ix in range(bin_.grid_w):
                             y, x = roi_align_sample_position(bin_, iy, ix)
                             if not roi_align_is_valid(y, x, H, W):
                                 continue
-                            for corner in range(4):
-                                target, weight = roi_align_corner(plane, H, W, y, x, corner)
-                                grad_input[target] += share * weight
+                            for c in range(first, last):
+                                share = grad_output[n, c, ph, pw] / count
+                                plane = (b * geometry.C + c) * H * W
+                                for corner in range(4):
+                                    target, weight = roi_align_corner(plane, H, W, y, x, corner)
+                                    grad_input[target] += share * weight
 
 
 @cpu_kernel
 def deform_roi_pool_grad_offset_cpu(n_bins, input, rois, offset, grad_output, grad_offset, geometry):
-    """grad_offset[n, :, ph, pw] = γ·(roi_width, roi_height)·Σ_c grad_out·∂out/∂(x, y)_start for
-    the n_bins = N·PH·PW bins (n, ph, pw); each iteration writes its own two elements."""
+    """grad_offset[n, :, ph, pw] = γ·(roi_width, roi_height)·Σ_c Σ_samples grad_out/n_ij·∂B/∂(x, y)
+    for the n_bins = N·PH·PW bins (n, ph, pw); each iteration writes its own two elements. The
+    channels are the inner loop, as in the forward."""
     bins_per_roi = geometry.PH * geometry.PW
+    H, W = geometry.H, geometry.W
     for roi_bin in prange(n_bins):
         n = roi_bin // bins_per_roi
         ph = roi_bin % bins_per_roi // geometry.PW
         pw = roi_bin % geometry.PW
         bin_ = roi_align_bin(rois, offset, True, n, ph, pw, geometry)
+        first_plane = bin_.batch * geometry.C * H * W
         grad_y = 0.0
         grad_x = 0.0
-        for c in range(geometry.C):
-            plane = (bin_.batch * geometry.C + c) * geometry.H * geometry.W
-            d_y, d_x = roi_align_average_gradient(input, plane, geometry.H, geometry.W, bin_)
-            grad_y += grad_output[n, c, ph, pw] * d_y
-            grad_x += grad_output[n, c, ph, pw] * d_x
-        grad_offset[n, 0, ph, pw] = geometry.gamma * bin_.roi_width * grad_x
-        grad_offset[n, 1, ph, pw] = geometry.gamma * bin_.roi_height * grad_y
+        for iy in range(bin_.grid_h):
+            for ix in range(bin_.grid_w):
+                y, x = roi_align_sample_position(bin_, iy, ix)
+                for c in range(geometry.C):
+                    d_y, d_x = roi_align_sample_gradient(input, first_plane + c * H * W, H, W, y, x)
+                    grad_y += grad_output[n, c, ph, pw] * d_y
+                    grad_x += grad_output[n, c, ph, pw] * d_x
+        count = roi_align_count(bin_)
+        grad_offset[n, 0, ph, pw] = geometry.gamma * bin_.roi_width * grad_x / count
+        grad_offset[n, 1, ph, pw] = geometry.gamma * bin_.roi_height * grad_y / count
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,8 +254,9 @@ def deform_roi_pool_backward(grad_output, input, rois, offset, output_size, spat
     grad_offset = None if offset is None else xp.zeros_like(offset)
     offset, has_offset = offset_or_stand_in(xp, offset, input.dtype)
     if backend == "cpu":
-        deform_roi_pool_grad_input_cpu(input.shape[0] * geometry.C, rois, offset, has_offset,
-                                       grad_output, grad_input.reshape(-1), geometry)
+        n_tasks = input.shape[0] * -(-geometry.C // CHANNELS_PER_TASK)
+        deform_roi_pool_grad_input_cpu(n_tasks, rois, offset, has_offset, grad_output,
+                                       grad_input.reshape(-1), geometry)
         if has_offset:
             deform_roi_pool_grad_offset_cpu(rois.shape[0] * geometry.PH * geometry.PW,
                                             input.reshape(-1), rois, offset, grad_output,

@@ -1,0 +1,137 @@
+"""Deformable RoI pooling on the CPU: 512 RoIs over a (2, 256, 64, 64) feature map, 7×7 bins.
+
+    python benchmarks/bench_roi_pool.py
+
+First checks the CPU kernels against the NumPy reference (on the first RoIs, the reference being
+slow on purpose) and, without offsets, against torchvision.ops.roi_align(aligned=True) when
+torchvision is installed; prints the first mismatches and stops if any. Then times the forward
+and the forward + backward, with and without offsets, and compares them with torchvision's RoIAlign
+measured in the same run with as many threads as Numba uses.
+"""
+
+import sys
+
+import numba
+import numpy as np
+
+from dcn_numba import deform_roi_pool, deform_roi_pool_backward
+from dcn_numba.gradcheck import describe_mismatch
+from timing import best_time, machine_description, row
+
+B, C, H, W = 2, 256, 64, 64
+N_ROIS = 512
+OUTPUT_SIZE = 7
+SPATIAL_SCALE = 1 / 8  # a stride-8 feature map of a 512×512 image
+CHECKED_ROIS = 16
+RTOL, ATOL = 1e-4, 1e-5
+# torchvision computes sample positions in float32 (ours are float64): about 1e-5 pixel apart.
+BASELINE_ATOL = 1e-4
+
+
+def problem(dtype=np.float32, seed=0):
+    """input, rois (boxes of 32 to 256 image pixels, some crossing the border), offset, grad_output."""
+    rng = np.random.default_rng(seed)
+    image_size = H / SPATIAL_SCALE
+    size = rng.uniform(32, 256, (N_ROIS, 2))
+    corner = rng.uniform(-16, image_size - 16, (N_ROIS, 2)) - size / 2
+    rois = np.concatenate([rng.integers(0, B, (N_ROIS, 1)), corner, corner + size], axis=1)
+    input = rng.standard_normal((B, C, H, W))
+    offset = 0.3 * rng.standard_normal((N_ROIS, 2, OUTPUT_SIZE, OUTPUT_SIZE))
+    grad_output = rng.standard_normal((N_ROIS, C, OUTPUT_SIZE, OUTPUT_SIZE))
+    return [a.astype(dtype) for a in (input, rois, offset, grad_output)]
+
+
+def check(name, actual, expected, atol=ATOL):
+    """True when actual matches expected; otherwise print the first mismatches."""
+    if np.allclose(actual, expected, rtol=RTOL, atol=atol):
+        return True
+    print(f"MISMATCH {name}:\n{describe_mismatch(actual, expected, RTOL, atol)}")
+    return False
+
+
+def check_against_reference(input, rois, offset, grad_output):
+    """The CPU kernels against the reference on the first RoIs, forward and both gradients."""
+    rois, offset, grad_output = rois[:CHECKED_ROIS], offset[:CHECKED_ROIS], grad_output[:CHECKED_ROIS]
+    results = {}
+    for backend in ("reference", "cpu"):
+        kwargs = dict(output_size=OUTPUT_SIZE, spatial_scale=SPATIAL_SCALE, backend=backend)
+        output = deform_roi_pool(input, rois, offset, **kwargs)
+        grad_input, grad_offset = deform_roi_pool_backward(grad_output, input, rois, offset, **kwargs)
+        results[backend] = (output, grad_input, grad_offset)
+    names = ("output", "grad_input", "grad_offset")
+    return all([check(f"cpu {name} vs reference", cpu, ref)
+                for name, cpu, ref in zip(names, results["cpu"], results["reference"])])
+
+
+def torchvision_baseline(input, rois, grad_output):
+    """(forward, forward + backward) closures of torchvision's RoIAlign, or None without it."""
+    try:
+        import torch
+        import torchvision
+    except ImportError:
+        return None
+    torch.set_num_threads(numba.get_num_threads())
+    x = torch.from_numpy(input).requires_grad_()
+    boxes = torch.from_numpy(rois)
+    grad = torch.from_numpy(grad_output)
+
+    def forward():
+        return torchvision.ops.roi_align(x, boxes, OUTPUT_SIZE, SPATIAL_SCALE, 0, aligned=True)
+
+    def forward_backward():
+        x.grad = None
+        forward().backward(grad)
+        return x.grad
+
+    return forward, forward_backward
+
+
+def main():
+    print(machine_description(), f"| {numba.get_num_threads()} Numba threads")
+    print(f"{N_ROIS} RoIs over ({B}, {C}, {H}, {W}), {OUTPUT_SIZE}×{OUTPUT_SIZE} bins, "
+          f"adaptive sampling, float32")
+    input, rois, offset, grad_output = problem()
+    kwargs = dict(output_size=OUTPUT_SIZE, spatial_scale=SPATIAL_SCALE, backend="cpu")
+    ok = check_against_reference(input, rois, offset, grad_output)
+    baseline = torchvision_baseline(input, rois, grad_output)
+    if baseline is not None:
+        forward, forward_backward = baseline
+        ok &= check("cpu output vs torchvision roi_align", deform_roi_pool(input, rois, **kwargs),
+                    forward().detach().numpy(), BASELINE_ATOL)
+        ok &= check("cpu grad_input vs torchvision roi_align",
+                    deform_roi_pool_backward(grad_output, input, rois, **kwargs)[0],
+                    forward_backward().numpy(), BASELINE_ATOL)
+    if not ok:
+        sys.exit("kernels disagree: not timing them")
+    print("checks passed: CPU kernels match the reference" +
+          ("" if baseline is None else " and torchvision's RoIAlign"))
+
+    def ours(with_offset, backward):
+        used = offset if with_offset else None
+
+        def run():
+            output = deform_roi_pool(input, rois, used, **kwargs)
+            if backward:
+                return deform_roi_pool_backward(grad_output, input, rois, used, **kwargs)
+            return output
+
+        return run
+
+    timings = {}
+    for with_offset in (False, True):
+        label = "with offsets" if with_offset else "no offsets"
+        timings["forward", label] = best_time(ours(with_offset, backward=False))
+        timings["forward + backward", label] = best_time(ours(with_offset, backward=True), repeats=3)
+    baseline_times = {}
+    if baseline is not None:
+        baseline_times["forward"] = best_time(forward)
+        baseline_times["forward + backward"] = best_time(forward_backward, repeats=3)
+    for (what, label), seconds in timings.items():
+        print(row(f"deform_roi_pool cpu {what}, {label}", seconds, baseline_times.get(what),
+                  "torchvision roi_align"))
+    for what, seconds in baseline_times.items():
+        print(row(f"torchvision roi_align {what}", seconds))
+
+
+if __name__ == "__main__":
+    main()

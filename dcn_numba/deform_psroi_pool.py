@@ -1,0 +1,146 @@
+"""Position-sensitive deformable RoI pooling: the public functions (SPEC.md §2b).
+
+    deform_psroi_pool(input, rois, trans=None, spatial_scale=1.0, output_dim=None, group_size=1,
+                      pooled_size=7, part_size=None, sample_per_part=4, trans_std=0.1)
+
+The original R-FCN operator with its argument names and rules (no_trans is trans=None). These
+functions validate the arguments, pick the backend and hand the arrays to
+dcn_numba.reference.deform_psroi_pool ("reference") or dcn_numba.kernels.deform_psroi_pool
+("cpu", "cuda"). The count of kept samples that the backward divides by is recomputed there from
+the RoIs and trans, so the backward takes the forward's arguments only.
+"""
+
+from ._arrays import array_module, contiguous, is_cupy
+from ._checks import (as_int, as_real, check_float_dtypes, check_ndim, check_rois, check_shape,
+                      resolve_backend)
+from .kernels import deform_psroi_pool as kernels
+from .reference import deform_psroi_pool as reference
+
+
+def _validate(input, rois, trans, spatial_scale, output_dim, group_size, pooled_size, part_size,
+              sample_per_part, trans_std, grad_output=None):
+    """Check every argument against SPEC.md §2b; return the array module and the parameters
+    (spatial_scale, output_dim, group_size, pooled_size, part_size, sample_per_part, trans_std),
+    with output_dim and part_size resolved."""
+    check_ndim(input, "input", 4, "(B, output_dim·group_size², H, W)")
+    check_ndim(rois, "rois", 2, "(N, 5)")
+    if trans is not None:
+        check_ndim(trans, "trans", 4, "(N, 2·num_classes, part_size, part_size)")
+    if grad_output is not None:
+        check_ndim(grad_output, "grad_output", 4, "(N, output_dim, pooled_size, pooled_size)")
+    named = [("input", input), ("rois", rois), ("trans", trans), ("grad_output", grad_output)]
+    xp = array_module(*(array for _, array in named))
+    check_float_dtypes(named)
+    spatial_scale = as_real(spatial_scale, "spatial_scale", positive=True)
+    group_size = as_int(group_size, "group_size", 1)
+    pooled_size = as_int(pooled_size, "pooled_size", 1)
+    part_size = pooled_size if part_size is None or part_size == 0 else as_int(part_size, "part_size", 1)
+    sample_per_part = as_int(sample_per_part, "sample_per_part", 1)
+    trans_std = as_real(trans_std, "trans_std")
+    B, C, H, W = input.shape
+    if min(H, W) < 1:
+        raise ValueError(f"input has shape {tuple(input.shape)}, expected (B, C, H, W) with H, W >= 1")
+    if output_dim is None:
+        output_dim = C // group_size ** 2
+    output_dim = as_int(output_dim, "output_dim", 1)
+    if output_dim * group_size ** 2 != C:
+        raise ValueError(
+            f"input has {C} channels, expected output_dim·group_size² = {output_dim}·{group_size}² = "
+            f"{output_dim * group_size ** 2} (one score map per output channel and bin group)"
+        )
+    check_rois(xp, rois, B)
+    N = rois.shape[0]
+    if trans is not None:
+        classes_times_two = trans.shape[1]
+        if classes_times_two == 0 or classes_times_two % 2 or output_dim % (classes_times_two // 2):
+            raise ValueError(
+                f"trans has {classes_times_two} channels, expected 2·num_classes: an (x, y) pair per "
+                f"class, num_classes dividing output_dim = {output_dim}"
+            )
+        check_shape(trans, "trans", (N, classes_times_two, part_size, part_size),
+                    "(N, 2·num_classes, part_size, part_size), N from rois")
+    if grad_output is not None:
+        check_shape(grad_output, "grad_output", (N, output_dim, pooled_size, pooled_size),
+                    "(N, output_dim, pooled_size, pooled_size): the output's shape")
+    return xp, (spatial_scale, output_dim, group_size, pooled_size, part_size, sample_per_part,
+                trans_std)
+
+
+def _implementation(backend, xp, *arrays):
+    """The backend to run and the arrays made C-contiguous."""
+    backend = resolve_backend(backend, is_cupy(arrays[0]))
+    return backend, [None if a is None else contiguous(xp, a) for a in arrays]
+
+
+def deform_psroi_pool(input, rois, trans=None, spatial_scale=1.0, output_dim=None, group_size=1,
+                      pooled_size=7, part_size=None, sample_per_part=4, trans_std=0.1, *,
+                      backend=None):
+    """Position-sensitive deformable RoI pooling (Dai et al. 2017), the original R-FCN operator.
+
+    The RoI (x1, y1, x2, y2) is rounded to whole input pixels (halves away from zero) and scaled:
+    start = (round(x1), round(y1))·s − 0.5, end = (round(x2) + 1, round(y2) + 1)·s − 0.5,
+    roi_width = max(end_x − start_x, 0.1), roi_height likewise (s = spatial_scale). Cut into
+    P × P bins (P = pooled_size), bin (ph, pw) of output channel ctop:
+    * reads input channel (ctop·group_size + gh)·group_size + gw, with
+      gh = floor(ph·group_size/P), gw = floor(pw·group_size/P): its position-sensitive score map;
+    * moves by (trans_std·roi_width·Δx, trans_std·roi_height·Δy), where Δx = trans[n, 2·class,
+      part_h, part_w] and Δy = trans[n, 2·class + 1, part_h, part_w], class = ctop //
+      (output_dim / num_classes), part_h = floor(ph·part_size/P), part_w likewise;
+    * averages the bilinear values at the sample_per_part² sub-bin starts
+      (h_start + ih·bin_height/sample_per_part, w_start + iw·bin_width/sample_per_part),
+      skipping samples more than half a pixel outside the image (w < −0.5, w > W − 0.5, same for
+      h); a kept sample is clamped into the image and blends its floor and ceil neighbours. A bin
+      with no kept sample is 0.
+
+    With group_size = 1 and output_dim = C this is deformable RoI pooling with the original
+    paper's conventions; with group_size = P and trans None, position-sensitive RoI pooling.
+
+    Shapes:
+        input  (B, output_dim·group_size², H, W)
+        rois   (N, 5) rows (batch_index, x1, y1, x2, y2); batch_index an integer value in [0, B)
+        trans  (N, 2·num_classes, part_size, part_size) or None (no_trans): per class, channel
+               2·class holds Δx and 2·class + 1 holds Δy. Note the order, x first, the opposite of
+               the deformable convolution's (dy, dx) offsets.
+        output (N, output_dim, P, P)
+
+    output_dim: None infers C / group_size². part_size: None or 0 means pooled_size. NaN or
+    infinite trans give NaN outputs.
+    backend: "reference", "cpu" or "cuda"; None picks "cuda" for CuPy arrays and "cpu" for NumPy ones.
+    Float32 or float64, all arrays of one kind and dtype; the output is of that kind and dtype.
+    """
+    xp, parameters = _validate(input, rois, trans, spatial_scale, output_dim, group_size,
+                               pooled_size, part_size, sample_per_part, trans_std)
+    backend, (input, rois, trans) = _implementation(backend, xp, input, rois, trans)
+    if backend == "reference":
+        return reference.deform_psroi_pool(input, rois, trans, *parameters)
+    return kernels.deform_psroi_pool(input, rois, trans, *parameters, backend)
+
+
+def deform_psroi_pool_backward(grad_output, input, rois, trans=None, spatial_scale=1.0,
+                               output_dim=None, group_size=1, pooled_size=7, part_size=None,
+                               sample_per_part=4, trans_std=0.1, *, backend=None):
+    """Gradients of deform_psroi_pool: (grad_input (B, C, H, W), grad_trans like trans).
+
+    grad_output is ∂L/∂output (N, output_dim, P, P); the other arguments are those of the forward
+    call. grad_trans is None when trans is None; the RoIs get no gradient. Each kept sample adds
+    its value / count to its bin, so with share = grad_output[n, ctop, ph, pw] / count (bins with
+    no kept sample pass nothing back):
+
+        grad_input[b, c]                       += share · w_ab at each corner (a, b) the sample reads
+        grad_trans[n, 2·class, part_h, part_w]     += trans_std·roi_width  · share · ∂value/∂w
+        grad_trans[n, 2·class + 1, part_h, part_w] += trans_std·roi_height · share · ∂value/∂h
+
+    with corner values U_ab (row a, column b), l = position − floor(position):
+    ∂value/∂w = (1−l_y)(U01 − U00) + l_y(U11 − U10) and ∂value/∂h = (1−l_x)(U10 − U00) + l_x(U11 − U01).
+    At an integer coordinate floor = ceil, so the slope along that axis is 0, as in the original
+    operator. That is exact for a clamped coordinate, which does not move; at an interior integer,
+    where the value has a kink, it is a convention.
+    grad_output may be non-contiguous, such as the stride-0 broadcast of the gradient of a sum.
+    """
+    xp, parameters = _validate(input, rois, trans, spatial_scale, output_dim, group_size,
+                               pooled_size, part_size, sample_per_part, trans_std, grad_output)
+    backend, (grad_output, input, rois, trans) = _implementation(
+        backend, xp, grad_output, input, rois, trans)
+    if backend == "reference":
+        return reference.deform_psroi_pool_backward(grad_output, input, rois, trans, *parameters)
+    return kernels.deform_psroi_pool_backward(grad_output, input, rois, trans, *parameters, backend)

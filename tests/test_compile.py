@@ -1,0 +1,81 @@
+"""Real compilation of every CUDA kernel, without a GPU: NVVM (numba.cuda.compile_ptx) then ptxas.
+
+The simulator runs kernels as Python, which accepts code that the CUDA compiler rejects, so every
+kernel module of dcn_numba.kernels that defines `cuda_kernel_signatures()` has each of its kernels
+compiled for sm_80 and sm_90, and ptxas must report no register spills. The compilation runs in a
+subprocess because the simulator, switched on for the rest of the tests, must be off there.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+COMPILE_ALL = r"""
+import importlib, json, pkgutil, re, subprocess, sys, tempfile
+from numba import cuda
+import dcn_numba.kernels
+
+ptxas, arch = sys.argv[1], sys.argv[2]
+cc = (int(arch[3]), int(arch[4]))
+results = []
+for info in pkgutil.iter_modules(dcn_numba.kernels.__path__):
+    module = importlib.import_module("dcn_numba.kernels." + info.name)
+    if not hasattr(module, "cuda_kernel_signatures"):
+        continue
+    for name, kernel, argtypes in module.cuda_kernel_signatures():
+        result = dict(kernel=f"{info.name}.{name}")
+        try:
+            ptx, _ = cuda.compile_ptx(kernel.py_func, argtypes, cc=cc)
+        except Exception as error:  # reported by the test with the kernel's name
+            results.append(dict(result, error=f"compile_ptx: {type(error).__name__}: {error}"))
+            continue
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx") as file:
+            file.write(ptx)
+            file.flush()
+            run = subprocess.run([ptxas, "-v", f"-arch={arch}", file.name, "-o", "/dev/null"],
+                                 capture_output=True, text=True)
+        report = run.stdout + run.stderr
+        if run.returncode != 0:
+            results.append(dict(result, error="ptxas: " + report))
+            continue
+        spills = [int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", report)]
+        registers = [int(n) for n in re.findall(r"Used (\d+) registers", report)]
+        results.append(dict(result, registers=max(registers), spill_bytes=sum(spills)))
+print(json.dumps(results))
+"""
+
+
+def find_ptxas():
+    """ptxas from the nvidia-cuda-nvcc wheel that numba-cuda[cu12] installs, or None."""
+    try:
+        import nvidia
+    except ImportError:
+        return None
+    for root in nvidia.__path__:
+        candidate = pathlib.Path(root) / "cuda_nvcc" / "bin" / "ptxas"
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_every_cuda_kernel_compiles_without_register_spills(arch):
+    ptxas = find_ptxas()
+    if ptxas is None:
+        pytest.skip("ptxas not found: install numba-cuda[cu12], which brings the nvidia-cuda-nvcc wheel")
+    environment = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
+    run = subprocess.run([sys.executable, "-c", COMPILE_ALL, ptxas, arch], capture_output=True,
+                         text=True, env=environment, timeout=600)
+    assert run.returncode == 0, run.stderr
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(results) >= 8, f"expected the deformable convolution kernels at least, got {results}"
+    table = "\n".join(
+        f"  {r['kernel']}: " + (r["error"] if "error" in r else
+                               f"{r['registers']} registers, {r['spill_bytes']} bytes spilled")
+        for r in results)
+    failures = [r for r in results if "error" in r or r["spill_bytes"] != 0]
+    assert not failures, f"{arch}: {len(failures)} kernels fail to compile or spill registers:\n{table}"

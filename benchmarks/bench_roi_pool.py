@@ -86,49 +86,47 @@ def torchvision_baseline(input, rois, grad_output):
     return forward, forward_backward
 
 
+def ours(input, rois, offset, grad_output, backward):
+    """A closure running deform_roi_pool on the CPU, and its backward when `backward`."""
+    kwargs = dict(output_size=OUTPUT_SIZE, spatial_scale=SPATIAL_SCALE, backend="cpu")
+
+    def run():
+        output = deform_roi_pool(input, rois, offset, **kwargs)
+        if backward:
+            return deform_roi_pool_backward(grad_output, input, rois, offset, **kwargs)
+        return output
+
+    return run
+
+
 def main():
     print(machine_description(), f"| {numba.get_num_threads()} Numba threads")
     print(f"{N_ROIS} RoIs over ({B}, {C}, {H}, {W}), {OUTPUT_SIZE}×{OUTPUT_SIZE} bins, "
           f"adaptive sampling, float32")
     input, rois, offset, grad_output = problem()
-    kwargs = dict(output_size=OUTPUT_SIZE, spatial_scale=SPATIAL_SCALE, backend="cpu")
     ok = check_against_reference(input, rois, offset, grad_output)
     baseline = torchvision_baseline(input, rois, grad_output)
     if baseline is not None:
         forward, forward_backward = baseline
-        ok &= check("cpu output vs torchvision roi_align", deform_roi_pool(input, rois, **kwargs),
+        ok &= check("cpu output vs torchvision roi_align", ours(input, rois, None, grad_output, False)(),
                     forward().detach().numpy(), BASELINE_ATOL)
         ok &= check("cpu grad_input vs torchvision roi_align",
-                    deform_roi_pool_backward(grad_output, input, rois, **kwargs)[0],
-                    forward_backward().numpy(), BASELINE_ATOL)
+                    ours(input, rois, None, grad_output, True)()[0], forward_backward().numpy(),
+                    BASELINE_ATOL)
     if not ok:
         sys.exit("kernels disagree: not timing them")
     print("checks passed: CPU kernels match the reference" +
           ("" if baseline is None else " and torchvision's RoIAlign"))
 
-    def ours(with_offset, backward):
-        used = offset if with_offset else None
-
-        def run():
-            output = deform_roi_pool(input, rois, used, **kwargs)
-            if backward:
-                return deform_roi_pool_backward(grad_output, input, rois, used, **kwargs)
-            return output
-
-        return run
-
-    timings = {}
-    for with_offset in (False, True):
-        label = "with offsets" if with_offset else "no offsets"
-        timings["forward", label] = best_time(ours(with_offset, backward=False))
-        timings["forward + backward", label] = best_time(ours(with_offset, backward=True), repeats=3)
     baseline_times = {}
     if baseline is not None:
         baseline_times["forward"] = best_time(forward)
-        baseline_times["forward + backward"] = best_time(forward_backward, repeats=3)
-    for (what, label), seconds in timings.items():
-        print(row(f"deform_roi_pool cpu {what}, {label}", seconds, baseline_times.get(what),
-                  "torchvision roi_align"))
+        baseline_times["forward+backward"] = best_time(forward_backward, repeats=3)
+    for used, label in ((None, "no offsets"), (offset, "offsets")):
+        for what, backward in (("forward", False), ("forward+backward", True)):
+            seconds = best_time(ours(input, rois, used, grad_output, backward), repeats=3 if backward else 5)
+            print(row(f"deform_roi_pool {what} ({label})", seconds, baseline_times.get(what),
+                      "torchvision roi_align"))
     for what, seconds in baseline_times.items():
         print(row(f"torchvision roi_align {what}", seconds))
 

@@ -41,6 +41,11 @@ def _validate(input, rois, trans, spatial_scale, output_dim, group_size, pooled_
     if min(H, W) < 1:
         raise ValueError(f"input has shape {tuple(input.shape)}, expected (B, C, H, W) with H, W >= 1")
     if output_dim is None:
+        if C == 0 or C % group_size ** 2:
+            raise ValueError(
+                f"input has {C} channels, expected a positive multiple of group_size² = {group_size ** 2} "
+                "(C = output_dim·group_size², output_dim being inferred)"
+            )
         output_dim = C // group_size ** 2
     output_dim = as_int(output_dim, "output_dim", 1)
     if output_dim * group_size ** 2 != C:

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from . import functional as F
+from .windows import SlidingWindows
 from ._arrays import array_module, to_device
 from ._checks import as_pair
 from .autograd import Tensor
@@ -181,7 +182,7 @@ class Conv2d(Module):
         if self.last_input_shape is None:
             raise RuntimeError("Conv2d.sampling_locations() needs a forward pass first")
         B, _, H, W = self.last_input_shape
-        windows = F.SlidingWindows("Conv2d", self.last_input_shape, self.kernel_size, self.stride,
+        windows = SlidingWindows("Conv2d", self.last_input_shape, self.kernel_size, self.stride,
                                    self.padding, self.dilation)
         K = self.kernel_size[0] * self.kernel_size[1]
         still = np.zeros((B, 2 * K, *windows.output_size))

@@ -6,6 +6,9 @@ a notebook and executes it with nbclient in a fresh kernel (the venv's Python, s
 
 * MPLBACKEND=Agg, so figures render without a display;
 * DCN_NUMBA_TUTORIAL_SMOKE=1, which notebooks read to shrink long runs (the training notebook);
+* one thread for Numba's parallel loops and for BLAS: the suite runs two notebooks at a time on
+  two cores, and oversubscribed threads that spin while they wait for each other made the
+  training notebook eight times slower;
 * no NUMBA_ENABLE_CUDASIM inherited from the test session: a reader's kernel starts without it,
   and the CUDA notebook decides for itself whether to simulate.
 
@@ -16,9 +19,11 @@ summary last, a caption after every figure, and a README that lists them all.
 """
 
 import re
+import sys
 from pathlib import Path
 
 import jupytext
+import nbformat
 import pytest
 from nbclient import NotebookClient
 
@@ -42,11 +47,21 @@ def test_the_tutorials_are_there():
     assert numbers == list(range(1, 8)), f"expected notebooks 01..07 in {TUTORIALS}, got {numbers}"
 
 
+def test_notebooks_run_on_this_python():
+    """The 'python3' kernelspec must start this interpreter, whose environment holds the package
+    under test, and not some other Python found on the PATH."""
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import sys; print(sys.executable)")])
+    NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3").execute()
+    assert Path(notebook.cells[0].outputs[0]["text"].strip()) == Path(sys.executable)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("source", SOURCES, ids=notebook_id)
 def test_notebook_runs_top_to_bottom(source, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("DCN_NUMBA_TUTORIAL_SMOKE", "1")
+    for threads in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(threads, "1")
     monkeypatch.delenv("NUMBA_ENABLE_CUDASIM", raising=False)
     client = NotebookClient(
         load(source),

@@ -120,7 +120,7 @@ for (x, y, width, height), weight, colour, corner in zip(opposite, weights, colo
     cell.annotate(f"v{cy}{cx}", (cx, cy), xytext=(-14 if cx == 0 else 6, -10 if cy == 0 else 6),
                   textcoords="offset points", color=colour)
 cell.scatter([l_x], [l_y], marker="*", s=160, color="tab:red", zorder=3)
-cell.set(xlim=(-0.15, 1.15), ylim=(1.15, -0.15), aspect="equal", title="weights = opposite areas",
+cell.set(xlim=(-0.22, 1.25), ylim=(1.15, -0.15), aspect="equal", title="weights = opposite areas",
          xlabel="l_x", ylabel="l_y")
 plt.show()
 

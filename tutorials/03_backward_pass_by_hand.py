@@ -367,7 +367,8 @@ else:
 # Training is not troubled by any of this: the first update moves the offsets off the integers,
 # after which these points are never hit exactly again. Gradient *tests* are: they keep samples a
 # margin away from integers and from the −1 and H borders, as this notebook's random offsets did.
-#
+
+# %% [markdown]
 # ## Summary
 #
 # With gcol = weightᵀ · grad_out (per weight group), the whole backward pass is:

@@ -176,7 +176,7 @@ def deform_psroi_pool_backward_cuda(n_items, input, rois, trans, has_trans, grad
             for iw in range(geometry.sample_per_part):
                 h, w = gpu.psroi_sample_position(bin_, ih, iw)
                 # Skipped samples and NaN ones read no pixel.
-                if not gpu.is_finite_position(h, w):
+                if gpu.psroi_is_skipped(h, w, H, W) or not gpu.is_finite_position(h, w):
                     continue
                 for corner in range(4):
                     target, weight = gpu.psroi_corner(plane, H, W, h, w, corner)
@@ -187,7 +187,7 @@ def deform_psroi_pool_backward_cuda(n_items, input, rois, trans, has_trans, grad
             grad = geometry.trans_std * grad_output[n, ctop, ph, pw]
             # Atomic: every channel of the class and every bin of the part cell add into it.
             cuda.atomic.add(grad_trans, (n, 2 * bin_.class_id, bin_.part_h, bin_.part_w),
-                            grad * bin_.roi_height * d_w)
+                            grad * bin_.roi_width * d_w)
             cuda.atomic.add(grad_trans, (n, 2 * bin_.class_id + 1, bin_.part_h, bin_.part_w),
                             grad * bin_.roi_height * d_h)
 

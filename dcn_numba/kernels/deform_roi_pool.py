@@ -19,8 +19,9 @@ Must match dcn_numba.reference.deform_roi_pool (tests/test_deform_roi_pool.py ch
 Who owns which output:
     forward       CPU: one prange iteration per RoI bin (n, ph, pw), looping over the channels
                   CUDA: one thread per output element (n, c, ph, pw)
-    grad_input    CPU: one iteration per image and block of channels: it alone writes those planes,
-                  so no races        CUDA: one thread per output element, atomic adds into the corners
+    grad_input    CPU: one iteration per image b and block of CHANNELS_PER_TASK channels: it alone
+                  writes those planes, so no races
+                  CUDA: one thread per output element, atomic adds into the corners it read
     grad_offset   CPU: one iteration per RoI bin (n, ph, pw), summing over the channels
                   CUDA: the same thread as grad_input, atomic adds over the channels
 """

@@ -86,6 +86,16 @@ def torchvision_baseline(input, rois, grad_output):
     return forward, forward_backward
 
 
+def interleaved_best_times(candidates, rounds):
+    """The best time of each closure (name → seconds), timed in turns so that other work on the
+    machine weighs on all of them alike."""
+    best = {name: best_time(run, repeats=1) for name, run in candidates.items()}
+    for _ in range(rounds - 1):
+        for name, run in candidates.items():
+            best[name] = min(best[name], best_time(run, repeats=1, warmup=0))
+    return best
+
+
 def ours(input, rois, offset, grad_output, backward):
     """A closure running deform_roi_pool on the CPU, and its backward when `backward`."""
     kwargs = dict(output_size=OUTPUT_SIZE, spatial_scale=SPATIAL_SCALE, backend="cpu")
@@ -118,17 +128,16 @@ def main():
     print("checks passed: CPU kernels match the reference" +
           ("" if baseline is None else " and torchvision's RoIAlign"))
 
-    baseline_times = {}
-    if baseline is not None:
-        baseline_times["forward"] = best_time(forward)
-        baseline_times["forward+backward"] = best_time(forward_backward, repeats=3)
-    for used, label in ((None, "no offsets"), (offset, "offsets")):
-        for what, backward in (("forward", False), ("forward+backward", True)):
-            seconds = best_time(ours(input, rois, used, grad_output, backward), repeats=3 if backward else 5)
-            print(row(f"deform_roi_pool {what} ({label})", seconds, baseline_times.get(what),
-                      "torchvision roi_align"))
-    for what, seconds in baseline_times.items():
-        print(row(f"torchvision roi_align {what}", seconds))
+    for what, backward in (("forward", False), ("forward+backward", True)):
+        candidates = {f"deform_roi_pool {what} ({label})": ours(input, rois, used, grad_output, backward)
+                      for used, label in ((None, "no offsets"), (offset, "offsets"))}
+        baseline_name = f"torchvision roi_align {what}"
+        if baseline is not None:
+            candidates[baseline_name] = forward_backward if backward else forward
+        seconds = interleaved_best_times(candidates, rounds=3 if backward else 5)
+        for name, elapsed in seconds.items():
+            print(row(name, elapsed, None if name == baseline_name else seconds.get(baseline_name),
+                      "torchvision"))
 
 
 if __name__ == "__main__":

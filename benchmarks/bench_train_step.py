@@ -96,7 +96,7 @@ def torch_twin(net):
             x = torch.nn.functional.max_pool2d(torch.relu(self.stem_norm(self.stem(images))), 2)
             for layer, batch_norm in zip(self.deform_layers, self.norms):
                 x = torch.relu(batch_norm(layer(x)))
-            return self.classifier(x.mean(dim=(2, 3)))
+            return self.classifier(torch.nn.functional.adaptive_avg_pool2d(x, net.head_size).flatten(1))
 
     return Twin()
 

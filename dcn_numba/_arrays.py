@@ -17,6 +17,14 @@ def is_cupy(array):
     return cupy is not None and isinstance(array, cupy.ndarray)
 
 
+def gpu_available():
+    """True when CuPy is installed and sees at least one CUDA device."""
+    try:
+        return cupy is not None and cupy.cuda.runtime.getDeviceCount() > 0
+    except RuntimeError:  # CuPy's CUDARuntimeError: no driver, or no device
+        return False
+
+
 def array_module(*arrays):
     """The module (numpy or cupy) that owns every array given; None entries are ignored.
 

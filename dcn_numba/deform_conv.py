@@ -84,8 +84,9 @@ def _validate(input, offset, weight, bias, stride, padding, dilation, mask, grad
     return xp, stride, padding, dilation
 
 
-def _implementation(backend, xp, *arrays):
-    """The module to run ("reference" or the kernels) and the arrays made C-contiguous."""
+def _prepare(backend, xp, *arrays):
+    """The backend that runs the call, and the arrays made C-contiguous: kernels index flat
+    memory, so transposed views and stride-0 broadcasts are materialised first."""
     backend = resolve_backend(backend, is_cupy(arrays[0]))
     arrays = [None if a is None else contiguous(xp, a) for a in arrays]
     return backend, arrays
@@ -116,7 +117,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     Float32 or float64, all arrays of one kind and dtype; the output is of that kind and dtype.
     """
     xp, stride, padding, dilation = _validate(input, offset, weight, bias, stride, padding, dilation, mask)
-    backend, (input, offset, weight, bias, mask) = _implementation(
+    backend, (input, offset, weight, bias, mask) = _prepare(
         backend, xp, input, offset, weight, bias, mask)
     if backend == "reference":
         return reference.deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)
@@ -147,7 +148,7 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
     """
     xp, stride, padding, dilation = _validate(input, offset, weight, bias, stride, padding, dilation,
                                               mask, grad_output)
-    backend, (grad_output, input, offset, weight, bias, mask) = _implementation(
+    backend, (grad_output, input, offset, weight, bias, mask) = _prepare(
         backend, xp, grad_output, input, offset, weight, bias, mask)
     arguments = (grad_output, input, offset, weight, bias, stride, padding, dilation, mask)
     if backend == "reference":

@@ -88,9 +88,11 @@ def deform_psroi_pool(input, rois, trans=None, spatial_scale=1.0, output_dim=Non
     P × P bins (P = pooled_size), bin (ph, pw) of output channel ctop:
     * reads input channel (ctop·group_size + gh)·group_size + gw, with
       gh = floor(ph·group_size/P), gw = floor(pw·group_size/P): its position-sensitive score map;
-    * moves by (trans_std·roi_width·Δx, trans_std·roi_height·Δy), where Δx = trans[n, 2·class,
-      part_h, part_w] and Δy = trans[n, 2·class + 1, part_h, part_w], class = ctop //
-      (output_dim / num_classes), part_h = floor(ph·part_size/P), part_w likewise;
+    * starts at h_start = start_y + ph·bin_height + trans_std·roi_height·Δy and
+      w_start = start_x + pw·bin_width + trans_std·roi_width·Δx (bin_height = roi_height/P,
+      bin_width = roi_width/P), where Δx = trans[n, 2·class, part_h, part_w] and
+      Δy = trans[n, 2·class + 1, part_h, part_w], class = ctop // (output_dim / num_classes),
+      part_h = floor(ph·part_size/P), part_w likewise (Δ = 0 without trans);
     * averages the bilinear values at the sample_per_part² sub-bin starts
       (h_start + ih·bin_height/sample_per_part, w_start + iw·bin_width/sample_per_part),
       skipping samples more than half a pixel outside the image (w < −0.5, w > W − 0.5, same for

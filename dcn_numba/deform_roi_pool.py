@@ -57,12 +57,16 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0, 
 
     The RoI (x1, y1, x2, y2) in input-image coordinates becomes start = (x1, y1)·s − 0.5 and
     roi_width = (x2 − x1)·s, roi_height = (y2 − y1)·s on the feature map (s = spatial_scale; no
-    rounding, no clamping; a RoI with x2 < x1 has empty bins and pools 0). Bin (ph, pw) measures
-    bin_height = roi_height/PH by bin_width = roi_width/PW, starts at
-    (start_y + ph·bin_height + γ·roi_height·offset[n, 1, ph, pw], start_x + pw·bin_width + γ·roi_width·offset[n, 0, ph, pw])
-    and averages grid_h × grid_w samples at its sub-bin centres; grid = sampling_ratio, or
-    ceil(roi_height/PH) × ceil(roi_width/PW) when sampling_ratio ≤ 0 (adaptive). This is the seed
-    paper's y(i, j) = Σ_{p ∈ bin(i, j)} x(p0 + p + Δp_ij) / n_ij with Δp_ij = γ·Δp̂_ij ∘ (w, h).
+    rounding, no clamping). Bin (ph, pw) measures bin_height = roi_height/PH by
+    bin_width = roi_width/PW and starts at
+
+        y: start_y + ph·bin_height + γ·roi_height·offset[n, 1, ph, pw]
+        x: start_x + pw·bin_width  + γ·roi_width ·offset[n, 0, ph, pw]
+
+    It averages grid_h × grid_w samples at its sub-bin centres; grid = sampling_ratio, or
+    ceil(roi_height/PH) × ceil(roi_width/PW) when sampling_ratio ≤ 0 (adaptive; a RoI with
+    x2 < x1 or y2 < y1 then has empty bins and pools 0). This is the seed paper's
+    y(i, j) = Σ_{p ∈ bin(i, j)} x(p0 + p + Δp_ij) / n_ij with Δp_ij = γ·Δp̂_ij ∘ (w, h).
 
     B is the RoIAlign bilinear: 0 if y < −1, y > H, x < −1 or x > W; otherwise the position is
     clamped to ≥ 0, and from the last row (column) on both corners are that row (column).

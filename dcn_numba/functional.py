@@ -17,7 +17,7 @@ from .autograd import Function, Tensor
 from .deform_conv import deform_conv2d as deform_conv2d_forward, deform_conv2d_backward
 from .deform_psroi_pool import deform_psroi_pool as deform_psroi_pool_forward, deform_psroi_pool_backward
 from .deform_roi_pool import deform_roi_pool as deform_roi_pool_forward, deform_roi_pool_backward
-from .windows import adaptive_avg_pool2d, avg_pool2d, batch_last, conv2d, max_pool2d
+from .windows import adaptive_avg_pool2d, avg_pool2d, conv2d, max_pool2d
 
 __all__ = [
     "backend", "relu", "sigmoid", "tanh", "log_softmax", "cross_entropy", "conv2d", "max_pool2d",
@@ -119,7 +119,7 @@ class LogSoftmax(Function):
 
 class CrossEntropy(Function):
     """L = −(1/N) Σ_n log softmax(logits_n)[label_n] for logits (N, classes) and integer
-    labels (N,); ∂L/∂logits = (softmax − one_hot(labels)) / N · ∂L/∂L."""
+    labels (N,); ∂L/∂logits = (softmax − one_hot(labels)) / N, times the incoming gradient."""
 
     def forward(self, logits, labels):
         if logits.ndim != 2:
@@ -166,7 +166,6 @@ class BatchNorm(Function):
     the running estimates. Backward: ∂L/∂weight = Σ g·x̂ and ∂L/∂bias = Σ g (sums over the N values);
     ∂L/∂x = weight/sqrt(σ² + eps) · g in evaluation, and in training, where μ and σ² depend on x,
     ∂L/∂x = weight/sqrt(σ² + eps) · (g − mean g − x̂ · mean(g·x̂)).
-    The work is done on rows (C, N), one per channel, in the batch-last order of `batch_last`.
     """
 
     def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps):
@@ -176,34 +175,38 @@ class BatchNorm(Function):
             if x.ndim < 2 or array.shape != (C,):
                 raise ValueError(f"batch_norm: {name} has shape {tuple(array.shape)} but input "
                                  f"{tuple(x.shape)} needs one value per channel of axis 1")
-        rows = batch_last(self.xp, x)
-        self.channel_first_shape, rows = rows.shape, rows.reshape(C, -1)
+        self.axes = (0,) + tuple(range(2, x.ndim))
+        per_channel = (1, C) + (1,) * (x.ndim - 2)
+        mean = x.mean(axis=self.axes) if training else running_mean
+        # x̂ is built in place (centre, then scale): every full-size temporary costs memory traffic.
+        self.x_hat = x - mean.reshape(per_channel)
         if training:
-            mean = rows.mean(axis=1)
-            centred = rows - mean[:, None]
-            var = (centred * centred).mean(axis=1)
-            count = rows.shape[1]
+            var = (self.x_hat * self.x_hat).mean(axis=self.axes)
+            count = x.size // C
             running_mean *= 1 - momentum
             running_mean += momentum * mean
             running_var *= 1 - momentum
             running_var += momentum * var * count / max(count - 1, 1)
         else:
-            centred, var = rows - running_mean[:, None], running_var
-        self.training = training
-        self.scale = weight / self.xp.sqrt(var + eps)
-        self.x_hat = centred * (1 / self.xp.sqrt(var + eps))[:, None]
-        out = weight[:, None] * self.x_hat + bias[:, None]
-        return self.xp.moveaxis(out.reshape(self.channel_first_shape), -1, 0)
+            var = running_var
+        inverse_std = 1 / self.xp.sqrt(var + eps)
+        self.x_hat *= inverse_std.reshape(per_channel)
+        self.training, self.scale = training, (weight * inverse_std).reshape(per_channel)
+        out = self.x_hat * weight.reshape(per_channel)
+        out += bias.reshape(per_channel)
+        return out
 
     def backward(self, grad_output):
-        rows = batch_last(self.xp, grad_output).reshape(self.x_hat.shape)
-        grad_bias = rows.sum(axis=1)
-        grad_weight = (rows * self.x_hat).sum(axis=1)
-        if self.training:
-            count = rows.shape[1]
-            rows = rows - (grad_bias[:, None] + self.x_hat * grad_weight[:, None]) / count
-        grad_input = (self.scale[:, None] * rows).reshape(self.channel_first_shape)
-        return self.xp.moveaxis(grad_input, -1, 0), grad_weight, grad_bias
+        grad_bias = grad_output.sum(axis=self.axes)
+        grad_weight = (grad_output * self.x_hat).sum(axis=self.axes)
+        if not self.training:
+            return grad_output * self.scale, grad_weight, grad_bias
+        count = grad_output.size // grad_bias.size
+        grad_input = self.x_hat * (-grad_weight / count).reshape(self.scale.shape)
+        grad_input += grad_output
+        grad_input -= (grad_bias / count).reshape(self.scale.shape)
+        grad_input *= self.scale
+        return grad_input, grad_weight, grad_bias
 
 
 def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):

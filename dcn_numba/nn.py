@@ -12,11 +12,11 @@ import math
 import numpy as np
 
 from . import functional as F
-from .windows import SlidingWindows
-from ._arrays import array_module, to_device
+from ._arrays import array_module, is_cupy, to_device
 from ._checks import as_pair
 from .autograd import Tensor
 from .locations import sampling_locations
+from .windows import SlidingWindows
 
 
 class Module:
@@ -106,7 +106,7 @@ class Module:
             if tuple(state[name].shape) != tuple(current.shape):
                 raise ValueError(f"load_state_dict: {name} has shape {tuple(state[name].shape)}, "
                                  f"expected {tuple(current.shape)}")
-            current[...] = array_module(current).asarray(state[name], dtype=current.dtype)
+            current[...] = to_device(state[name], "cuda" if is_cupy(current) else "cpu")
 
     def save(self, path):
         """Write the state dict to an .npz file (as NumPy arrays)."""

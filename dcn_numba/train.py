@@ -9,7 +9,7 @@ fixed seed), the "scaled MNIST" test of deformable networks: a deformable layer 
 sampling points to fit the size of a digit, a regular one cannot.
 
 The run writes to --out: metrics.json (per variant: accuracies, parameter count, seconds per
-epoch, settings and the training history), the weights of each variant (<variant>.npz), the
+epoch of training steps, evaluation excluded, settings and the training history), the weights of each variant (<variant>.npz), the
 training curves (training_curves.png) and, for a deformable variant, the paper's picture of the
 729 sampling points of three stacked deformable layers traced back to the input
 (sampling_locations.png). It runs on the CPU kernels, or on the CUDA kernels when CuPy sees a GPU.
@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from . import functional as F
 from . import viz
-from ._arrays import to_device
+from ._arrays import gpu_available, to_device
 from .autograd import Tensor, no_grad
 from .data import load_mnist, random_transform, scaled_digits, subset
 from .models import MnistNet
@@ -52,11 +52,12 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m dcn_numba.train",
         description="Train regular and deformable MNIST nets; compare them on ordinary and scaled digits.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["regular", "deformable"],
-                        help="which nets to train (default: regular deformable)")
-    parser.add_argument("--epochs", type=int, default=4, help="passes over the training digits")
-    parser.add_argument("--batch-size", type=int, default=64)
+                        help="which nets to train")
+    parser.add_argument("--epochs", type=int, default=6, help="passes over the training digits")
+    parser.add_argument("--batch-size", type=int, default=64, help="digits per training step")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of Adam (cosine decay)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the weights, the batch order and the augmentation")
     parser.add_argument("--data", default=None,
@@ -78,15 +79,10 @@ def parse_args(argv=None):
 
 
 def pick_device(name):
-    """'cuda' when asked for, or for 'auto' when CuPy is installed and sees a GPU; else 'cpu'."""
+    """'cuda' when asked for, or for 'auto' when CuPy sees a GPU; else 'cpu'."""
     if name != "auto":
         return name
-    try:
-        import cupy
-
-        return "cuda" if cupy.cuda.runtime.getDeviceCount() > 0 else "cpu"
-    except Exception:  # no CuPy, no driver or no device all mean the CPU
-        return "cpu"
+    return "cuda" if gpu_available() else "cpu"
 
 
 def batches(digits, batch_size, rng):

@@ -4,8 +4,8 @@ The sampling-location figure is the paper's (Dai et al. 2017, Fig. 5): one activ
 last of three stacked 3×3 deformable layers reads 3×3 points of the layer below, each of which
 reads 3×3 points of the one below that, and so on: 3·3·3 = 729 points on the first layer's
 input (`locations.trace_back`), drawn on the digit. A regular network reads the same 729 points
-from a fixed grid whatever the digit; a deformable one spreads them over a large digit and
-gathers them on a small one.
+from a fixed grid whatever the digit; a deformable one places them where its offset branches,
+looking at this digit, send them. How they move is learned, not designed: the figure shows it.
 
 Figures are drawn on matplotlib `Figure` objects and written with the Agg renderer: nothing is
 shown and no global plotting state is touched, so the functions run on machines without a display.

@@ -1,5 +1,6 @@
 """Bad input to deform_conv2d gets a clear error naming the argument, what was received and
-what was expected; NaN offsets propagate as NaN on every backend without crashing."""
+what was expected; NaN and infinite offsets propagate as NaN, and huge ones read nothing, on every
+backend, without crashing."""
 
 import numpy as np
 import pytest
@@ -143,3 +144,18 @@ def test_non_finite_offsets_give_nan_without_crashing(backend, bad):
     assert np.isnan(grad_mask[0, 0, 2, 3]) and np.isnan(grad_mask[1, 9, 0, 0])
     assert np.isfinite(grad_offset[0, 2:]).all() and np.isfinite(grad_input).all()
     assert np.isnan(grad_weight).any() and np.isfinite(grad_bias).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_huge_offsets_read_nothing_on_every_backend(backend):
+    """Finite offsets far beyond the image (too big for an integer pixel index) give the bias."""
+    arrays = valid_arrays()
+    arrays["offset"] = np.where(arrays["offset"] > 0, 1e30, -1e30)
+    moved = {name: to_backend(backend, a) for name, a in arrays.items()}
+    output = to_numpy(deform_conv2d(**moved, padding=1, backend=backend))
+    np.testing.assert_array_equal(output, np.broadcast_to(arrays["bias"][None, :, None, None], output.shape))
+    gradients = deform_conv2d_backward(to_backend(backend, np.ones(output.shape)), **moved, padding=1,
+                                       backend=backend)
+    for name, gradient in zip(["grad_input", "grad_offset", "grad_weight", "grad_mask"],
+                              [gradients[0], gradients[1], gradients[2], gradients[4]]):
+        assert not to_numpy(gradient).any(), f"{name} should be zero when no sample reads a pixel"

@@ -25,7 +25,8 @@ def shifted_convolution(input, weight, bias, stride, padding, dilation, shift=(0
     canvas[:, :, margin:margin + H, margin:margin + W] = input
     output = np.zeros((B, C_out, H_out, W_out))
     for co in range(C_out):
-        channels = slice((co // (C_out // groups)) * group_channels, (co // (C_out // groups) + 1) * group_channels)
+        group = co // (C_out // groups)
+        channels = slice(group * group_channels, (group + 1) * group_channels)
         for i in range(H_out):
             for j in range(W_out):
                 for ki in range(kh):
@@ -72,7 +73,8 @@ def test_zero_offsets_give_an_ordinary_convolution(case):
     rng = np.random.default_rng(1)
     c = random_case(rng, **case)
     offset = np.zeros(c["offset_shape"])
-    expected = shifted_convolution(c["input"], c["weight"], c["bias"], c["stride"], c["padding"], c["dilation"])
+    expected = shifted_convolution(c["input"], c["weight"], c["bias"], c["stride"], c["padding"],
+                                   c["dilation"])
     actual = deform_conv2d(c["input"], offset, c["weight"], c["bias"], c["stride"], c["padding"],
                            c["dilation"], backend="reference")
     assert_close(actual, expected, rtol=1e-12, atol=1e-12, what="zero offsets")

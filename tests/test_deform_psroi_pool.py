@@ -303,7 +303,7 @@ def test_cpu_kernels_match_the_reference(case):
     assert_matches_reference("cpu", case)
 
 
-@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(case=psroi_pool_cases())
 def test_cuda_kernels_match_the_reference(case):
     assert_matches_reference("cuda", case)

@@ -30,7 +30,7 @@ def test_a_few_dozen_steps_beat_chance(mnist):
     # Chance is 10% on ten balanced classes; the loss starts near ln 10 ≈ 2.30. (After so few
     # steps BatchNorm's running statistics still lag behind, which keeps evaluation modest.)
     assert history["test_accuracy"][-1] > 0.3
-    assert np.mean(history["loss"][-5:]) < 0.7 * np.mean(history["loss"][:5])
+    assert np.mean(history["loss"][-5:]) < 0.85 * np.mean(history["loss"][:5])
 
 
 def test_predictions_do_not_depend_on_the_batching(mnist):

@@ -202,8 +202,8 @@ plt.show()
 # apart, each reshaped to the H_out × W_out output grid; the red cross marks the centre of the
 # image. Look at the centre row (k = 4): it is the input itself; the others are the digit read
 # three pixels up, down, left or right, so it appears shifted the opposite way (row k = 0 reads
-# up and to the left, and shows the digit moved down and to the right). With learned offsets each row would be a different warp
-# of the input, like figure 1.
+# up and to the left, and shows the digit moved down and to the right). With learned offsets
+# each row would be a different warp of the input, like figure 1.
 
 # %% [markdown]
 # ## One matrix product

@@ -120,13 +120,13 @@ print(f"{blocks} blocks × {threads_per_block} threads = {blocks * threads_per_b
 #
 # ## Grid-stride loops
 #
-# One thread per output needs a grid as large as the problem, and grids have limits; a tensor of
-# B·C·K·H_out·W_out samples easily passes 2³¹. The grid-stride loop decouples the two: each thread
-# starts at its own index and jumps by the total number of threads, `cuda.gridsize(1)`, until it
-# runs out of work. Any grid size covers any problem, and neighbouring threads still touch
-# neighbouring memory at every step (coalesced reads). Every kernel in dcn_numba has this form and
-# takes the number of work items first. To see who does what, this kernel also records which
-# thread computed each output:
+# One thread per output needs a grid as large as the problem, but launches have limits, and a
+# tensor of B·C·K·H_out·W_out samples can pass 2³¹ elements. The grid-stride loop decouples the
+# problem size from the grid size: each thread starts at its own index and jumps by the total
+# number of threads, `cuda.gridsize(1)`, until it runs out of work. Any grid size covers any
+# problem, and neighbouring threads still touch neighbouring memory at every step (coalesced
+# reads). Every kernel in dcn_numba has this form and takes the number of work items first. To see
+# who does what, this kernel also records which thread computed each output:
 
 # %%
 @cuda.jit
@@ -151,7 +151,8 @@ axis.imshow(by_pass, cmap="tab20", vmin=-0.5, vmax=19.5)
 for (row, column), thread in np.ndenumerate(by_pass):
     axis.text(column, row, str(row * threads + column), ha="center", va="center", fontsize=7)
 axis.set(xlabel="position in the pass", ylabel="pass of the loop", xticks=range(threads),
-         yticks=range(passes_shown), title="the first 96 of 300 outputs, coloured by the thread that computed them")
+         yticks=range(passes_shown),
+         title="the first 96 of 300 outputs, coloured by the thread that computed them")
 axis.title.set_fontsize(9)
 plt.show()
 

@@ -125,11 +125,14 @@ plt.show()
 # %%
 normalised = np.random.default_rng(0).uniform(-2, 2, (1, 2, P, P))
 _, _, roi_width, roi_height = roi_reference.roi_box(rois[0], 1.0)
-moved = roi_reference.bin_samples(rois[0], normalised[0], (P, P), 1.0, sampling_ratio, 0.1)
+moved = list(roi_reference.bin_samples(rois[0], normalised[0], (P, P), 1.0, sampling_ratio, 0.1))
+shifted = dcn_numba.deform_roi_pool(feature_map, rois, normalised, output_size=P, sampling_ratio=sampling_ratio)
 for (ph, pw, before), (_, _, after) in zip(bins, moved):
     shift = np.array(after) - np.array(before)  # (samples, 2) as (y, x)
     expected = 0.1 * np.array([roi_height * normalised[0, 1, ph, pw], roi_width * normalised[0, 0, ph, pw]])
     assert_close(shift, np.broadcast_to(expected, shift.shape), what=f"shift of bin {(ph, pw)}")
+    by_hand = np.mean([roi_reference.bilinear(feature_map[0], y, x) for y, x in after])
+    assert_close(shifted[0, 0, ph, pw], by_hand, what=f"bin {(ph, pw)} pooled at its shifted samples")
 print(f"an offset of 1 moves a bin by 0.1 · ({roi_width:.0f}, {roi_height:.0f}) pixels (x, y) on this RoI")
 
 # %% [markdown]

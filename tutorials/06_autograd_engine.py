@@ -163,12 +163,13 @@ plt.show()
 # %% [markdown]
 # **Figure 1.** The graph that the forward pass of a deformable layer and a squared error built:
 # along the middle, each Function that made a tensor, in the order they ran; above and below, in
-# yellow, the leaves they read (parameters, data, constants); arrows from inputs to results. Look at the orange `DeformConv2d`: one of its inputs is
-# the output of `Conv2d`, the offset branch, whose weights are parameters. The backward pass runs
-# right to left, so the offset gradient returned by `deform_conv2d_backward` flows on into
-# `Conv2d`'s backward and becomes the gradient of `offset_conv.weight` and `offset_conv.bias`. (The
-# mean is a `Sum` times a constant. The target enters the `Add` as a constant: it is negated by a
-# `Neg`, but nothing behind it needs a gradient, so the engine records no graph there.)
+# yellow, the leaves they read (parameters, data, constants); arrows from inputs to results. Look
+# at the orange `DeformConv2d`: one of its inputs is the output of `Conv2d`, the offset branch,
+# whose weights are parameters. The backward pass runs right to left, so the offset gradient
+# returned by `deform_conv2d_backward` flows on into `Conv2d`'s backward and becomes the gradient
+# of `offset_conv.weight` and `offset_conv.bias`. (The mean is a `Sum` times a constant. The target
+# enters the `Add` as a constant: it is negated by a `Neg`, but nothing behind it needs a
+# gradient, so the engine records no graph there.)
 
 # %% [markdown]
 # ## Checking the whole chain

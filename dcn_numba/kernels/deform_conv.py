@@ -48,8 +48,10 @@ from ._targets import cpu_kernel, for_cuda, launch
 from .sampling import (bilinear_blend, bilinear_slopes, corner_weight, dcn_locate, dcn_tap_position,
                        dcn_unlocated_value, padded_corner, padded_corners)
 
-# The column buffer of one chunk may use this many bytes (a memory knob: results do not depend on it).
-MAX_COL_BUFFER_BYTES = 1 << 28
+# How many bytes the column buffer of a batch chunk may take: a memory knob, results do not depend
+# on it. On the CPU a chunk that fits the last-level cache is still there when its GEMM reads it;
+# on a GPU bigger chunks make bigger GEMMs.
+MAX_COL_BUFFER_BYTES = {"cpu": 1 << 24, "cuda": 1 << 28}
 
 
 class DeformConvGeometry(NamedTuple):
@@ -99,27 +101,31 @@ def locate_samples_cpu(n_samples, offset, top_left, l_y, l_x, geometry):
 
 @cpu_kernel
 def deformable_im2col_cpu(n_rows, padded, top_left, l_y, l_x, mask, use_mask, col, geometry):
-    """col[b, c, k, i, j] = m · S(x[b, c], p) for the n_rows = B·C_in·K rows (b, c, k) of col."""
+    """col[b, c, k, i, j] = m · S(x[b, c], p) for the n_rows = B·C_in·K rows (b, c, k) of col.
+
+    The inner loop blends every sample and then keeps the value of those that read no pixel
+    (see `padded_corners`): without branches, over row slices, it vectorises."""
     K = geometry.kh * geometry.kw
     HW_out = geometry.H_out * geometry.W_out
     channels_per_group = geometry.C_in // geometry.offset_groups
+    plane_size = (geometry.H + 2) * (geometry.W + 2)
     for row in prange(n_rows):
         image_channel = row // K  # b·C_in + c
         b = image_channel // geometry.C_in
         c = image_channel % geometry.C_in
         samples = ((b * geometry.offset_groups + c // channels_per_group) * K + row % K) * HW_out
-        plane = image_channel * (geometry.H + 2) * (geometry.W + 2)
+        image = padded[image_channel * plane_size:(image_channel + 1) * plane_size]
+        corners = top_left[samples:samples + HW_out]
+        fraction_y = l_y[samples:samples + HW_out]
+        fraction_x = l_x[samples:samples + HW_out]
+        modulation = mask[samples:samples + HW_out] if use_mask else mask[:0]
+        out = col[row * HW_out:(row + 1) * HW_out]
         for position in range(HW_out):
-            here = samples + position
-            corner = top_left[here]
-            if corner >= 0:
-                v00, v01, v10, v11 = padded_corners(padded, plane, corner, geometry.W)
-                value = bilinear_blend(v00, v01, v10, v11, l_y[here], l_x[here])
-            else:
-                value = dcn_unlocated_value(corner)
+            v00, v01, v10, v11 = padded_corners(image, 0, corners[position], geometry.W)
+            value = bilinear_blend(v00, v01, v10, v11, fraction_y[position], fraction_x[position])
             if use_mask:
-                value *= mask[here]
-            col[row * HW_out + position] = value
+                value *= modulation[position]
+            out[position] = value if corners[position] >= 0 else dcn_unlocated_value(corners[position])
 
 
 @cpu_kernel
@@ -129,10 +135,11 @@ def deformable_col2im_cpu(n_planes, gcol, top_left, l_y, l_x, mask, use_mask, gr
     K = geometry.kh * geometry.kw
     HW_out = geometry.H_out * geometry.W_out
     channels_per_group = geometry.C_in // geometry.offset_groups
+    plane_size = (geometry.H + 2) * (geometry.W + 2)
     for image_channel in prange(n_planes):
         b = image_channel // geometry.C_in
         c = image_channel % geometry.C_in
-        plane = image_channel * (geometry.H + 2) * (geometry.W + 2)
+        grad_image = grad_padded[image_channel * plane_size:(image_channel + 1) * plane_size]
         for k in range(K):
             samples = ((b * geometry.offset_groups + c // channels_per_group) * K + k) * HW_out
             row = (image_channel * K + k) * HW_out
@@ -145,7 +152,7 @@ def deformable_col2im_cpu(n_planes, gcol, top_left, l_y, l_x, mask, use_mask, gr
                 if use_mask:
                     grad_sample *= mask[here]
                 for which in range(4):
-                    grad_padded[plane + padded_corner(corner, geometry.W, which)] += \
+                    grad_image[padded_corner(corner, geometry.W, which)] += \
                         grad_sample * corner_weight(l_y[here], l_x[here], which)
 
 
@@ -154,33 +161,41 @@ def offset_mask_gradient_cpu(n_samples, padded, gcol, top_left, l_y, l_x, mask, 
                              grad_offset, grad_mask, geometry):
     """grad_offset[b, g·2K + 2k + d] = Σ_c m · gcol · ∂S/∂p_d and grad_mask[b, g·K + k] = Σ_c gcol · S
     over the channels c of offset group g, for the n_samples = B·G_off·K rows (b, g, k); each
-    iteration accumulates into its own rows only."""
+    iteration accumulates into its own rows only. Branch-free inner loop, as in im2col."""
     K = geometry.kh * geometry.kw
     HW_out = geometry.H_out * geometry.W_out
     channels_per_group = geometry.C_in // geometry.offset_groups
+    plane_size = (geometry.H + 2) * (geometry.W + 2)
     for sample in prange(n_samples):
         image_group = sample // K  # b·G_off + g
         first_channel = (image_group // geometry.offset_groups) * geometry.C_in \
             + (image_group % geometry.offset_groups) * channels_per_group
         samples = sample * HW_out
+        corners = top_left[samples:samples + HW_out]
+        fraction_y = l_y[samples:samples + HW_out]
+        fraction_x = l_x[samples:samples + HW_out]
+        grad_p_y = grad_offset[2 * samples:2 * samples + HW_out]
+        grad_p_x = grad_offset[2 * samples + HW_out:2 * samples + 2 * HW_out]
+        grad_m = grad_mask[samples:samples + HW_out] if use_mask else grad_mask[:0]
         for image_channel in range(first_channel, first_channel + channels_per_group):
-            plane = image_channel * (geometry.H + 2) * (geometry.W + 2)
+            image = padded[image_channel * plane_size:(image_channel + 1) * plane_size]
             row = (image_channel * K + sample % K) * HW_out
+            grad_samples = gcol[row:row + HW_out]
             for position in range(HW_out):
-                here = samples + position
-                corner = top_left[here]
-                if corner >= 0:
-                    v00, v01, v10, v11 = padded_corners(padded, plane, corner, geometry.W)
-                    d_y, d_x = bilinear_slopes(v00, v01, v10, v11, l_y[here], l_x[here])
-                    value = bilinear_blend(v00, v01, v10, v11, l_y[here], l_x[here])
-                else:
-                    d_y = d_x = value = dcn_unlocated_value(corner)
-                grad_sample = gcol[row + position]
-                m = mask[here] if use_mask else 1.0
-                grad_offset[2 * samples + position] += m * grad_sample * d_y
-                grad_offset[2 * samples + HW_out + position] += m * grad_sample * d_x
+                corner = corners[position]
+                located = corner >= 0
+                unlocated = dcn_unlocated_value(corner)
+                v00, v01, v10, v11 = padded_corners(image, 0, corner, geometry.W)
+                d_y, d_x = bilinear_slopes(v00, v01, v10, v11, fraction_y[position], fraction_x[position])
+                grad_p_y[position] += grad_samples[position] * (d_y if located else unlocated)
+                grad_p_x[position] += grad_samples[position] * (d_x if located else unlocated)
                 if use_mask:
-                    grad_mask[here] += grad_sample * value
+                    value = bilinear_blend(v00, v01, v10, v11, fraction_y[position], fraction_x[position])
+                    grad_m[position] += grad_samples[position] * (value if located else unlocated)
+        if use_mask:
+            modulation = mask[samples:samples + HW_out]
+            grad_p_y *= modulation
+            grad_p_x *= modulation
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,21 +385,26 @@ class Chunk(NamedTuple):
 
 
 def chunks(backend, geometry, offset, mask, max_col_buffer_bytes):
-    """Yield each Chunk of the batch with its samples located and its column buffer allocated."""
+    """Yield each Chunk of the batch with its samples located. One set of buffers, sized for the
+    largest chunk, serves every chunk in turn."""
     xp = array_module(offset)
     HW_out = geometry.H_out * geometry.W_out
-    samples_per_image = geometry.offset_groups * geometry.kh * geometry.kw
-    col_per_image = geometry.C_in * geometry.kh * geometry.kw * HW_out
-    for start, stop in batch_chunks(offset.shape[0], col_per_image * offset.itemsize, max_col_buffer_bytes):
+    K = geometry.kh * geometry.kw
+    samples_per_image = geometry.offset_groups * K  # rows (g, k) of H_out·W_out samples each
+    col_per_image = geometry.C_in * K * HW_out
+    budget = MAX_COL_BUFFER_BYTES[backend] if max_col_buffer_bytes is None else max_col_buffer_bytes
+    ranges = batch_chunks(offset.shape[0], col_per_image * offset.itemsize, budget)
+    largest = max((stop - start for start, stop in ranges), default=0)
+    top_left = xp.empty(largest * samples_per_image * HW_out, dtype=np.int64)
+    l_y = xp.empty(largest * samples_per_image * HW_out, dtype=offset.dtype)
+    l_x = xp.empty(largest * samples_per_image * HW_out, dtype=offset.dtype)
+    col = xp.empty(largest * col_per_image, dtype=offset.dtype)
+    for start, stop in ranges:
         n_samples = (stop - start) * samples_per_image
-        top_left = xp.empty(n_samples * HW_out, dtype=np.int64)
-        l_y = xp.empty(n_samples * HW_out, dtype=offset.dtype)
-        l_x = xp.empty(n_samples * HW_out, dtype=offset.dtype)
-        run(backend, LOCATE, n_samples, HW_out, offset[start:stop].reshape(-1), top_left, l_y, l_x,
-            geometry)
+        located = [table[:n_samples * HW_out] for table in (top_left, l_y, l_x)]
+        run(backend, LOCATE, n_samples, HW_out, offset[start:stop].reshape(-1), *located, geometry)
         mask_chunk, use_mask = flat_mask(xp, mask, start, stop, offset.dtype)
-        col = xp.empty((stop - start) * col_per_image, dtype=offset.dtype)
-        yield Chunk(start, stop, top_left, l_y, l_x, mask_chunk, use_mask, col)
+        yield Chunk(start, stop, *located, mask_chunk, use_mask, col[:(stop - start) * col_per_image])
 
 
 def deformable_im2col(backend, geometry, padded, chunk):
@@ -396,8 +416,9 @@ def deformable_im2col(backend, geometry, padded, chunk):
 
 
 def deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask, backend,
-                  max_col_buffer_bytes=MAX_COL_BUFFER_BYTES):
-    """Forward on the "cpu" or "cuda" backend; arguments as dcn_numba.reference.deform_conv."""
+                  max_col_buffer_bytes=None):
+    """Forward on the "cpu" or "cuda" backend; arguments as dcn_numba.reference.deform_conv.
+    max_col_buffer_bytes: the column buffer's budget, MAX_COL_BUFFER_BYTES[backend] when None."""
     xp = array_module(input)
     geometry = conv_geometry(input, offset, weight, stride, padding, dilation)
     weights = weight_groups(weight, geometry.C_in)
@@ -416,11 +437,12 @@ def deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask, 
 
 
 def deform_conv2d_backward(grad_output, input, offset, weight, bias, stride, padding, dilation, mask,
-                           backend, max_col_buffer_bytes=MAX_COL_BUFFER_BYTES):
+                           backend, max_col_buffer_bytes=None):
     """(grad_input, grad_offset, grad_weight, grad_bias, grad_mask) on the "cpu" or "cuda" backend.
 
     Per chunk the column buffer first holds col (for grad_weight), then, overwritten by the second
-    GEMM, gcol (for col2im and the offset/mask gradient): one buffer serves both.
+    GEMM, gcol (for col2im and the offset/mask gradient): one buffer serves both. grad_input is
+    accumulated on zero-padded planes, whose border (the gradient of the padding) is dropped.
     """
     xp = array_module(input)
     geometry = conv_geometry(input, offset, weight, stride, padding, dilation)
@@ -429,7 +451,7 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias, stride, pad
     K = geometry.kh * geometry.kw
     HW_out = geometry.H_out * geometry.W_out
     padded = zero_padded(xp, input)
-    grad_input = xp.empty_like(input)
+    grad_padded = xp.zeros_like(padded)
     grad_offset = xp.zeros_like(offset)
     grad_mask = None if mask is None else xp.zeros_like(mask)
     grad_weight_groups = xp.zeros_like(weights)
@@ -440,13 +462,12 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias, stride, pad
         grad_out = grad_output[start:stop].reshape(n, G, group_outputs, HW_out)
         grad_weight_groups += xp.matmul(grad_out, columns.swapaxes(2, 3)).sum(axis=0)
         xp.matmul(weights.swapaxes(1, 2), grad_out, out=columns)  # the buffer now holds gcol = ∂L/∂col
-        grad_padded = xp.zeros((n,) + padded.shape[1:], dtype=input.dtype)
         run(backend, COL2IM, n * geometry.C_in, K * HW_out, chunk.col, chunk.top_left, chunk.l_y,
-            chunk.l_x, chunk.mask, chunk.use_mask, grad_padded.reshape(-1), geometry)
-        grad_input[start:stop] = grad_padded[:, :, 1:-1, 1:-1]
+            chunk.l_x, chunk.mask, chunk.use_mask, grad_padded[start:stop].reshape(-1), geometry)
         grad_mask_chunk = chunk.mask if mask is None else grad_mask[start:stop].reshape(-1)
         run(backend, OFFSET_MASK_GRADIENT, n * geometry.offset_groups * K, HW_out,
             padded[start:stop].reshape(-1), chunk.col, chunk.top_left, chunk.l_y, chunk.l_x,
             chunk.mask, chunk.use_mask, grad_offset[start:stop].reshape(-1), grad_mask_chunk, geometry)
+    grad_input = xp.ascontiguousarray(grad_padded[:, :, 1:-1, 1:-1])
     grad_bias = None if bias is None else grad_output.sum(axis=(0, 2, 3))
     return grad_input, grad_offset, grad_weight_groups.reshape(weight.shape), grad_bias, grad_mask

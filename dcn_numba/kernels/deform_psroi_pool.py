@@ -31,6 +31,7 @@ Who owns which output:
 from typing import NamedTuple
 
 import numba
+import numpy as np
 from numba import cuda, prange, types
 
 from .._arrays import array_module, cuda_stream
@@ -215,11 +216,13 @@ def cuda_kernel_signatures():
 
 def psroi_geometry(input, trans, spatial_scale, output_dim, group_size, pooled_size, part_size,
                    sample_per_part, trans_std):
-    """The PSRoIGeometry of a validated call (part_size already resolved)."""
+    """The PSRoIGeometry of a validated call (part_size already resolved). Sample positions are
+    computed in float64 for either data type; NumPy float64 scalars keep them so under the CUDA
+    simulator too, where float32 constants would otherwise narrow arithmetic on plain Python floats."""
     _, C, H, W = input.shape
     num_classes = 1 if trans is None else trans.shape[1] // 2
     return PSRoIGeometry(C, H, W, output_dim, group_size, pooled_size, part_size, sample_per_part,
-                         output_dim // num_classes, float(spatial_scale), float(trans_std))
+                         output_dim // num_classes, np.float64(spatial_scale), np.float64(trans_std))
 
 
 def trans_or_stand_in(xp, trans, dtype):

@@ -8,6 +8,8 @@ pixel (y, x) lives at `plane + y·W + x`. Flat 64-bit indices keep big tensors a
 import math
 from typing import NamedTuple
 
+import numpy as np
+
 from ._targets import shared
 
 # ---------------------------------------------------------------------------------------------
@@ -20,6 +22,13 @@ from ._targets import shared
 # kernels locate each sample once (`dcn_locate`, shared by every channel of its offset group) and
 # then read an input that is actually zero-padded by one pixel, (H+2)×(W+2) planes, so that the
 # four corners need no bounds checks; both paths blend with the same `bilinear_blend`.
+
+# Constants typed float32, so that arithmetic keeps the precision of the data: float32 with float32
+# data (a float64 literal would promote every product to float64 and halve the SIMD width of the
+# CPU loops), float64 with float64 data.
+ONE = np.float32(1.0)
+ZERO = np.float32(0.0)
+NAN = np.float32(np.nan)
 
 
 @shared
@@ -66,8 +75,8 @@ def fractional_part(p):
 def corner_weight(l_y, l_x, corner):
     """Bilinear weight of corner 0..3 = (y0,x0), (y0,x0+1), (y0+1,x0), (y0+1,x0+1):
     (1−l_y)(1−l_x), (1−l_y)·l_x, l_y·(1−l_x), l_y·l_x, with l = p − floor(p)."""
-    w_y = l_y if corner >= 2 else 1.0 - l_y
-    w_x = l_x if corner % 2 == 1 else 1.0 - l_x
+    w_y = l_y if corner >= 2 else ONE - l_y
+    w_x = l_x if corner % 2 == 1 else ONE - l_x
     return w_y * w_x
 
 
@@ -83,8 +92,8 @@ def bilinear_slopes(v00, v01, v10, v11, l_y, l_x):
     """(∂S/∂p_y, ∂S/∂p_x) of `bilinear_blend` (∂l/∂p = 1):
     ∂S/∂p_y = (1−l_x)(v10 − v00) + l_x(v11 − v01),  ∂S/∂p_x = (1−l_y)(v01 − v00) + l_y(v11 − v10).
     floor() makes this the right-sided derivative at integer coordinates."""
-    return ((1.0 - l_x) * (v10 - v00) + l_x * (v11 - v01),
-            (1.0 - l_y) * (v01 - v00) + l_y * (v11 - v10))
+    return ((ONE - l_x) * (v10 - v00) + l_x * (v11 - v01),
+            (ONE - l_y) * (v01 - v00) + l_y * (v11 - v10))
 
 
 @shared
@@ -150,7 +159,7 @@ def dcn_locate(p_y, p_x, H, W):
 @shared
 def dcn_unlocated_value(top_left):
     """S (and each slope) of a sample that reads no pixel: 0, or NaN at a non-finite position."""
-    return math.nan if top_left == NOT_A_NUMBER else 0.0
+    return NAN if top_left == NOT_A_NUMBER else ZERO
 
 
 @shared
@@ -161,7 +170,13 @@ def padded_corner(top_left, W, corner):
 
 @shared
 def padded_corners(padded, plane, top_left, W):
-    """(v00, v01, v10, v11) read from the padded plane starting at flat index `plane`."""
+    """(v00, v01, v10, v11) read from the padded plane starting at flat index `plane`.
+
+    A sample that reads no pixel (top_left < 0) reads the plane's first corners instead, in
+    bounds and meaningless: kernels blend every sample, then keep `dcn_unlocated_value` for
+    those. Reading unconditionally leaves the CPU loops without branches, so that they vectorise.
+    """
+    top_left = max(top_left, 0)
     return (padded[plane + padded_corner(top_left, W, 0)], padded[plane + padded_corner(top_left, W, 1)],
             padded[plane + padded_corner(top_left, W, 2)], padded[plane + padded_corner(top_left, W, 3)])
 
@@ -325,6 +340,18 @@ def roi_align_sample(data, plane, H, W, y, x):
 
 
 @shared
+def roi_align_corner_gradient(plane, H, W, y, x, corner):
+    """(flat index, ∂w/∂y, ∂w/∂x) of corner 0..3 of a valid position under the RoIAlign rule: the
+    derivatives of its bilinear weight w with respect to the unclamped position, slope·∂w/∂l,
+    which are 0 along an axis that a clamp holds still."""
+    y_low, y_high, l_y, slope_y = roi_align_axis(y, H)
+    x_low, x_high, l_x, slope_x = roi_align_axis(x, W)
+    weight_d_y, weight_d_x = corner_weight_gradient(l_y, l_x, corner)
+    return (corner_pixel(plane, W, y_low, y_high, x_low, x_high, corner),
+            slope_y * weight_d_y, slope_x * weight_d_x)
+
+
+@shared
 def roi_align_sample_gradient(data, plane, H, W, y, x):
     """(∂B/∂y, ∂B/∂x), the exact derivative of `roi_align_sample`: with v_ab the corner values
     (row a, column b), ∂B/∂y = slope_y·[(1−l_x)(v10 − v00) + l_x(v11 − v01)] and
@@ -334,16 +361,13 @@ def roi_align_sample_gradient(data, plane, H, W, y, x):
         if is_finite_position(y, x):
             return 0.0, 0.0
         return math.nan, math.nan
-    y_low, y_high, l_y, slope_y = roi_align_axis(y, H)
-    x_low, x_high, l_x, slope_x = roi_align_axis(x, W)
     d_y = 0.0
     d_x = 0.0
     for corner in range(4):
-        value = data[corner_pixel(plane, W, y_low, y_high, x_low, x_high, corner)]
-        weight_d_y, weight_d_x = corner_weight_gradient(l_y, l_x, corner)
-        d_y += weight_d_y * value
-        d_x += weight_d_x * value
-    return slope_y * d_y, slope_x * d_x
+        index, weight_d_y, weight_d_x = roi_align_corner_gradient(plane, H, W, y, x, corner)
+        d_y += weight_d_y * data[index]
+        d_x += weight_d_x * data[index]
+    return d_y, d_x
 
 
 @shared

@@ -65,22 +65,33 @@ def bilinear_geometry(p_y, p_x, H, W):
     return Bilinear(valid, finite, floor_y.astype(np.int64), floor_x.astype(np.int64), l_y, l_x)
 
 
+def corner_indices(bilinear, channels_per_group):
+    """Where corners 00, 01, 10, 11 of every sample lie in the input zero-padded by one pixel and
+    grouped by offset group, (B, G_off, C_in/G_off, H + 2, W + 2): four index tuples, each
+    broadcasting to (B, G_off, C_in/G_off, K, H_out, W_out). The +1 steps over the padding."""
+    B, offset_groups = bilinear.y0.shape[:2]
+    b, g, c = np.ogrid[:B, :offset_groups, :channels_per_group]
+    b, g, c = b[..., None, None, None], g[..., None, None, None], c[..., None, None, None]
+    rows = bilinear.y0[:, :, None] + 1
+    cols = bilinear.x0[:, :, None] + 1
+    return [(b, g, c, rows + a, cols + d) for a, d in ((0, 0), (0, 1), (1, 0), (1, 1))]
+
+
+def grouped(array, offset_groups):
+    """(B, C_in, h, w) → (B, G_off, C_in/G_off, h, w): the channels of each offset group together."""
+    B, C_in, h, w = array.shape
+    return array.reshape(B, offset_groups, C_in // offset_groups, h, w)
+
+
 def corner_values(input, bilinear):
-    """v00, v01, v10, v11: the input at (y0|y0+1, x0|x0+1) for every channel and sample, reading
-    the image zero-padded by one pixel, so that a corner outside the image reads 0.
+    """v00, v01, v10, v11: the input at (y0|y0+1, x0|x0+1) for every channel and sample, read
+    from the image zero-padded by one pixel, so that a corner outside the image reads 0.
 
     input (B, C_in, H, W) → four arrays (B, G_off, C_in/G_off, K, H_out, W_out).
     """
-    B, C_in, H, W = input.shape
     offset_groups = bilinear.y0.shape[1]
-    padded = np.pad(input, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    padded = padded.reshape(B, offset_groups, C_in // offset_groups, H + 2, W + 2)
-    b, g, c = np.ogrid[:B, :offset_groups, :C_in // offset_groups]
-    b, g, c = b[..., None, None, None], g[..., None, None, None], c[..., None, None, None]
-    rows = bilinear.y0[:, :, None] + 1  # +1: index into the padded image
-    cols = bilinear.x0[:, :, None] + 1
-    return (padded[b, g, c, rows, cols], padded[b, g, c, rows, cols + 1],
-            padded[b, g, c, rows + 1, cols], padded[b, g, c, rows + 1, cols + 1])
+    padded = grouped(np.pad(input, ((0, 0), (0, 0), (1, 1), (1, 1))), offset_groups)
+    return tuple(padded[index] for index in corner_indices(bilinear, padded.shape[2]))
 
 
 def corner_weights(bilinear):
@@ -127,7 +138,7 @@ def modulation(mask, bilinear):
 
 
 def sample_geometry(input, offset, weight, stride, padding, dilation):
-    """The sampling of one call: its Bilinear and the shapes the rest of the computation needs."""
+    """The Bilinear of every sample of one call."""
     kernel_size = weight.shape[2:]
     p_y, p_x = sampling_positions(offset, kernel_size, stride, padding, dilation)
     return bilinear_geometry(p_y, p_x, input.shape[2], input.shape[3])
@@ -164,20 +175,15 @@ def deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask):
 
 def scatter_to_corners(grad_sample, bilinear, input_shape):
     """grad_input: each valid sample adds grad_sample · w_ab to its corner (a, b), summed over all
-    samples that touch a pixel. grad_sample (B, G_off, C_in/G_off, K, H_out, W_out) → (B, C_in, H, W)."""
+    the samples that touch a pixel; what lands in the padding is dropped.
+    grad_sample (B, G_off, C_in/G_off, K, H_out, W_out) → (B, C_in, H, W)."""
     B, C_in, H, W = input_shape
     offset_groups = bilinear.y0.shape[1]
-    padded = np.zeros((B, offset_groups, C_in // offset_groups, H + 2, W + 2), dtype=np.float64)
+    padded = grouped(np.zeros((B, C_in, H + 2, W + 2), dtype=grad_sample.dtype), offset_groups)
     grad_sample = np.where(bilinear.valid[:, :, None], grad_sample, 0.0)
-    b, g, c = np.ogrid[:B, :offset_groups, :C_in // offset_groups]
-    b, g, c = b[..., None, None, None], g[..., None, None, None], c[..., None, None, None]
-    rows = bilinear.y0[:, :, None] + 1  # +1: index into the padded image
-    cols = bilinear.x0[:, :, None] + 1
-    corners = ((rows, cols), (rows, cols + 1), (rows + 1, cols), (rows + 1, cols + 1))
-    for (y, x), w in zip(corners, corner_weights(bilinear)):
-        index = np.broadcast_arrays(b, g, c, y, x)
-        np.add.at(padded, tuple(index), grad_sample * w)
-    return padded[..., 1:-1, 1:-1].reshape(B, C_in, H, W)
+    for index, w in zip(corner_indices(bilinear, padded.shape[2]), corner_weights(bilinear)):
+        np.add.at(padded, index, grad_sample * w)
+    return padded.reshape(B, C_in, H + 2, W + 2)[:, :, 1:-1, 1:-1]
 
 
 def deform_conv2d_backward(grad_output, input, offset, weight, bias, stride, padding, dilation, mask):

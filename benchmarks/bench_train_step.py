@@ -101,11 +101,6 @@ def torch_twin(net):
     return Twin()
 
 
-def torch_parameter_name(name):
-    """Our parameter name → the twin's: 'deform_layers.0.weight' for both, 'norms.1.bias' too."""
-    return name
-
-
 def check_against_torch(deformable, images, labels):
     """Logits and all parameter gradients of one forward/backward in float64, ours against the
     twin's (in float32 the last digits of the early layers' gradients differ by rounding alone)."""
@@ -125,8 +120,8 @@ def check_against_torch(deformable, images, labels):
     torch.nn.functional.cross_entropy(twin_logits, torch.from_numpy(labels)).backward()
     pairs = [("logits", logits.data, twin_logits.detach().numpy())]
     twin_parameters = dict(twin.named_parameters())
-    pairs += [(name, p.grad, twin_parameters[torch_parameter_name(name)].grad.numpy())
-              for name, p in net.named_parameters()]
+    # The twin's modules carry our attribute names, so every parameter has the same name in both.
+    pairs += [(name, p.grad, twin_parameters[name].grad.numpy()) for name, p in net.named_parameters()]
     ok = True
     for name, ours, theirs in pairs:
         if not np.allclose(ours, theirs, rtol=RTOL, atol=ATOL):

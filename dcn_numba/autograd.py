@@ -95,6 +95,9 @@ class Tensor:
 
         `grad` is ∂L/∂self; it defaults to 1 for a one-element tensor (the loss itself).
         """
+        if not self.requires_grad:
+            raise RuntimeError("backward(): this tensor does not require a gradient (no tensor it "
+                               "was computed from has requires_grad=True, or it was made under no_grad)")
         if grad is None:
             if self.size != 1:
                 raise ValueError(f"backward() without a gradient needs a one-element tensor, "

@@ -1,25 +1,11 @@
-"""Convolution and pooling as autograd Functions on sliding windows, one tap at a time.
+"""Convolution and pooling as autograd Functions on sliding windows.
 
-A window op reads, for every output position (i, j), a kh×kw window of the padded input. Tap
-(ki, kj) of every window at once is a single strided slice of the padded input (rows ki·dil_h,
-ki·dil_h + stride_h, ..., and likewise for columns), so each op is a short loop over the kh·kw
-taps of whole-array operations:
-
-    convolution   out = Σ_taps weight[:, :, ki, kj] @ tap         im2col + GEMM, cut by tap: the
-                                                                  column matrix of im2col is the
-                                                                  stack of the taps, and its GEMM
-                                                                  the sum of the taps' GEMMs
-    max pooling   out = running maximum over the taps
-    avg pooling   out = Σ_taps tap / (kh·kw)
-
-and each backward adds every tap's gradient back onto the slice it read (col2im). Cutting im2col
-by tap keeps the work and the vectorisation while never materialising the kh·kw-times-larger
-column matrix. Everything runs on NumPy or CuPy arrays, whichever the input is.
-
-Layout: the padded input is (C, H + 2·pad_h, W + 2·pad_w, B), batch last, so that a tap is a
-slice whose contiguous runs hold whole rows of windows for the whole batch, and a tap of C
-channels is a (C, H_out·W_out·B) matrix once copied. Outputs go back as (B, C, H_out, W_out) views
-of batch-last memory, which the next layer can read without copying.
+A window op reads, for every output position (i, j), a kh×kw window of the padded input. `unfold`
+gives all the windows at once as a strided view (C, kh, kw, H_out, W_out, B) that costs no copy
+beyond the padding, and `fold`, its adjoint, adds every window's gradient back where the window
+read it (col2im). A convolution is then one GEMM per weight group over the windows copied into a
+column matrix (im2col), and a pooling a reduction over the taps. Everything runs on NumPy or CuPy
+arrays, whichever the input is.
 """
 
 import numpy as np
@@ -43,9 +29,14 @@ def batch_last(xp, array):
 class SlidingWindows:
     """Where the kernel windows of a convolution or a pooling lie on a (B, C, H, W) input.
 
-    Window (i, j), tap (ki, kj) reads the padded input at row i·stride_h + ki·dil_h and column
-    j·stride_w + kj·dil_w, for H_out = floor((H + 2·pad_h − dil_h·(kh − 1) − 1) / stride_h) + 1
-    rows of windows (same for W).
+    Window (i, j), tap (ki, kj) reads the padded input at row i·stride_h + ki·dilation_h and
+    column j·stride_w + kj·dilation_w, for H_out = floor((H + 2·pad_h − dil_h·(kh − 1) − 1) /
+    stride_h) + 1 rows of windows (same for W).
+
+    The windows are laid out (C, kh, kw, H_out, W_out, B), batch last: a tap of every window is
+    then a slice whose contiguous runs hold a whole row of windows for the whole batch, which keeps
+    the copies and the strided adds below fast. Results go back as (B, C, H, W) views of that
+    memory, so that consecutive layers hand each other batch-last arrays without copying.
     """
 
     def __init__(self, op, input_shape, kernel_size, stride, padding, dilation):
@@ -62,48 +53,53 @@ class SlidingWindows:
                              f"{self.padding} is smaller than the kernel's reach "
                              f"(kernel_size {self.kernel_size}, dilation {self.dilation})")
 
-    @property
-    def taps(self):
-        """(ki, kj) for every tap, row by row: tap k = ki·kw + kj."""
-        return [(ki, kj) for ki in range(self.kernel_size[0]) for kj in range(self.kernel_size[1])]
-
-    def padded_zeros(self, xp, dtype):
-        """A zero (C, H + 2·pad_h, W + 2·pad_w, B) array: the padded input's shape, batch last."""
+    def padded_shape(self):
         B, C, H, W = self.input_shape
-        return xp.zeros((C, H + 2 * self.padding[0], W + 2 * self.padding[1], B), dtype=dtype)
+        return C, H + 2 * self.padding[0], W + 2 * self.padding[1], B
 
-    def pad(self, xp, x, fill=0.0):
-        """x (B, C, H, W) padded with `fill`, batch last: (C, H + 2·pad_h, W + 2·pad_w, B)."""
+    def unfold(self, xp, x, fill=0.0):
+        """View (C, kh, kw, H_out, W_out, B) of every window of x (B, C, H, W) padded with `fill`."""
         (pad_h, pad_w), (B, C, H, W) = self.padding, x.shape
-        padded = self.padded_zeros(xp, x.dtype)
-        if fill:
-            padded[...] = fill
-        padded[:, pad_h:pad_h + H, pad_w:pad_w + W] = x.transpose(1, 2, 3, 0)
-        return padded
+        if pad_h or pad_w:
+            padded = xp.full(self.padded_shape(), fill, dtype=x.dtype)
+            padded[:, pad_h:pad_h + H, pad_w:pad_w + W] = x.transpose(1, 2, 3, 0)
+        else:
+            padded = batch_last(xp, x)
+        step_c, step_h, step_w, step_b = padded.strides
+        (dil_h, dil_w), (stride_h, stride_w) = self.dilation, self.stride
+        return xp.lib.stride_tricks.as_strided(
+            padded, shape=(C, *self.kernel_size, *self.output_size, B),
+            strides=(step_c, step_h * dil_h, step_w * dil_w, step_h * stride_h, step_w * stride_w,
+                     step_b))
 
-    def tap(self, ki, kj):
-        """The index of what tap (ki, kj) of every window reads in a padded array: a view
-        (C, H_out, W_out, B) of it, or the place its gradient goes back to."""
-        (H_out, W_out), (dil_h, dil_w), (stride_h, stride_w) = self.output_size, self.dilation, self.stride
-        rows = slice(ki * dil_h, ki * dil_h + stride_h * (H_out - 1) + 1, stride_h)
-        columns = slice(kj * dil_w, kj * dil_w + stride_w * (W_out - 1) + 1, stride_w)
-        return slice(None), rows, columns
+    def fold(self, xp, grad_windows):
+        """The adjoint of `unfold` (col2im): ∂L/∂x (B, C, H, W) from ∂L/∂windows
+        (C, kh, kw, H_out, W_out, B).
 
-    def unpad(self, grad_padded):
-        """∂L/∂x (B, C, H, W) from the gradient of the padded input: the padding is dropped."""
-        (pad_h, pad_w), (_, _, H, W) = self.padding, self.input_shape
-        return grad_padded[:, pad_h:pad_h + H, pad_w:pad_w + W].transpose(3, 0, 1, 2)
+        Tap (ki, kj) of all windows is one strided slice of the padded image, so the loop adds
+        kh·kw vectorised slices, and overlapping windows accumulate as they should.
+        """
+        B, C, H, W = self.input_shape
+        (pad_h, pad_w), (H_out, W_out) = self.padding, self.output_size
+        (dil_h, dil_w), (stride_h, stride_w) = self.dilation, self.stride
+        grad = xp.zeros(self.padded_shape(), dtype=grad_windows.dtype)
+        for ki in range(self.kernel_size[0]):
+            for kj in range(self.kernel_size[1]):
+                rows = slice(ki * dil_h, ki * dil_h + stride_h * (H_out - 1) + 1, stride_h)
+                columns = slice(kj * dil_w, kj * dil_w + stride_w * (W_out - 1) + 1, stride_w)
+                grad[:, rows, columns] += grad_windows[:, ki, kj]
+        return grad[:, pad_h:pad_h + H, pad_w:pad_w + W].transpose(3, 0, 1, 2)
 
 
 class Conv2d(Function):
-    """out[b, co, i, j] = bias[co] + Σ_{c ∈ group of co, ki, kj} weight[co, c, ki, kj] · tap
-    (ki, kj) of window (i, j) at channel c; groups = G splits the channels into G independent
+    """out[b, co, i, j] = bias[co] + Σ_{c ∈ group of co, ki, kj} weight[co, c, ki, kj] · window
+    (i, j) of x at channel c, tap (ki, kj); G = groups splits the channels into G independent
     convolutions.
 
-    With every tap copied into a matrix (G, C/G, N), N = H_out·W_out·B, and weight_tap =
-    weight[:, :, ki, kj] as (G, C_out/G, C/G): out = Σ_taps weight_tap @ tap. Backward, with
-    g = ∂L/∂out as (G, C_out/G, N): ∂L/∂weight_tap = g @ tapᵀ, ∂L/∂tap = weight_tapᵀ @ g added back
-    onto the padded input where the tap read it, ∂L/∂bias = Σ_{b,i,j} g.
+    im2col: the windows are copied into columns (G, C/G·kh·kw, H_out·W_out·B), and each group is
+    one GEMM, out = weight (G, C_out/G, C/G·kh·kw) @ columns. Backward with g = ∂L/∂out as rows
+    (G, C_out/G, H_out·W_out·B): ∂L/∂weight = g @ columnsᵀ, ∂L/∂columns = weightᵀ @ g folded back
+    onto the input (col2im), ∂L/∂bias = Σ_{b,i,j} g.
     """
 
     def forward(self, x, weight, bias, stride, padding, dilation, groups):
@@ -117,37 +113,27 @@ class Conv2d(Function):
         if bias is not None and bias.shape != (C_out,):
             raise ValueError(f"conv2d: bias has shape {tuple(bias.shape)}, expected ({C_out},)")
         self.windows = SlidingWindows("conv2d", x.shape, weight.shape[2:], stride, padding, dilation)
-        self.padded, self.groups = self.windows.pad(self.xp, x), groups
-        out = 0
-        for ki, kj in self.windows.taps:
-            out = out + self.weight_tap(weight, ki, kj) @ self.tap_matrix(ki, kj)
-        out = out.reshape(C_out, *self.windows.output_size, x.shape[0])
+        columns = self.xp.ascontiguousarray(self.windows.unfold(self.xp, x))
+        self.columns = columns.reshape(groups, C_group * weight.shape[2] * weight.shape[3], -1)
+        self.weight = weight.reshape(groups, C_out // groups, -1)
+        out = (self.weight @ self.columns).reshape(C_out, *self.windows.output_size, x.shape[0])
         if bias is not None:
             out += bias.reshape(C_out, 1, 1, 1)
         return out.transpose(3, 0, 1, 2)
 
-    def weight_tap(self, weight, ki, kj):
-        """weight[:, :, ki, kj] as (G, C_out/G, C/G)."""
-        return weight[:, :, ki, kj].reshape(self.groups, -1, weight.shape[1])
-
-    def tap_matrix(self, ki, kj):
-        """What tap (ki, kj) reads for every window, copied into a (G, C/G, N) matrix."""
-        tap = self.xp.ascontiguousarray(self.padded[self.windows.tap(ki, kj)])
-        return tap.reshape(self.groups, tap.shape[0] // self.groups, -1)
-
     def backward(self, grad_output):
-        x, weight, bias = (t.data for t in self.inputs[:2]) + (self.inputs[2],)
-        rows = batch_last(self.xp, grad_output).reshape(self.groups, weight.shape[0] // self.groups, -1)
-        grad_weight = self.xp.empty_like(weight)
-        grad_padded = self.windows.padded_zeros(self.xp, x.dtype) if self.inputs[0].requires_grad else None
-        for ki, kj in self.windows.taps:
-            tap = self.tap_matrix(ki, kj)
-            grad_weight[:, :, ki, kj] = (rows @ tap.transpose(0, 2, 1)).reshape(weight.shape[:2])
-            if grad_padded is not None:
-                grad_tap = self.weight_tap(weight, ki, kj).transpose(0, 2, 1) @ rows
-                grad_padded[self.windows.tap(ki, kj)] += grad_tap.reshape(grad_padded[self.windows.tap(ki, kj)].shape)
-        grad_input = None if grad_padded is None else self.windows.unpad(grad_padded)
+        x, weight, bias = self.inputs
+        groups = self.weight.shape[0]
+        rows = batch_last(self.xp, grad_output).reshape(groups, self.weight.shape[1], -1)
+        # ∂L/∂weight = g @ columnsᵀ, computed as its transpose columns @ gᵀ: BLAS runs this
+        # orientation (long rows of columns against a short g) markedly faster.
+        grad_weight = (self.columns @ rows.transpose(0, 2, 1)).transpose(0, 2, 1).reshape(weight.shape)
         grad_bias = None if bias is None else rows.sum(axis=2).reshape(-1)
+        grad_input = None
+        if x.requires_grad:
+            grad_columns = self.weight.transpose(0, 2, 1) @ rows
+            grad_input = self.windows.fold(self.xp, grad_columns.reshape(
+                x.shape[1], *self.windows.kernel_size, *self.windows.output_size, x.shape[0]))
         return grad_input, grad_weight, grad_bias
 
 
@@ -160,28 +146,27 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 class MaxPool2d(Function):
     """out[b, c, i, j] = max of window (i, j) (padding reads −∞); ∂L/∂out goes to the window's
-    first maximal tap, the argmax kept by the forward pass."""
+    first maximal tap."""
 
     def forward(self, x, kernel_size, stride, padding):
         require_ndim("max_pool2d", "input", x, "(B, C, H, W)")
         self.windows = SlidingWindows("max_pool2d", x.shape, kernel_size, stride, padding, 1)
-        padded = self.windows.pad(self.xp, x, fill=-np.inf)
-        taps = self.windows.taps
-        out = padded[self.windows.tap(*taps[0])].copy()
-        self.argmax = self.xp.zeros(out.shape, dtype=np.int32)
-        for k, (ki, kj) in enumerate(taps[1:], start=1):
-            candidate = padded[self.windows.tap(ki, kj)]
-            larger = candidate > out
-            out = self.xp.where(larger, candidate, out)
-            self.argmax = self.xp.where(larger, k, self.argmax)
-        return out.transpose(3, 0, 1, 2)
+        self.taps = self.windows.unfold(self.xp, x, fill=-np.inf)
+        self.out = self.taps.max(axis=(1, 2))
+        return self.out.transpose(3, 0, 1, 2)
 
     def backward(self, grad_output):
         grad = batch_last(self.xp, grad_output)
-        grad_padded = self.windows.padded_zeros(self.xp, grad.dtype)
-        for k, (ki, kj) in enumerate(self.windows.taps):
-            grad_padded[self.windows.tap(ki, kj)] += self.xp.where(self.argmax == k, grad, 0)
-        return (self.windows.unpad(grad_padded),)
+        grad_windows = self.xp.empty(self.taps.shape, dtype=grad.dtype)
+        # Taps in order; `found` marks the windows whose maximum an earlier tap already held, so
+        # that a tie sends the whole gradient to the first maximal tap only.
+        found = self.xp.zeros(self.out.shape, dtype=bool)
+        for ki in range(self.taps.shape[1]):
+            for kj in range(self.taps.shape[2]):
+                first = (self.taps[:, ki, kj] == self.out) & ~found
+                found |= first
+                grad_windows[:, ki, kj] = grad * first
+        return (self.windows.fold(self.xp, grad_windows),)
 
 
 class AvgPool2d(Function):
@@ -191,16 +176,13 @@ class AvgPool2d(Function):
     def forward(self, x, kernel_size, stride, padding):
         require_ndim("avg_pool2d", "input", x, "(B, C, H, W)")
         self.windows = SlidingWindows("avg_pool2d", x.shape, kernel_size, stride, padding, 1)
-        padded = self.windows.pad(self.xp, x)
-        out = sum(padded[self.windows.tap(ki, kj)] for ki, kj in self.windows.taps)
-        return (out / len(self.windows.taps)).transpose(3, 0, 1, 2)
+        return self.windows.unfold(self.xp, x).mean(axis=(1, 2)).transpose(3, 0, 1, 2)
 
     def backward(self, grad_output):
-        share = batch_last(self.xp, grad_output) / len(self.windows.taps)
-        grad_padded = self.windows.padded_zeros(self.xp, share.dtype)
-        for ki, kj in self.windows.taps:
-            grad_padded[self.windows.tap(ki, kj)] += share
-        return (self.windows.unpad(grad_padded),)
+        kh, kw = self.windows.kernel_size
+        share = batch_last(self.xp, grad_output)[:, None, None] / (kh * kw)
+        windows_shape = (share.shape[0], kh, kw) + share.shape[3:]
+        return (self.windows.fold(self.xp, self.xp.broadcast_to(share, windows_shape)),)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):

@@ -219,6 +219,11 @@ def test_backward_of_a_non_scalar_needs_a_gradient():
         (Tensor(np.zeros(2), requires_grad=True) * 1).backward(np.zeros(3))
 
 
+def test_backward_of_a_constant_is_refused():
+    with pytest.raises(RuntimeError, match="does not require a gradient"):
+        (Tensor(np.ones(2)) * 2).sum().backward()
+
+
 def test_tensor_of_a_tensor_is_refused():
     with pytest.raises(TypeError, match="already a Tensor"):
         Tensor(Tensor(np.zeros(1)))

@@ -109,7 +109,7 @@ def test_cpu_kernels_match_the_reference(case):
     assert_matches_reference("cpu", case)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=conv_cases())
 def test_cuda_kernels_match_the_reference(case):
     assert_matches_reference("cuda", case)

@@ -75,8 +75,9 @@ def check_model_gradients_on_the_current_backend(model, run, output_shape, eleme
 @pytest.mark.parametrize("modulated", [False, True])
 def test_deformable_mnist_net_gradients_of_every_parameter(modulated):
     net, images = tiny_mnist(modulated)
+    branch = "deform_layers.2.mask_conv.weight" if modulated else "deform_layers.0.offset_conv.weight"
     check_model_gradients(net, lambda: net(Tensor(images)), (2, 10),
-                          elementwise=("deform_layers.1.offset_conv.bias", "stem.weight"))
+                          elementwise=(branch, "deform_layers.1.offset_conv.bias", "stem.weight"))
 
 
 @pytest.mark.parametrize("pooling", ["roi", "psroi"])
@@ -173,6 +174,16 @@ def test_variants_differ_only_by_the_offset_branches():
     assert shared <= {name for name, _ in deformable.named_parameters()}
     assert all(isinstance(layer, Conv2d) for layer in regular.deform_layers)
     assert all(isinstance(layer, DeformConv2d) for layer in deformable.deform_layers)
+
+
+def test_both_variants_start_from_the_same_function():
+    images = Tensor(np.random.default_rng(14).random((3, 1, 28, 28), dtype=np.float32))
+    with no_grad():
+        regular = MnistNet(seed=7)(images).data
+        for modulated in (False, True):
+            deformable = MnistNet(deformable=True, modulated=modulated, seed=7)(images).data
+            # modulated: every sample is scaled by the initial mask 0.5, which BatchNorm undoes
+            assert_close(deformable, regular, rtol=1e-4, atol=1e-4)
 
 
 def test_deform_layers_work_on_the_stride_two_map_of_a_digit():

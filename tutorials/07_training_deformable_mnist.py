@@ -97,7 +97,7 @@ plt.show()
 # ## Two networks, one recipe
 #
 # `models.MnistNet` is a 3 × 3 convolution and a 2 × 2 max-pool, then three 3 × 3 convolutions at
-# 14 × 14, global average pooling and a linear classifier. In the deformable variant the last
+# 14 × 14, an average pooling to 7 × 7 and a linear classifier. In the deformable variant the last
 # three convolutions are `nn.DeformConv2d` layers, each with its zero-initialised offset branch;
 # nothing else differs. `train.train_variant` trains either with the same seed, batches and
 # schedule (Adam, cosine decay).

@@ -17,3 +17,12 @@ def test_readme_example_prints_what_it_claims():
     with contextlib.redirect_stdout(printed):
         exec(compile(code, str(README), "exec"), {})
     assert printed.getvalue() == expected
+
+
+def test_readme_embeds_the_measured_mnist_table():
+    """The README's results block is docs/results_mnist.md as the experiment command wrote it."""
+    measured = (README.parent / "docs" / "results_mnist.md").read_text().split("\n", 1)[1].strip()
+    text = README.read_text()
+    block = re.search(r"<!-- BEGIN docs/results_mnist.md -->\n(.*?)\n<!-- END docs/results_mnist.md -->", text, re.S)
+    assert block, "README.md should embed docs/results_mnist.md between BEGIN/END markers"
+    assert block.group(1).strip() == measured

@@ -25,3 +25,18 @@ def to_numpy(array):
     import cupy
 
     return cupy.asnumpy(array)
+
+
+def assert_gradients_match(backend, names, gradients, expected, dtype, tolerance):
+    """Each gradient a backend returned equals the reference's (None where the reference gives
+    None), in the input dtype; the absolute tolerance grows with the gradient's magnitude."""
+    from dcn_numba.gradcheck import assert_close
+
+    for name, actual, wanted in zip(names, gradients, expected):
+        if wanted is None:
+            assert actual is None, f"{backend} {name} should be None"
+            continue
+        scale = 1 + float(np.abs(wanted).max(initial=0))
+        assert actual.dtype == dtype, f"{backend} {name} dtype"
+        assert_close(to_numpy(actual), wanted, rtol=tolerance, atol=tolerance * scale,
+                     what=f"{backend} {name}")

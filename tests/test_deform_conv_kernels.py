@@ -13,7 +13,7 @@ from dcn_numba import deform_conv2d, deform_conv2d_backward
 from dcn_numba._arrays import array_module
 from dcn_numba.gradcheck import assert_close, check_gradients
 from dcn_numba.kernels import deform_conv as kernels
-from helpers import KERNEL_BACKENDS, to_backend, to_numpy
+from helpers import KERNEL_BACKENDS, to_backend, to_numpy, assert_gradients_match
 
 GRADIENT_NAMES = ["grad_input", "grad_offset", "grad_weight", "grad_bias", "grad_mask"]
 TOLERANCE = {np.float64: 1e-10, np.float32: 2e-4}
@@ -93,14 +93,7 @@ def assert_matches_reference(backend, case):
 
     gradients = deform_conv2d_backward(moved["grad_output"], *forward_args(moved, case), backend=backend)
     expected = deform_conv2d_backward(exact["grad_output"], *forward_args(exact, case), backend="reference")
-    for name, actual, wanted in zip(GRADIENT_NAMES, gradients, expected):
-        if wanted is None:
-            assert actual is None, f"{backend} {name} should be None"
-            continue
-        scale = 1 + float(np.abs(wanted).max(initial=0))
-        assert actual.dtype == case["dtype"], f"{backend} {name} dtype"
-        assert_close(to_numpy(actual), wanted, rtol=tolerance, atol=tolerance * scale,
-                     what=f"{backend} {name}")
+    assert_gradients_match(backend, GRADIENT_NAMES, gradients, expected, case["dtype"], tolerance)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

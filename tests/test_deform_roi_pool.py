@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from dcn_numba import deform_roi_pool, deform_roi_pool_backward
 from dcn_numba.gradcheck import assert_close, check_gradients
 from dcn_numba.reference.deform_roi_pool import bin_samples
-from helpers import BACKENDS, KERNEL_BACKENDS, to_backend, to_numpy
+from helpers import BACKENDS, KERNEL_BACKENDS, to_backend, to_numpy, assert_gradients_match
 
 TOLERANCE = {np.float64: 1e-10, np.float32: 2e-4}
 
@@ -238,14 +238,7 @@ def assert_matches_reference(backend, case):
                                          moved["offset"], **params, backend=backend)
     expected = deform_roi_pool_backward(exact["grad_output"], exact["input"], exact["rois"],
                                         exact["offset"], **params, backend="reference")
-    for name, actual, wanted in zip(["grad_input", "grad_offset"], gradients, expected):
-        if wanted is None:
-            assert actual is None, f"{backend} {name} should be None"
-            continue
-        scale = 1 + float(np.abs(wanted).max(initial=0))
-        assert actual.dtype == case["dtype"], f"{backend} {name} dtype"
-        assert_close(to_numpy(actual), wanted, rtol=tolerance, atol=tolerance * scale,
-                     what=f"{backend} {name}")
+    assert_gradients_match(backend, ["grad_input", "grad_offset"], gradients, expected, case["dtype"], tolerance)
 
 
 @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

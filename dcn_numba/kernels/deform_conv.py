@@ -45,8 +45,8 @@ from numba import cuda, prange, types
 from .._arrays import array_module, cuda_stream
 from . import sampling
 from ._targets import cpu_kernel, for_cuda, launch
-from .sampling import (bilinear_blend, bilinear_slopes, corner_weight, dcn_locate, dcn_tap_position,
-                       dcn_unlocated_value, padded_corner, padded_corners)
+from .sampling import (bilinear_blend, bilinear_slopes, corner_weight, dcn_locate, dcn_sample_index,
+                       dcn_tap_position, dcn_unlocated_value, padded_corner, padded_corners)
 
 # How many bytes the column buffer of a batch chunk may take: a memory knob, results do not depend
 # on it. On the CPU a chunk that fits the last-level cache is still there when its GEMM reads it;
@@ -107,13 +107,10 @@ def deformable_im2col_cpu(n_rows, padded, top_left, l_y, l_x, mask, use_mask, co
     (see `padded_corners`): without branches, over row slices, it vectorises."""
     K = geometry.kh * geometry.kw
     HW_out = geometry.H_out * geometry.W_out
-    channels_per_group = geometry.C_in // geometry.offset_groups
     plane_size = (geometry.H + 2) * (geometry.W + 2)
     for row in prange(n_rows):
         image_channel = row // K  # b·C_in + c
-        b = image_channel // geometry.C_in
-        c = image_channel % geometry.C_in
-        samples = ((b * geometry.offset_groups + c // channels_per_group) * K + row % K) * HW_out
+        samples = dcn_sample_index(image_channel, row % K, geometry) * HW_out
         image = padded[image_channel * plane_size:(image_channel + 1) * plane_size]
         corners = top_left[samples:samples + HW_out]
         fraction_y = l_y[samples:samples + HW_out]
@@ -134,14 +131,11 @@ def deformable_col2im_cpu(n_planes, gcol, top_left, l_y, l_x, mask, use_mask, gr
     n_planes = B·C_in planes (b, c); each iteration accumulates into its own plane only."""
     K = geometry.kh * geometry.kw
     HW_out = geometry.H_out * geometry.W_out
-    channels_per_group = geometry.C_in // geometry.offset_groups
     plane_size = (geometry.H + 2) * (geometry.W + 2)
     for image_channel in prange(n_planes):
-        b = image_channel // geometry.C_in
-        c = image_channel % geometry.C_in
         grad_image = grad_padded[image_channel * plane_size:(image_channel + 1) * plane_size]
         for k in range(K):
-            samples = ((b * geometry.offset_groups + c // channels_per_group) * K + k) * HW_out
+            samples = dcn_sample_index(image_channel, k, geometry) * HW_out
             row = (image_channel * K + k) * HW_out
             for position in range(HW_out):
                 here = samples + position
@@ -221,12 +215,9 @@ def deformable_im2col_cuda(n_items, padded, top_left, l_y, l_x, mask, use_mask, 
     """col[b, c, k, i, j] = m · S(x[b, c], p); one thread per element of col."""
     K = geometry.kh * geometry.kw
     HW_out = geometry.H_out * geometry.W_out
-    channels_per_group = geometry.C_in // geometry.offset_groups
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
         image_channel = index // HW_out // K
-        b = image_channel // geometry.C_in
-        c = image_channel % geometry.C_in
-        sample = (b * geometry.offset_groups + c // channels_per_group) * K + index // HW_out % K
+        sample = gpu.dcn_sample_index(image_channel, index // HW_out % K, geometry)
         here = sample * HW_out + index % HW_out
         corner = top_left[here]
         if corner >= 0:
@@ -245,12 +236,9 @@ def deformable_col2im_cuda(n_items, gcol, top_left, l_y, l_x, mask, use_mask, gr
     """grad_padded[b, c] += m · gcol · w_ab at the four corners; one thread per gcol element."""
     K = geometry.kh * geometry.kw
     HW_out = geometry.H_out * geometry.W_out
-    channels_per_group = geometry.C_in // geometry.offset_groups
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
         image_channel = index // HW_out // K
-        b = image_channel // geometry.C_in
-        c = image_channel % geometry.C_in
-        sample = (b * geometry.offset_groups + c // channels_per_group) * K + index // HW_out % K
+        sample = gpu.dcn_sample_index(image_channel, index // HW_out % K, geometry)
         here = sample * HW_out + index % HW_out
         corner = top_left[here]
         if corner < 0:

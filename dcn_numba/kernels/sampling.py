@@ -137,6 +137,15 @@ def dcn_sample_gradient(data, plane, H, W, p_y, p_x):
     return bilinear_slopes(v00, v01, v10, v11, l_y, l_x)
 
 
+@shared
+def dcn_sample_index(image_channel, k, geometry):
+    """The sample s = (b·G_off + g)·K + k read by channel image_channel = b·C_in + c at tap k,
+    where g = c // (C_in / G_off) is the offset group of channel c."""
+    b = image_channel // geometry.C_in
+    g = image_channel % geometry.C_in // (geometry.C_in // geometry.offset_groups)
+    return (b * geometry.offset_groups + g) * geometry.kh * geometry.kw + k
+
+
 # Where a sample falls on the padded planes: `top_left` ≥ 0 is the flat index of its corner
 # (y0, x0) within a padded plane; these two negative values mark samples that read no pixel.
 OUTSIDE = -1  # an invalid sample: S = 0, no gradient

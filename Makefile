@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test train tutorials bench clean
+.PHONY: test train tutorials bench clean clean-cache
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,5 +25,10 @@ tutorials: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench.py
 
-clean:
+# Numba caches compiled CPU kernels in __pycache__, keyed on each kernel's own file: after editing
+# kernels/sampling.py (inlined into every kernel), `make clean-cache` forces a recompilation.
+clean-cache:
+	find dcn_numba -name '*.nbi' -delete -o -name '*.nbc' -delete
+
+clean: clean-cache
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

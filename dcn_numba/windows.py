@@ -5,13 +5,16 @@ gives all the windows at once as a strided view (C, kh, kw, H_out, W_out, B) tha
 beyond the padding, and `fold`, its adjoint, adds every window's gradient back where the window
 read it (col2im). A convolution is then one GEMM per weight group over the windows copied into a
 column matrix (im2col), and a pooling a reduction over the taps. Everything runs on NumPy or CuPy
-arrays, whichever the input is.
+arrays, whichever the input is: the two copies that dominate a convolution's time, im2col
+(`SlidingWindows.columns`) and col2im (`SlidingWindows.fold`), run as parallel CPU kernels on
+NumPy arrays (`dcn_numba.kernels.windows`) and as array-module slices on CuPy arrays.
 """
 
 import numpy as np
 
 from ._checks import as_pair
 from .autograd import Function
+from .kernels.windows import fold_windows, unfold_windows
 
 
 def require_ndim(op, name, array, layout):
@@ -72,17 +75,30 @@ class SlidingWindows:
             strides=(step_c, step_h * dil_h, step_w * dil_w, step_h * stride_h, step_w * stride_w,
                      step_b))
 
+    def columns(self, xp, x):
+        """im2col: a contiguous copy (C, kh, kw, H_out, W_out, B) of every window of x
+        (B, C, H, W), padded with zeros; one parallel kernel on NumPy arrays."""
+        if xp is not np:
+            return xp.ascontiguousarray(self.unfold(xp, x))
+        columns = np.empty((x.shape[1], *self.kernel_size, *self.output_size, x.shape[0]), x.dtype)
+        unfold_windows(x, *self.stride, *self.padding, *self.dilation, columns)
+        return columns
+
     def fold(self, xp, grad_windows):
         """The adjoint of `unfold` (col2im): ∂L/∂x (B, C, H, W) from ∂L/∂windows
         (C, kh, kw, H_out, W_out, B).
 
         Tap (ki, kj) of all windows is one strided slice of the padded image, so the loop adds
-        kh·kw vectorised slices, and overlapping windows accumulate as they should.
+        kh·kw vectorised slices, and overlapping windows accumulate as they should. On NumPy
+        arrays one parallel kernel does the same adds.
         """
         B, C, H, W = self.input_shape
         (pad_h, pad_w), (H_out, W_out) = self.padding, self.output_size
         (dil_h, dil_w), (stride_h, stride_w) = self.dilation, self.stride
         grad = xp.zeros(self.padded_shape(), dtype=grad_windows.dtype)
+        if xp is np:
+            fold_windows(grad_windows, stride_h, stride_w, dil_h, dil_w, grad)
+            return grad[:, pad_h:pad_h + H, pad_w:pad_w + W].transpose(3, 0, 1, 2)
         for ki in range(self.kernel_size[0]):
             for kj in range(self.kernel_size[1]):
                 rows = slice(ki * dil_h, ki * dil_h + stride_h * (H_out - 1) + 1, stride_h)
@@ -113,7 +129,7 @@ class Conv2d(Function):
         if bias is not None and bias.shape != (C_out,):
             raise ValueError(f"conv2d: bias has shape {tuple(bias.shape)}, expected ({C_out},)")
         self.windows = SlidingWindows("conv2d", x.shape, weight.shape[2:], stride, padding, dilation)
-        columns = self.xp.ascontiguousarray(self.windows.unfold(self.xp, x))
+        columns = self.windows.columns(self.xp, x)
         self.columns = columns.reshape(groups, C_group * weight.shape[2] * weight.shape[3], -1)
         self.weight = weight.reshape(groups, C_out // groups, -1)
         out = (self.weight @ self.columns).reshape(C_out, *self.windows.output_size, x.shape[0])

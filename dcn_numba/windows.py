@@ -86,25 +86,30 @@ class SlidingWindows:
 
     def fold(self, xp, grad_windows):
         """The adjoint of `unfold` (col2im): ∂L/∂x (B, C, H, W) from ∂L/∂windows
-        (C, kh, kw, H_out, W_out, B).
-
-        Tap (ki, kj) of all windows is one strided slice of the padded image, so the loop adds
-        kh·kw vectorised slices, and overlapping windows accumulate as they should. On NumPy
-        arrays one parallel kernel does the same adds.
-        """
+        (C, kh, kw, H_out, W_out, B), every tap added where its window read it; one parallel
+        kernel on NumPy arrays, `add_taps` on CuPy arrays."""
         B, C, H, W = self.input_shape
-        (pad_h, pad_w), (H_out, W_out) = self.padding, self.output_size
-        (dil_h, dil_w), (stride_h, stride_w) = self.dilation, self.stride
+        pad_h, pad_w = self.padding
         grad = xp.zeros(self.padded_shape(), dtype=grad_windows.dtype)
         if xp is np:
-            fold_windows(grad_windows, stride_h, stride_w, dil_h, dil_w, grad)
-            return grad[:, pad_h:pad_h + H, pad_w:pad_w + W].transpose(3, 0, 1, 2)
+            fold_windows(grad_windows, *self.stride, *self.dilation, grad)
+        else:
+            self.add_taps(grad_windows, grad)
+        return grad[:, pad_h:pad_h + H, pad_w:pad_w + W].transpose(3, 0, 1, 2)
+
+    def add_taps(self, grad_windows, grad_padded):
+        """grad_padded (C, H + 2·pad_h, W + 2·pad_w, B) += every tap of ∂L/∂windows, in place.
+
+        Tap (ki, kj) of all windows is one strided slice of the padded image, so the loop adds
+        kh·kw vectorised slices, and overlapping windows accumulate as they should.
+        """
+        (dil_h, dil_w), (stride_h, stride_w) = self.dilation, self.stride
+        H_out, W_out = self.output_size
         for ki in range(self.kernel_size[0]):
             for kj in range(self.kernel_size[1]):
                 rows = slice(ki * dil_h, ki * dil_h + stride_h * (H_out - 1) + 1, stride_h)
                 columns = slice(kj * dil_w, kj * dil_w + stride_w * (W_out - 1) + 1, stride_w)
-                grad[:, rows, columns] += grad_windows[:, ki, kj]
-        return grad[:, pad_h:pad_h + H, pad_w:pad_w + W].transpose(3, 0, 1, 2)
+                grad_padded[:, rows, columns] += grad_windows[:, ki, kj]
 
 
 class Conv2d(Function):
@@ -220,6 +225,20 @@ def adaptive_pooling_matrix(xp, size, output_size, dtype):
     return (inside / inside.sum(axis=1, keepdims=True)).astype(dtype)
 
 
+def apply_separably(xp, rows, columns, x):
+    """rows @ x[b, c] @ columnsᵀ for every (b, c) of x (B, C, H, W), with rows (H', H) and
+    columns (W', W): (B, C, H', W').
+
+    Batch last, each product is one matrix product per channel, (H', H) @ (H, W·B), then one
+    per (channel, row), (W', W) @ (W, B), instead of B·C tiny products; the result is a
+    (B, C, H', W') view of batch-last memory.
+    """
+    x = batch_last(xp, x)
+    C, H, W, B = x.shape
+    along_rows = (rows @ x.reshape(C, H, W * B)).reshape(C * rows.shape[0], W, B)
+    return (columns @ along_rows).reshape(C, rows.shape[0], columns.shape[0], B).transpose(3, 0, 1, 2)
+
+
 class AdaptiveAvgPool2d(Function):
     """Average pooling to a fixed output size: out = A_h @ x @ A_wᵀ with the pooling matrices
     A_h (H_out, H) and A_w (W_out, W); ∂L/∂x = A_hᵀ @ g @ A_w."""
@@ -229,10 +248,10 @@ class AdaptiveAvgPool2d(Function):
         out_h, out_w = as_pair(output_size, "adaptive_avg_pool2d: output_size", 1)
         self.rows = adaptive_pooling_matrix(self.xp, x.shape[2], out_h, x.dtype)
         self.columns = adaptive_pooling_matrix(self.xp, x.shape[3], out_w, x.dtype)
-        return self.rows @ x @ self.columns.T
+        return apply_separably(self.xp, self.rows, self.columns, x)
 
     def backward(self, grad_output):
-        return (self.rows.T @ grad_output @ self.columns,)
+        return (apply_separably(self.xp, self.rows.T, self.columns.T, grad_output),)
 
 
 def adaptive_avg_pool2d(x, output_size):

@@ -11,7 +11,7 @@ from dcn_numba import deform_conv2d_backward
 from dcn_numba import functional as F
 from dcn_numba.autograd import Tensor
 from dcn_numba.gradcheck import assert_close
-from dcn_numba.windows import adaptive_pooling_matrix
+from dcn_numba.windows import SlidingWindows, adaptive_pooling_matrix
 from autograd_helpers import check_tensor_function
 
 rng = np.random.default_rng(1)
@@ -114,6 +114,27 @@ def test_conv2d(stride, padding, dilation, groups):
         lambda x, weight, bias: F.conv2d(x, weight, bias, stride, padding, dilation, groups),
         {"x": x, "weight": weight, "bias": bias})
     assert_close(out.data, loop_conv2d(x, weight, bias, stride, padding, dilation, groups))
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation", [
+    ((3, 3), (1, 1), (1, 1), (1, 1)),
+    ((3, 2), (2, 1), (1, 2), (1, 2)),
+    ((2, 3), (2, 3), (2, 0), (2, 1)),
+])
+def test_im2col_and_col2im_kernels_match_the_array_module_path(kernel, stride, padding, dilation):
+    # The CPU kernels serve NumPy arrays, the strided view and `add_taps` CuPy arrays: on the same
+    # NumPy data the two paths must agree exactly (float32, as in training).
+    x = normal(3, 2, 7, 6).astype(np.float32)
+    windows = SlidingWindows("test", x.shape, kernel, stride, padding, dilation)
+    columns = windows.columns(np, x)
+    assert columns.dtype == np.float32
+    np.testing.assert_array_equal(columns, windows.unfold(np, x))
+    grad_windows = normal(*columns.shape).astype(np.float32)
+    expected = np.zeros(windows.padded_shape(), dtype=np.float32)
+    windows.add_taps(grad_windows, expected)
+    (pad_h, pad_w), (H, W) = padding, x.shape[2:]
+    expected = expected[:, pad_h:pad_h + H, pad_w:pad_w + W].transpose(3, 0, 1, 2)
+    assert_close(windows.fold(np, grad_windows), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_conv2d_without_bias_and_input_gradient():

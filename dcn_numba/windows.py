@@ -14,7 +14,6 @@ import numpy as np
 
 from ._checks import as_pair
 from .autograd import Function
-from .kernels.windows import fold_windows, unfold_windows
 
 
 def require_ndim(op, name, array, layout):
@@ -77,24 +76,16 @@ class SlidingWindows:
 
     def columns(self, xp, x):
         """im2col: a contiguous copy (C, kh, kw, H_out, W_out, B) of every window of x
-        (B, C, H, W), padded with zeros; one parallel kernel on NumPy arrays."""
-        if xp is not np:
-            return xp.ascontiguousarray(self.unfold(xp, x))
-        columns = np.empty((x.shape[1], *self.kernel_size, *self.output_size, x.shape[0]), x.dtype)
-        unfold_windows(x, *self.stride, *self.padding, *self.dilation, columns)
-        return columns
+        (B, C, H, W), padded with zeros."""
+        return xp.ascontiguousarray(self.unfold(xp, x))
 
     def fold(self, xp, grad_windows):
         """The adjoint of `unfold` (col2im): ∂L/∂x (B, C, H, W) from ∂L/∂windows
-        (C, kh, kw, H_out, W_out, B), every tap added where its window read it; one parallel
-        kernel on NumPy arrays, `add_taps` on CuPy arrays."""
+        (C, kh, kw, H_out, W_out, B), every tap added where its window read it."""
         B, C, H, W = self.input_shape
         pad_h, pad_w = self.padding
         grad = xp.zeros(self.padded_shape(), dtype=grad_windows.dtype)
-        if xp is np:
-            fold_windows(grad_windows, *self.stride, *self.dilation, grad)
-        else:
-            self.add_taps(grad_windows, grad)
+        self.add_taps(grad_windows, grad)
         return grad[:, pad_h:pad_h + H, pad_w:pad_w + W].transpose(3, 0, 1, 2)
 
     def add_taps(self, grad_windows, grad_padded):

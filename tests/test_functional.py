@@ -116,27 +116,6 @@ def test_conv2d(stride, padding, dilation, groups):
     assert_close(out.data, loop_conv2d(x, weight, bias, stride, padding, dilation, groups))
 
 
-@pytest.mark.parametrize("kernel, stride, padding, dilation", [
-    ((3, 3), (1, 1), (1, 1), (1, 1)),
-    ((3, 2), (2, 1), (1, 2), (1, 2)),
-    ((2, 3), (2, 3), (2, 0), (2, 1)),
-])
-def test_im2col_and_col2im_kernels_match_the_array_module_path(kernel, stride, padding, dilation):
-    # The CPU kernels serve NumPy arrays, the strided view and `add_taps` CuPy arrays: on the same
-    # NumPy data the two paths must agree exactly (float32, as in training).
-    x = normal(3, 2, 7, 6).astype(np.float32)
-    windows = SlidingWindows("test", x.shape, kernel, stride, padding, dilation)
-    columns = windows.columns(np, x)
-    assert columns.dtype == np.float32
-    np.testing.assert_array_equal(columns, windows.unfold(np, x))
-    grad_windows = normal(*columns.shape).astype(np.float32)
-    expected = np.zeros(windows.padded_shape(), dtype=np.float32)
-    windows.add_taps(grad_windows, expected)
-    (pad_h, pad_w), (H, W) = padding, x.shape[2:]
-    expected = expected[:, pad_h:pad_h + H, pad_w:pad_w + W].transpose(3, 0, 1, 2)
-    assert_close(windows.fold(np, grad_windows), expected, rtol=1e-6, atol=1e-6)
-
-
 def test_conv2d_without_bias_and_input_gradient():
     x, weight = Tensor(normal(1, 2, 5, 5)), Tensor(normal(3, 2, 3, 3), requires_grad=True)
     out = F.conv2d(x, weight, padding=1)

@@ -11,7 +11,7 @@ from dcn_numba import deform_conv2d_backward
 from dcn_numba import functional as F
 from dcn_numba.autograd import Tensor
 from dcn_numba.gradcheck import assert_close
-from dcn_numba.windows import SlidingWindows, adaptive_pooling_matrix
+from dcn_numba.windows import adaptive_pooling_matrix
 from autograd_helpers import check_tensor_function
 
 rng = np.random.default_rng(1)

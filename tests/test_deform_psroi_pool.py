@@ -9,15 +9,10 @@ from hypothesis import strategies as st
 
 from dcn_numba import deform_psroi_pool, deform_psroi_pool_backward
 from dcn_numba.gradcheck import assert_close, check_gradients
+from roi_helpers import linear_image, random_rois, tent
 from helpers import BACKENDS, KERNEL_BACKENDS, to_backend, to_numpy, assert_gradients_match
 
 TOLERANCE = {np.float64: 1e-10, np.float32: 2e-4}
-
-
-def tent(position, size):
-    """Weights max(0, 1 − |p − i|) of the pixels i = 0..size−1: bilinear interpolation written as
-    a sum over every pixel."""
-    return np.maximum(0.0, 1.0 - np.abs(position - np.arange(size)))
 
 
 def c_round(v):
@@ -67,19 +62,6 @@ def brute_force_ps_pooling(input, rois, output_dim, group_size, pooled_size, sam
                     score_map = maps[int(roi[0]), ctop, ph * G // P, pw * G // P]
                     output[n, ctop, ph, pw] = rows @ score_map @ columns / (len(hs) * len(ws))
     return output
-
-
-def random_rois(rng, N, B, H, W, spatial_scale, outside=2.0, degenerate=False):
-    """N RoIs in input-image coordinates, reaching `outside` feature pixels beyond the map;
-    with `degenerate`, some have x2 < x1 or y2 < y1."""
-    low = rng.uniform(-outside, [W, H], (N, 2))
-    high = rng.uniform(low - (2.0 if degenerate else 0.0), [W + outside, H + outside], (N, 2))
-    return np.concatenate([rng.integers(0, B, (N, 1)), low, high], axis=1) / [1, *[spatial_scale] * 4]
-
-
-def linear_image(H, W):
-    """x[i, j] = 10·i + j: bilinear interpolation reproduces it exactly inside the image."""
-    return (10.0 * np.arange(H)[:, None] + np.arange(W))[None, None]
 
 
 # ---------------------------------------------------------------------------------------------

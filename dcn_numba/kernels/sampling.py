@@ -128,7 +128,8 @@ def dcn_sample(data, plane, H, W, p_y, p_x):
 @shared
 def dcn_sample_gradient(data, plane, H, W, p_y, p_x):
     """(∂S/∂p_y, ∂S/∂p_x) (see `bilinear_slopes`) with corner values 0 outside the image;
-    (0, 0) for an invalid position (the convention of the original DCNv2 operator), NaN for a non-finite one."""
+    (0, 0) for an invalid position (the convention of the original DCNv2 operator), NaN for a
+    non-finite one."""
     if not dcn_is_valid(p_y, p_x, H, W):
         if is_finite_position(p_y, p_x):
             return 0.0, 0.0

@@ -38,7 +38,8 @@ from .._arrays import array_module, cuda_stream
 from . import sampling
 from ._targets import cpu_kernel, for_cuda, launch
 from .sampling import (bin_cell, is_finite_position, psroi_average, psroi_average_gradient, psroi_bin,
-                       psroi_corner, psroi_count, psroi_is_skipped, psroi_sample_position)
+                       psroi_corner, psroi_count, psroi_is_skipped, psroi_output_index,
+                       psroi_sample_position)
 
 
 class PSRoIGeometry(NamedTuple):
@@ -65,12 +66,8 @@ class PSRoIGeometry(NamedTuple):
 @cpu_kernel
 def deform_psroi_pool_forward_cpu(n_items, input, rois, trans, has_trans, output, geometry):
     """output[n, ctop, ph, pw] for the n_items = N·output_dim·P² output elements."""
-    P = geometry.pooled_size
     for index in prange(n_items):
-        pw = index % P
-        ph = index // P % P
-        ctop = index // (P * P) % geometry.output_dim
-        n = index // (P * P * geometry.output_dim)
+        n, ctop, ph, pw = psroi_output_index(index, geometry)
         bin_ = psroi_bin(rois, trans, has_trans, n, ctop, ph, pw, geometry)
         plane = (bin_.batch * geometry.C + bin_.channel) * geometry.H * geometry.W
         output[n, ctop, ph, pw] = psroi_average(input, plane, geometry.H, geometry.W, bin_,
@@ -145,12 +142,8 @@ gpu = for_cuda(sampling)
 @cuda.jit
 def deform_psroi_pool_forward_cuda(n_items, input, rois, trans, has_trans, output, geometry):
     """output[n, ctop, ph, pw]; one thread per output element."""
-    P = geometry.pooled_size
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
-        pw = index % P
-        ph = index // P % P
-        ctop = index // (P * P) % geometry.output_dim
-        n = index // (P * P * geometry.output_dim)
+        n, ctop, ph, pw = gpu.psroi_output_index(index, geometry)
         bin_ = gpu.psroi_bin(rois, trans, has_trans, n, ctop, ph, pw, geometry)
         plane = (bin_.batch * geometry.C + bin_.channel) * geometry.H * geometry.W
         output[n, ctop, ph, pw] = gpu.psroi_average(input, plane, geometry.H, geometry.W, bin_,
@@ -161,12 +154,9 @@ def deform_psroi_pool_forward_cuda(n_items, input, rois, trans, has_trans, outpu
 def deform_psroi_pool_backward_cuda(n_items, input, rois, trans, has_trans, grad_output,
                                     grad_input, grad_trans, geometry):
     """grad_input and grad_trans contributions of one output element (n, ctop, ph, pw) per thread."""
-    H, W, P = geometry.H, geometry.W, geometry.pooled_size
+    H, W = geometry.H, geometry.W
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
-        pw = index % P
-        ph = index // P % P
-        ctop = index // (P * P) % geometry.output_dim
-        n = index // (P * P * geometry.output_dim)
+        n, ctop, ph, pw = gpu.psroi_output_index(index, geometry)
         bin_ = gpu.psroi_bin(rois, trans, has_trans, n, ctop, ph, pw, geometry)
         count = gpu.psroi_count(bin_, H, W, geometry.sample_per_part)
         if count == 0:

@@ -38,8 +38,9 @@ from numba import cuda, prange, types
 from .._arrays import array_module, cuda_stream
 from . import sampling
 from ._targets import cpu_kernel, for_cuda, launch
-from .sampling import (is_finite_position, roi_align_bin, roi_align_corner, roi_align_corner_gradient,
-                       roi_align_count, roi_align_is_valid, roi_align_sample_position)
+from .sampling import (is_finite_position, roi_align_bin, roi_align_bin_index, roi_align_corner,
+                       roi_align_corner_gradient, roi_align_count, roi_align_is_valid,
+                       roi_align_sample_position)
 
 
 class RoIAlignGeometry(NamedTuple):
@@ -65,12 +66,9 @@ def deform_roi_pool_forward_cpu(n_bins, pixels, rois, offset, has_offset, output
     """output[n, :, ph, pw] for the n_bins = N·PH·PW bins (n, ph, pw), from `pixels`, the input
     with its channels last: each sample adds weight · (C channels of a corner pixel) for its four
     corners, the geometry computed once for all the channels."""
-    bins_per_roi = geometry.PH * geometry.PW
     H, W, C = geometry.H, geometry.W, geometry.C
     for roi_bin in prange(n_bins):
-        n = roi_bin // bins_per_roi
-        ph = roi_bin % bins_per_roi // geometry.PW
-        pw = roi_bin % geometry.PW
+        n, ph, pw = roi_align_bin_index(roi_bin, geometry)
         bin_ = roi_align_bin(rois, offset, has_offset, n, ph, pw, geometry)
         image = pixels[bin_.batch]
         totals = np.zeros(C, dtype=pixels.dtype)
@@ -129,12 +127,9 @@ def deform_roi_pool_grad_offset_cpu(n_bins, pixels, rois, offset, grad_output, g
     """grad_offset[n, :, ph, pw] = γ·(roi_width, roi_height)·Σ_c grad_out[n, c, ph, pw]·∂out/∂(x, y)
     for the n_bins = N·PH·PW bins (n, ph, pw); each iteration writes its own two elements.
     ∂out/∂y (and ∂out/∂x) is gathered for all the channels at once, as a vector, like the forward."""
-    bins_per_roi = geometry.PH * geometry.PW
     H, W, C = geometry.H, geometry.W, geometry.C
     for roi_bin in prange(n_bins):
-        n = roi_bin // bins_per_roi
-        ph = roi_bin % bins_per_roi // geometry.PW
-        pw = roi_bin % geometry.PW
+        n, ph, pw = roi_align_bin_index(roi_bin, geometry)
         bin_ = roi_align_bin(rois, offset, True, n, ph, pw, geometry)
         image = pixels[bin_.batch]
         out_d_y = np.zeros(C, dtype=pixels.dtype)  # n_ij · ∂out[n, c, ph, pw]/∂y for every channel c

@@ -147,6 +147,18 @@ def dcn_sample_index(image_channel, k, geometry):
     return (b * geometry.offset_groups + g) * geometry.kh * geometry.kw + k
 
 
+@shared
+def dcn_col_element(index, geometry):
+    """(image_channel, here) of element `index` of col (B_chunk, C_in, K, H_out, W_out): its
+    channel b·C_in + c, and the flat index of its sample and output position in the arrays laid
+    out (sample, H_out·W_out): top_left, l_y, l_x and mask."""
+    HW_out = geometry.H_out * geometry.W_out
+    K = geometry.kh * geometry.kw
+    image_channel = index // HW_out // K
+    sample = dcn_sample_index(image_channel, index // HW_out % K, geometry)
+    return image_channel, sample * HW_out + index % HW_out
+
+
 # Where a sample falls on the padded planes: `top_left` ≥ 0 is the flat index of its corner
 # (y0, x0) within a padded plane; these two negative values mark samples that read no pixel.
 OUTSIDE = -1  # an invalid sample: S = 0, no gradient
@@ -270,6 +282,13 @@ def roi_align_grid(roi_extent, bins, sampling_ratio):
     if math.isnan(roi_extent) or math.isinf(roi_extent):
         return 1
     return max(int(math.ceil(roi_extent / bins)), 0)
+
+
+@shared
+def roi_align_bin_index(roi_bin, geometry):
+    """(n, ph, pw) of bin number roi_bin = (n·PH + ph)·PW + pw."""
+    bins_per_roi = geometry.PH * geometry.PW
+    return roi_bin // bins_per_roi, roi_bin % bins_per_roi // geometry.PW, roi_bin % geometry.PW
 
 
 @shared
@@ -456,6 +475,14 @@ def bin_cell(bin_index, pooled_size, cells):
     trans cell of a bin (cells = part_size) and its score map (cells = group_size); as
     bin_index < P the result is always below `cells`, so the original's clamp never acts."""
     return bin_index * cells // pooled_size
+
+
+@shared
+def psroi_output_index(index, geometry):
+    """(n, ctop, ph, pw) of output element index = ((n·output_dim + ctop)·P + ph)·P + pw."""
+    P = geometry.pooled_size
+    return (index // (P * P * geometry.output_dim), index // (P * P) % geometry.output_dim,
+            index // P % P, index % P)
 
 
 @shared

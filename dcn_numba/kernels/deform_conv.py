@@ -213,8 +213,12 @@ def locate_samples_cuda(n_items, offset, top_left, l_y, l_x, geometry):
 @cuda.jit
 def deformable_im2col_cuda(n_items, padded, top_left, l_y, l_x, mask, use_mask, col, geometry):
     """col[b, c, k, i, j] = m · S(x[b, c], p); one thread per element of col."""
+    K = geometry.kh * geometry.kw
+    HW_out = geometry.H_out * geometry.W_out
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
-        image_channel, here = gpu.dcn_col_element(index, geometry)
+        image_channel = index // HW_out // K
+        sample = gpu.dcn_sample_index(image_channel, index // HW_out % K, geometry)
+        here = sample * HW_out + index % HW_out
         corner = top_left[here]
         if corner >= 0:
             v00, v01, v10, v11 = gpu.padded_corners(
@@ -230,8 +234,12 @@ def deformable_im2col_cuda(n_items, padded, top_left, l_y, l_x, mask, use_mask, 
 @cuda.jit
 def deformable_col2im_cuda(n_items, gcol, top_left, l_y, l_x, mask, use_mask, grad_padded, geometry):
     """grad_padded[b, c] += m · gcol · w_ab at the four corners; one thread per gcol element."""
+    K = geometry.kh * geometry.kw
+    HW_out = geometry.H_out * geometry.W_out
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
-        image_channel, here = gpu.dcn_col_element(index, geometry)
+        image_channel = index // HW_out // K
+        sample = gpu.dcn_sample_index(image_channel, index // HW_out % K, geometry)
+        here = sample * HW_out + index % HW_out
         corner = top_left[here]
         if corner < 0:
             continue

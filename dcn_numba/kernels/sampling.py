@@ -147,18 +147,6 @@ def dcn_sample_index(image_channel, k, geometry):
     return (b * geometry.offset_groups + g) * geometry.kh * geometry.kw + k
 
 
-@shared
-def dcn_col_element(index, geometry):
-    """(image_channel, here) of element `index` of col (B_chunk, C_in, K, H_out, W_out): its
-    channel b·C_in + c, and the flat index of its sample and output position in the arrays laid
-    out (sample, H_out·W_out): top_left, l_y, l_x and mask."""
-    HW_out = geometry.H_out * geometry.W_out
-    K = geometry.kh * geometry.kw
-    image_channel = index // HW_out // K
-    sample = dcn_sample_index(image_channel, index // HW_out % K, geometry)
-    return image_channel, sample * HW_out + index % HW_out
-
-
 # Where a sample falls on the padded planes: `top_left` ≥ 0 is the flat index of its corner
 # (y0, x0) within a padded plane; these two negative values mark samples that read no pixel.
 OUTSIDE = -1  # an invalid sample: S = 0, no gradient

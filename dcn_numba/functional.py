@@ -157,6 +157,18 @@ def cross_entropy(logits, labels):
 # ---------------------------------------------------------------------------------------------
 
 
+def channel_rows(xp, x):
+    """x (B, C, ...) as a matrix (C, N) with one row per channel, the batch last in each row: a
+    free view when x is a view of batch-last memory (the window ops return such views), a copy
+    otherwise. Per-channel sums are then row sums over contiguous memory."""
+    return xp.moveaxis(x, 0, -1).reshape(x.shape[1], -1)
+
+
+def from_channel_rows(xp, rows, shape):
+    """The inverse of `channel_rows`: rows (C, N) back to `shape` (B, C, ...), as a view."""
+    return xp.moveaxis(rows.reshape(shape[1:] + shape[:1]), -1, 0)
+
+
 class BatchNorm(Function):
     """Per channel (axis 1), over the N values of the other axes: x̂ = (x − μ) / sqrt(σ² + eps),
     out = weight·x̂ + bias.
@@ -166,6 +178,10 @@ class BatchNorm(Function):
     the running estimates. Backward: ∂L/∂weight = Σ g·x̂ and ∂L/∂bias = Σ g (sums over the N values);
     ∂L/∂x = weight/sqrt(σ² + eps) · g in evaluation, and in training, where μ and σ² depend on x,
     ∂L/∂x = weight/sqrt(σ² + eps) · (g − mean g − x̂ · mean(g·x̂)).
+
+    Each channel is a row (`channel_rows`). Only μ and 1/sqrt(σ² + eps) are kept for the
+    backward pass, which rebuilds x̂ from the input: one full-size array less to hold between
+    the passes, and every full-size temporary costs memory traffic.
     """
 
     def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps):
@@ -175,38 +191,42 @@ class BatchNorm(Function):
             if x.ndim < 2 or array.shape != (C,):
                 raise ValueError(f"batch_norm: {name} has shape {tuple(array.shape)} but input "
                                  f"{tuple(x.shape)} needs one value per channel of axis 1")
-        self.axes = (0,) + tuple(range(2, x.ndim))
-        per_channel = (1, C) + (1,) * (x.ndim - 2)
-        mean = x.mean(axis=self.axes) if training else running_mean
-        # x̂ is built in place (centre, then scale): every full-size temporary costs memory traffic.
-        self.x_hat = x - mean.reshape(per_channel)
+        rows = channel_rows(self.xp, x)
+        self.mean = rows.mean(axis=1) if training else running_mean.astype(x.dtype)
+        # out is built in place: centre, (measure σ²), scale, shift.
+        out = rows - self.mean[:, None]
         if training:
-            var = (self.x_hat * self.x_hat).mean(axis=self.axes)
-            count = x.size // C
+            var = self.xp.einsum("cn,cn->c", out, out) / rows.shape[1]
+            count = rows.shape[1]
             running_mean *= 1 - momentum
-            running_mean += momentum * mean
+            running_mean += momentum * self.mean
             running_var *= 1 - momentum
             running_var += momentum * var * count / max(count - 1, 1)
         else:
-            var = running_var
-        inverse_std = 1 / self.xp.sqrt(var + eps)
-        self.x_hat *= inverse_std.reshape(per_channel)
-        self.training, self.scale = training, (weight * inverse_std).reshape(per_channel)
-        out = self.x_hat * weight.reshape(per_channel)
-        out += bias.reshape(per_channel)
-        return out
+            var = running_var.astype(x.dtype)
+        self.inverse_std = 1 / self.xp.sqrt(var + eps)
+        self.training, self.scale = training, weight * self.inverse_std
+        out *= self.scale[:, None]
+        out += bias[:, None]
+        return from_channel_rows(self.xp, out, x.shape)
 
     def backward(self, grad_output):
-        grad_bias = grad_output.sum(axis=self.axes)
-        grad_weight = (grad_output * self.x_hat).sum(axis=self.axes)
+        x = self.inputs[0].data
+        g = channel_rows(self.xp, grad_output)
+        grad_bias = g.sum(axis=1)
+        x_hat = channel_rows(self.xp, x) - self.mean[:, None]
+        x_hat *= self.inverse_std[:, None]
+        grad_weight = self.xp.einsum("cn,cn->c", g, x_hat)
         if not self.training:
-            return grad_output * self.scale, grad_weight, grad_bias
-        count = grad_output.size // grad_bias.size
-        grad_input = self.x_hat * (-grad_weight / count).reshape(self.scale.shape)
-        grad_input += grad_output
-        grad_input -= (grad_bias / count).reshape(self.scale.shape)
-        grad_input *= self.scale
-        return grad_input, grad_weight, grad_bias
+            return grad_output * self.scale.reshape((-1,) + (1,) * (x.ndim - 2)), grad_weight, grad_bias
+        # ∂L/∂x = scale · (g − mean g − x̂ · mean(g·x̂)), built in place on x̂.
+        count = g.shape[1]
+        grad_input = x_hat
+        grad_input *= (-grad_weight / count)[:, None]
+        grad_input += g
+        grad_input -= (grad_bias / count)[:, None]
+        grad_input *= self.scale[:, None]
+        return from_channel_rows(self.xp, grad_input, x.shape), grad_weight, grad_bias
 
 
 def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):

@@ -11,6 +11,7 @@ from dcn_numba import deform_conv2d_backward
 from dcn_numba import functional as F
 from dcn_numba.autograd import Tensor
 from dcn_numba.gradcheck import assert_close
+from dcn_numba import windows
 from dcn_numba.windows import adaptive_pooling_matrix
 from autograd_helpers import check_tensor_function
 
@@ -122,6 +123,47 @@ def test_conv2d_without_bias_and_input_gradient():
     out.sum().backward()
     assert x.grad is None
     assert_close(out.data, loop_conv2d(x.data, weight.data, np.zeros(3), (1, 1), (1, 1), (1, 1), 1))
+
+
+class NumPyByAnotherName:
+    """NumPy under a name that is not `numpy`, so that `dcn_numba.windows` takes the array-module
+    path it takes for CuPy: that path runs, and is checked, on a machine without a GPU."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+def conv2d_forward_backward(xp, x, weight, bias, grad_output, **geometry):
+    """Output and (∂x, ∂weight, ∂bias) of one Conv2d Function, computed with array module xp."""
+    function = windows.Conv2d()
+    function.xp = xp
+    function.inputs = (Tensor(x, requires_grad=True), Tensor(weight), Tensor(bias))
+    out = function.forward(x, weight, bias, **geometry)
+    return [out] if grad_output is None else [out, *function.backward(grad_output)]
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation, groups", [
+    ((3, 3), (1, 1), (1, 1), (1, 1), 1),
+    ((3, 2), (2, 1), (1, 2), (1, 2), 2),
+    ((2, 3), (2, 3), (2, 0), (2, 1), 1),
+])
+def test_conv2d_blocks_and_paths_agree(monkeypatch, kernel, stride, padding, dilation, groups):
+    # The NumPy path (CPU kernels) and the array-module path, each in one block and in blocks
+    # of one row of windows (so that every block boundary is crossed), give the same results.
+    x, weight, bias = normal(3, 4, 9, 7), normal(6, 4 // groups, *kernel), normal(6)
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    out = conv2d_forward_backward(np, x, weight, bias, None, **geometry)[0]
+    assert_close(out, loop_conv2d(x, weight, bias, stride, padding, dilation, groups))
+    grad_output = normal(*out.shape)
+    whole = conv2d_forward_backward(np, x, weight, bias, grad_output, **geometry)
+    for xp, target in [(np, "cpu"), (NumPyByAnotherName(), "cuda")]:
+        for block_bytes in (1, 1 << 30):
+            monkeypatch.setitem(windows.COLUMN_BLOCK_BYTES, target, block_bytes)
+            blocks = windows.SlidingWindows("test", x.shape, kernel, stride, padding, dilation)
+            assert len(list(blocks.column_blocks(xp, x))) == (out.shape[2] if block_bytes == 1 else 1)
+            results = conv2d_forward_backward(xp, x, weight, bias, grad_output, **geometry)
+            for name, a, b in zip(["out", "grad_input", "grad_weight", "grad_bias"], results, whole):
+                assert_close(a, b, rtol=1e-12, atol=1e-12, what=f"{name} ({target}, {block_bytes} B)")
 
 
 def loop_pool(x, kernel, stride, padding, reduce, fill):

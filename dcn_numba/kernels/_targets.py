@@ -29,6 +29,14 @@ def cpu_kernel(func):
     return njit(func, parallel=True, **CPU_OPTIONS)
 
 
+def serial_kernel(func):
+    """A single-threaded CPU kernel, for the memory-bound copies that the autograd engine runs
+    between BLAS calls: a parallel loop there would compete with BLAS's own threads for the cores
+    (and Numba's threading layers either spin after a loop or cannot be called from two Python
+    threads at once)."""
+    return njit(func, **CPU_OPTIONS)
+
+
 def for_cuda(module):
     """The object through which CUDA kernels reach the shared functions of `module`."""
     if not SIMULATED:

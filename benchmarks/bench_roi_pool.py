@@ -11,12 +11,13 @@ measured in the same run with as many threads as Numba uses.
 
 import sys
 
+import dcn_numba  # noqa: F401  (before NumPy, so that its OpenBLAS setting applies: dcn_numba.cpu_runtime)
 import numba
 import numpy as np
 
 from dcn_numba import deform_roi_pool, deform_roi_pool_backward
 from dcn_numba.gradcheck import describe_mismatch
-from timing import best_time, machine_description, row
+from timing import interleaved_best_times, machine_description, row
 
 B, C, H, W = 2, 256, 64, 64
 N_ROIS = 512
@@ -84,16 +85,6 @@ def torchvision_baseline(input, rois, grad_output):
         return x.grad
 
     return forward, forward_backward
-
-
-def interleaved_best_times(candidates, rounds):
-    """The best time of each closure (name → seconds), timed in turns so that other work on the
-    machine weighs on all of them alike."""
-    best = {name: best_time(run, repeats=1) for name, run in candidates.items()}
-    for _ in range(rounds - 1):
-        for name, run in candidates.items():
-            best[name] = min(best[name], best_time(run, repeats=1, warmup=0))
-    return best
 
 
 def ours(input, rois, offset, grad_output, backward):

@@ -8,23 +8,31 @@ is built in PyTorch, with torchvision.ops.deform_conv2d for the deformable layer
 same weights, and checked first: logits and every parameter gradient must match ours (the offset
 branches are perturbed away from zero for the check, so that no sample sits on an integer
 position, where the two libraries' boundary conventions differ; SPEC.md §1). Then both are timed
-in the same run, PyTorch with as many threads as there are cores.
+in the same run, in turns, PyTorch with as many threads as there are cores.
+
+Both libraries run in this one process under the same malloc settings: by default those of
+`dcn_numba.cpu_runtime.keep_freed_memory()`, which the training command uses too (freed memory stays
+in the process instead of being page-faulted back in every step); `--default-malloc` keeps
+glibc's defaults instead.
 
 Targets on a 2-core machine: our deformable step at most a quarter of PyTorch + torchvision's,
 our regular step within 1.5× of PyTorch's.
 """
 
+import argparse
 import os
 import sys
 
+import dcn_numba  # noqa: F401  (before NumPy, so that its OpenBLAS setting applies: dcn_numba.cpu_runtime)
 import numpy as np
 
 from dcn_numba import functional as F
 from dcn_numba.autograd import Tensor
+from dcn_numba.cpu_runtime import keep_freed_memory
 from dcn_numba.gradcheck import describe_mismatch
 from dcn_numba.models import MnistNet
 from dcn_numba.optim import SGD
-from timing import best_time, machine_description, row
+from timing import interleaved_best_times, machine_description, row
 
 BATCH = 64
 RTOL, ATOL = 1e-6, 1e-8  # the check runs in float64
@@ -149,7 +157,14 @@ def torch_step(deformable, images, labels):
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's malloc settings instead of keep_freed_memory()'s")
+    args = parser.parse_args()
     print(machine_description())
+    kept = not args.default_malloc and keep_freed_memory()
+    print("malloc: " + ("freed memory kept in the process (keep_freed_memory), for both libraries"
+                        if kept else "default settings"))
     images, labels = batch()
     try:
         import torch
@@ -167,9 +182,13 @@ def main():
         name = "deformable" if deformable else "regular"
         net = MnistNet(deformable=deformable)
         print(f"MnistNet {name}: {net.num_parameters():,} parameters")
-        ours[name] = best_time(our_step(net, images, labels), repeats=10, warmup=3)
+        candidates = {"ours": our_step(net, images, labels)}
         if torch is not None:
-            theirs[name] = best_time(torch_step(deformable, images, labels), repeats=10, warmup=3)
+            candidates["theirs"] = torch_step(deformable, images, labels)
+        seconds = interleaved_best_times(candidates, rounds=2 if deformable else 5, repeats=3, warmup=1)
+        ours[name] = seconds["ours"]
+        if torch is not None:
+            theirs[name] = seconds["theirs"]
     print(f"one training step (forward, backward, SGD) at batch {BATCH}, float32:")
     for name in ours:
         baseline = "PyTorch" if name == "regular" else "PyTorch + torchvision"

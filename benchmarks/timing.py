@@ -4,6 +4,7 @@ The best (minimum) time is the least disturbed by other work on the machine; eve
 prints compares two timings taken in the same run, on the same machine.
 """
 
+import math
 import platform
 import time
 
@@ -30,14 +31,27 @@ def best_time(func, repeats=5, warmup=1, synchronize=None):
     return min(times)
 
 
+def interleaved_best_times(candidates, rounds, repeats=1, warmup=0):
+    """The best time of each closure (name → seconds), timed in turns so that other work on the
+    machine weighs on all of them alike. Each turn makes `warmup` untimed runs, then `repeats`
+    timed ones: an untimed run lets a library's thread pool wake up after another's has run."""
+    best = dict.fromkeys(candidates, math.inf)
+    for _ in range(rounds):
+        for name, run in candidates.items():
+            best[name] = min(best[name], best_time(run, repeats=repeats, warmup=warmup))
+    return best
+
+
 def machine_description():
-    """One line naming the machine: processor, core count, Python, NumPy and Numba versions."""
+    """One line naming the machine: processor, core count, Python, NumPy and Numba versions, and
+    OpenBLAS's idle-thread spin (dcn_numba.cpu_runtime)."""
     import os
 
     import numba
 
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"Python {platform.python_version()}, NumPy {np.__version__}, Numba {numba.__version__}")
+            f"Python {platform.python_version()}, NumPy {np.__version__}, Numba {numba.__version__}, "
+            f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT', 'unset')}")
 
 
 def row(name, seconds, baseline_seconds=None, baseline_name=None):

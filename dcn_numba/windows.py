@@ -190,12 +190,19 @@ class Conv2d(Function):
         # rows of columns against a short g) markedly faster.
         grad_weight = xp.zeros(self.weight.transpose(0, 2, 1).shape, dtype=g.dtype)
         grad_padded = xp.zeros(windows.padded_shape(), dtype=g.dtype) if x.requires_grad else None
+        grad_buffer = None
         for first_row, rows, columns in windows.column_blocks(xp, x.data):
             g_block = g[:, :, first_row * self.row_size:(first_row + rows) * self.row_size]
             grad_weight += columns.reshape(groups, -1, g_block.shape[2]) @ g_block.transpose(0, 2, 1)
             if grad_padded is not None:
-                grad_columns = self.weight.transpose(0, 2, 1) @ g_block
-                windows.add_taps(xp, grad_columns.reshape(columns.shape), first_row, grad_padded)
+                # One buffer for every block's ∂L/∂columns (the first block is the largest): a
+                # fresh array per block would be handed back to the OS and faulted in again.
+                if grad_buffer is None:
+                    grad_buffer = xp.empty(columns.size, dtype=g.dtype)
+                grad_columns = grad_buffer[:columns.size].reshape(columns.shape)
+                xp.matmul(self.weight.transpose(0, 2, 1), g_block,
+                          out=grad_columns.reshape(groups, -1, g_block.shape[2]))
+                windows.add_taps(xp, grad_columns, first_row, grad_padded)
         grad_weight = grad_weight.transpose(0, 2, 1).reshape(weight.shape)
         grad_bias = None if bias is None else g.sum(axis=2).reshape(-1)
         grad_input = None if grad_padded is None else windows.crop(grad_padded)

@@ -4,18 +4,19 @@ A window op reads, for every output position (i, j), a kh×kw window of the padd
 gives all the windows at once as a strided view (C, kh, kw, H_out, W_out, B) that costs no copy
 beyond the padding, and `fold`, its adjoint, adds every window's gradient back where the window
 read it (col2im). A convolution is then one GEMM per weight group over the windows copied into a
-column matrix (im2col), and a pooling a reduction over the taps. Everything runs on NumPy or CuPy
-arrays, whichever the input is: the two copies that take most of a convolution's time besides
-its GEMM, im2col (`SlidingWindows.columns`) and col2im (`SlidingWindows.fold`), run as
-single-threaded CPU kernels on NumPy arrays (`dcn_numba.kernels.windows`) and as array-module
-slices on CuPy arrays.
+column matrix (im2col), made a block of window rows at a time so that each block is still in
+cache when its GEMM reads it, and a pooling a reduction over the taps. Everything runs on NumPy
+or CuPy arrays, whichever the input is: the two copies that take most of a convolution's time
+besides its GEMMs, im2col (`SlidingWindows.column_blocks`) and col2im
+(`SlidingWindows.add_taps`), run as single-threaded CPU kernels on NumPy arrays
+(`dcn_numba.kernels.windows`) and as array-module slices on CuPy arrays.
 """
 
 import numpy as np
 
 from ._checks import as_pair
 from .autograd import Function
-from .kernels.windows import fold_windows, unfold_windows
+from .kernels.windows import fold_windows, max_pool_scatter, max_pool_windows, unfold_windows
 
 
 def require_ndim(op, name, array, layout):
@@ -218,16 +219,33 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 class MaxPool2d(Function):
     """out[b, c, i, j] = max of window (i, j) (padding reads −∞); ∂L/∂out goes to the window's
-    first maximal tap."""
+    first maximal tap (none if the window holds a NaN).
+
+    On NumPy arrays a CPU kernel finds each window's maximum and the tap holding it in one pass
+    (`max_pool_windows`), and the backward pass adds each gradient at that tap. On CuPy arrays
+    the taps are compared with the maximum one after the other."""
 
     def forward(self, x, kernel_size, stride, padding):
         require_ndim("max_pool2d", "input", x, "(B, C, H, W)")
         self.windows = SlidingWindows("max_pool2d", x.shape, kernel_size, stride, padding, 1)
-        self.taps = self.windows.unfold(self.xp, x, fill=-np.inf)
-        self.out = self.taps.max(axis=(1, 2))
-        return self.out.transpose(3, 0, 1, 2)
+        if self.xp is not np:
+            self.taps = self.windows.unfold(self.xp, x, fill=-np.inf)
+            self.out = self.taps.max(axis=(1, 2))
+            return self.out.transpose(3, 0, 1, 2)
+        out_shape = (x.shape[1], *self.windows.output_size, x.shape[0])
+        out = np.empty(out_shape, dtype=x.dtype)
+        self.argmax = np.empty(out_shape, dtype=np.int32)
+        max_pool_windows(batch_last(np, x), *self.windows.kernel_size, *self.windows.stride,
+                         *self.windows.padding, out, self.argmax)
+        return out.transpose(3, 0, 1, 2)
 
     def backward(self, grad_output):
+        if self.xp is np:
+            B, C, H, W = self.windows.input_shape
+            grad_input = np.empty((C, H, W, B), dtype=grad_output.dtype)
+            max_pool_scatter(grad_output.transpose(1, 2, 3, 0), self.argmax, self.windows.kernel_size[1],
+                             *self.windows.stride, *self.windows.padding, grad_input)
+            return (grad_input.transpose(3, 0, 1, 2),)
         grad = batch_last(self.xp, grad_output)
         grad_windows = self.xp.empty(self.taps.shape, dtype=grad.dtype)
         # Taps in order; `found` marks the windows whose maximum an earlier tap already held, so

@@ -190,6 +190,30 @@ def test_max_pool2d_sends_the_gradient_to_the_first_maximum_of_overlapping_windo
     assert_close(x.grad, [[[[0.0, 2.0, 0.0], [0.0, 0.0, 0.0]]]])
 
 
+@pytest.mark.parametrize("kernel, stride, padding", [((2, 2), (2, 2), (0, 0)), ((3, 3), (1, 1), (1, 1)),
+                                                     ((2, 3), (1, 2), (1, 1))])
+def test_max_pool2d_kernels_and_array_module_path_agree(kernel, stride, padding):
+    # Small integers make ties in most windows; a NaN, −∞ values and a row of −∞ next to the
+    # padding test the rules for those (NaN window: no gradient; all −∞: the first tap).
+    x = rng.integers(0, 3, (2, 3, 7, 6)).astype(np.float64)
+    x[0, 0, 2, 3] = np.nan
+    x[1, 1, 0, :] = -np.inf
+    x[1, 2, 3:5, 2:4] = -np.inf
+    grad_output = None
+    results = {}
+    for name, xp in [("kernels", np), ("array module", NumPyByAnotherName())]:
+        function = windows.MaxPool2d()
+        function.xp = xp
+        out = function.forward(x, kernel_size=kernel, stride=stride, padding=padding)
+        grad_output = normal(*out.shape) if grad_output is None else grad_output
+        results[name] = (out, function.backward(grad_output)[0])
+    assert_close(results["kernels"][0], loop_pool(x, kernel, stride, padding, np.max, -np.inf), what="out")
+    np.testing.assert_array_equal(results["kernels"][0], results["array module"][0], err_msg="out")
+    # Overlapping windows add their shares in another order: equal up to rounding.
+    assert_close(results["kernels"][1], results["array module"][1], rtol=1e-12, atol=1e-12,
+                 what="grad_input")
+
+
 @pytest.mark.parametrize("kernel, stride, padding", [((2, 2), (2, 2), (0, 0)), ((3, 2), (1, 2), (1, 1))])
 def test_avg_pool2d(kernel, stride, padding):
     x = normal(2, 3, 6, 5)

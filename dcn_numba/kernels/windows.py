@@ -1,4 +1,5 @@
-"""im2col and col2im as single-threaded CPU kernels: the NumPy path of `dcn_numba.windows`.
+"""im2col, col2im and max pooling as single-threaded CPU kernels: the NumPy path of
+`dcn_numba.windows`.
 
 Both work on the batch-last window layout (C, kh, kw, rows, W_out, B) of `SlidingWindows`, for
 a block of `rows` consecutive rows of windows starting at window row `first_row`: window
@@ -13,6 +14,8 @@ are serial on purpose (see `serial_kernel`). NumPy arrays only; CuPy arrays take
 array-module path of `dcn_numba.windows`, which these kernels must match
 (tests/test_functional.py checks it).
 """
+
+import numpy as np
 
 from ._targets import serial_kernel
 
@@ -62,3 +65,65 @@ def fold_windows(grad_windows, first_row, stride_h, stride_w, dil_h, dil_w, grad
                         column = j * stride_w + kj * dil_w
                         for b in range(B):
                             grad_padded[c, row, column, b] += grad_windows[c, ki, kj, i, j, b]
+
+
+@serial_kernel
+def max_pool_windows(x, kh, kw, stride_h, stride_w, pad_h, pad_w, out, argmax):
+    """out[c, i, j, b] = the largest of the taps x[c, i·stride_h + ki − pad_h, j·stride_w + kj − pad_w,
+    b] of window (i, j), taps in the padding counting as −∞, and argmax[c, i, j, b] = ki·kw + kj
+    of the first tap holding it, or −1 when a tap is NaN (then out is NaN, as NumPy's max).
+
+    x (C, H, W, B); out (C, H_out, W_out, B) and argmax (same shape, integers) are written whole.
+    A window whose taps are all −∞ keeps tap 0 as its argmax: the first tap equal to the maximum.
+    """
+    C, H, W, B = x.shape
+    H_out, W_out = out.shape[1:3]
+    for c in range(C):
+        for i in range(H_out):
+            for j in range(W_out):
+                for b in range(B):
+                    out[c, i, j, b] = -np.inf
+                    argmax[c, i, j, b] = 0
+                for ki in range(kh):
+                    row = i * stride_h + ki - pad_h
+                    if not 0 <= row < H:
+                        continue
+                    for kj in range(kw):
+                        column = j * stride_w + kj - pad_w
+                        if not 0 <= column < W:
+                            continue
+                        tap = ki * kw + kj
+                        # Selects instead of branches, so that the batch loop vectorises. A NaN
+                        # is never larger, so once out is NaN it stays NaN.
+                        for b in range(B):
+                            value = x[c, row, column, b]
+                            is_nan = value != value
+                            larger = value > out[c, i, j, b]
+                            out[c, i, j, b] = value if larger or is_nan else out[c, i, j, b]
+                            argmax[c, i, j, b] = tap if larger else (-1 if is_nan else argmax[c, i, j, b])
+
+
+@serial_kernel
+def max_pool_scatter(grad_out, argmax, kw, stride_h, stride_w, pad_h, pad_w, grad_input):
+    """The max-pool backward: grad_input[c, row, column, b] += grad_out[c, i, j, b] for the tap
+    argmax[c, i, j, b] = ki·kw + kj of window (i, j), at row = i·stride_h + ki − pad_h and column =
+    j·stride_w + kj − pad_w; nothing for argmax −1 (a NaN window) or a tap in the padding.
+
+    grad_out and argmax (C, H_out, W_out, B), grad_out with any strides; grad_input (C, H, W, B)
+    is written whole: each channel is zeroed, then accumulated (overlapping windows can pick the
+    same tap) while it is in cache.
+    """
+    C, H_out, W_out, B = grad_out.shape
+    H, W = grad_input.shape[1:3]
+    for c in range(C):
+        grad_input[c] = 0
+        for i in range(H_out):
+            for j in range(W_out):
+                for b in range(B):
+                    tap = argmax[c, i, j, b]
+                    if tap < 0:
+                        continue
+                    row = i * stride_h + tap // kw - pad_h
+                    column = j * stride_w + tap % kw - pad_w
+                    if 0 <= row < H and 0 <= column < W:
+                        grad_input[c, row, column, b] += grad_out[c, i, j, b]

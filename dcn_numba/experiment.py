@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import train
+from .cpu_runtime import keep_freed_memory
 
 
 def parse_args(argv=None):
@@ -72,6 +73,7 @@ def markdown_table(runs, command):
 
 def main(argv=None):
     options, train_argv = parse_args(argv)
+    keep_freed_memory()
     runs = {}
     for seed in options.seeds:
         args = train.parse_args(train_argv + ["--seed", str(seed), "--out", f"{options.out}/seed{seed}"])

@@ -11,12 +11,15 @@ by default, on the one the array type implies (CPU kernels for NumPy, CUDA kerne
 
 import contextlib
 
+import numpy as np
+
 from ._arrays import array_module
 from ._checks import BACKENDS
 from .autograd import Function, Tensor
 from .deform_conv import deform_conv2d as deform_conv2d_forward, deform_conv2d_backward
 from .deform_psroi_pool import deform_psroi_pool as deform_psroi_pool_forward, deform_psroi_pool_backward
 from .deform_roi_pool import deform_roi_pool as deform_roi_pool_forward, deform_roi_pool_backward
+from .kernels import normalization as kernels
 from .windows import adaptive_avg_pool2d, avg_pool2d, conv2d, max_pool2d
 
 __all__ = [
@@ -180,8 +183,9 @@ class BatchNorm(Function):
     ∂L/∂x = weight/sqrt(σ² + eps) · (g − mean g − x̂ · mean(g·x̂)).
 
     Each channel is a row (`channel_rows`). Only μ and 1/sqrt(σ² + eps) are kept for the
-    backward pass, which rebuilds x̂ from the input: one full-size array less to hold between
-    the passes, and every full-size temporary costs memory traffic.
+    backward pass, which works from the input again: one full-size array less to hold between
+    the passes. On NumPy arrays the passes are fused CPU kernels (`kernels.normalization`); on
+    CuPy arrays they are array expressions.
     """
 
     def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps):
@@ -191,42 +195,64 @@ class BatchNorm(Function):
             if x.ndim < 2 or array.shape != (C,):
                 raise ValueError(f"batch_norm: {name} has shape {tuple(array.shape)} but input "
                                  f"{tuple(x.shape)} needs one value per channel of axis 1")
-        rows = channel_rows(self.xp, x)
-        self.mean = rows.mean(axis=1) if training else running_mean.astype(x.dtype)
-        # out is built in place: centre, (measure σ²), scale, shift.
-        out = rows - self.mean[:, None]
+        xp, rows = self.xp, channel_rows(self.xp, x)
         if training:
-            var = self.xp.einsum("cn,cn->c", out, out) / rows.shape[1]
+            self.mean, var = channel_moments(xp, rows)
             count = rows.shape[1]
             running_mean *= 1 - momentum
             running_mean += momentum * self.mean
             running_var *= 1 - momentum
             running_var += momentum * var * count / max(count - 1, 1)
         else:
-            var = running_var.astype(x.dtype)
-        self.inverse_std = 1 / self.xp.sqrt(var + eps)
+            self.mean, var = running_mean.astype(x.dtype), running_var.astype(x.dtype)
+        self.inverse_std = 1 / xp.sqrt(var + eps)
         self.training, self.scale = training, weight * self.inverse_std
-        out *= self.scale[:, None]
-        out += bias[:, None]
-        return from_channel_rows(self.xp, out, x.shape)
+        if xp is np:
+            out = np.empty(rows.shape, dtype=rows.dtype)
+            kernels.normalize(rows, self.mean, self.scale, bias, out)
+        else:
+            out = rows - self.mean[:, None]
+            out *= self.scale[:, None]
+            out += bias[:, None]
+        return from_channel_rows(xp, out, x.shape)
 
     def backward(self, grad_output):
-        x = self.inputs[0].data
-        g = channel_rows(self.xp, grad_output)
-        grad_bias = g.sum(axis=1)
-        x_hat = channel_rows(self.xp, x) - self.mean[:, None]
-        x_hat *= self.inverse_std[:, None]
-        grad_weight = self.xp.einsum("cn,cn->c", g, x_hat)
+        xp, x = self.xp, self.inputs[0].data
+        g, rows = channel_rows(xp, grad_output), channel_rows(xp, x)
+        if xp is np:
+            grad_bias, grad_centred = np.empty_like(self.mean), np.empty_like(self.mean)
+            kernels.gradient_sums(g, rows, self.mean, grad_bias, grad_centred)
+        else:
+            centred = rows - self.mean[:, None]
+            grad_bias, grad_centred = g.sum(axis=1), xp.einsum("cn,cn->c", g, centred)
+        grad_weight = grad_centred * self.inverse_std  # Σ g·x̂
         if not self.training:
             return grad_output * self.scale.reshape((-1,) + (1,) * (x.ndim - 2)), grad_weight, grad_bias
-        # ∂L/∂x = scale · (g − mean g − x̂ · mean(g·x̂)), built in place on x̂.
+        # scale·(g − mean g − x̂·mean(g·x̂)) with x̂ = (x − μ)·inverse_std is
+        # scale·g + slope·(x − μ) + offset, with these per-channel constants:
         count = g.shape[1]
-        grad_input = x_hat
-        grad_input *= (-grad_weight / count)[:, None]
-        grad_input += g
-        grad_input -= (grad_bias / count)[:, None]
-        grad_input *= self.scale[:, None]
-        return from_channel_rows(self.xp, grad_input, x.shape), grad_weight, grad_bias
+        slope = -self.scale * self.inverse_std * grad_weight / count
+        offset = -self.scale * grad_bias / count
+        if xp is np:
+            grad_input = np.empty(rows.shape, dtype=rows.dtype)
+            kernels.input_gradient(g, rows, self.mean, self.scale, slope, offset, grad_input)
+        else:
+            grad_input = centred
+            grad_input *= slope[:, None]
+            grad_input += g * self.scale[:, None]
+            grad_input += offset[:, None]
+        return from_channel_rows(xp, grad_input, x.shape), grad_weight, grad_bias
+
+
+def channel_moments(xp, rows):
+    """(mean, biased variance) of each row of rows (C, N), the variance from centred values."""
+    if xp is np:
+        mean, var = np.empty(len(rows), dtype=rows.dtype), np.empty(len(rows), dtype=rows.dtype)
+        kernels.channel_moments(rows, mean, var)
+        return mean, var
+    mean = rows.mean(axis=1)
+    centred = rows - mean[:, None]
+    return mean, xp.einsum("cn,cn->c", centred, centred) / rows.shape[1]
 
 
 def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):

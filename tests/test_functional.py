@@ -12,6 +12,7 @@ from dcn_numba import functional as F
 from dcn_numba.autograd import Tensor
 from dcn_numba.gradcheck import assert_close
 from dcn_numba import windows
+from dcn_numba.functional import BatchNorm as BatchNormFunction
 from dcn_numba.windows import adaptive_pooling_matrix
 from autograd_helpers import check_tensor_function
 
@@ -285,6 +286,34 @@ def test_batch_norm(training, shape):
     var = x.var(axis=axes, keepdims=True) if training else running_var.reshape(mean.shape)
     expected = weight.reshape(mean.shape) * (x - mean) / np.sqrt(var + 1e-5) + bias.reshape(mean.shape)
     assert_close(out.data, expected)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("batch_last", [True, False])
+def test_batch_norm_kernels_and_array_module_path_agree(training, batch_last):
+    # A large mean makes the variance a test of the centred second pass.
+    x = normal(4, 3, 5, 6).astype(np.float32) + 100
+    if batch_last:  # the layout the window ops hand over: channel rows are a free view
+        x = np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+    weight, bias = normal(3).astype(np.float32), normal(3).astype(np.float32)
+    grad_output = normal(*x.shape).astype(np.float32)
+    results = {}
+    for name, xp in [("kernels", np), ("array module", NumPyByAnotherName())]:
+        running = [np.full(3, 99.0), np.full(3, 2.0)]
+        function = BatchNormFunction()
+        function.xp, function.inputs = xp, (Tensor(x), Tensor(weight), Tensor(bias))
+        out = function.forward(x, weight, bias, *running, training=training, momentum=0.1, eps=1e-5)
+        results[name] = [out, *function.backward(grad_output), *running]
+    names = ["out", "grad_input", "grad_weight", "grad_bias", "running_mean", "running_var"]
+    for name, a, b in zip(names, results["kernels"], results["array module"]):
+        assert a.dtype == b.dtype, name
+        assert_close(a, b, rtol=1e-4, atol=1e-4, what=name)
+    x64 = x.astype(np.float64)
+    expected_var = x64.var(axis=(0, 2, 3)) if training else np.full(3, 2.0)
+    expected_mean = x64.mean(axis=(0, 2, 3)) if training else np.full(3, 99.0)
+    expected = (weight.reshape(1, 3, 1, 1) * (x64 - expected_mean.reshape(1, 3, 1, 1))
+                / np.sqrt(expected_var.reshape(1, 3, 1, 1) + 1e-5) + bias.reshape(1, 3, 1, 1))
+    assert_close(results["kernels"][0], expected, rtol=1e-4, atol=1e-4, what="out vs float64")
 
 
 def test_batch_norm_updates_running_statistics_only_in_training():

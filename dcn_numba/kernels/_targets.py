@@ -29,12 +29,18 @@ def cpu_kernel(func):
     return njit(func, parallel=True, **CPU_OPTIONS)
 
 
-def serial_kernel(func):
-    """A single-threaded CPU kernel, for the memory-bound copies that the autograd engine runs
+def serial_kernel(func=None, *, reassociate=False):
+    """A single-threaded CPU kernel, for the memory-bound passes that the autograd engine runs
     between BLAS calls: a parallel loop there would compete with BLAS's own threads for the cores
     (and Numba's threading layers either spin after a loop or cannot be called from two Python
-    threads at once)."""
-    return njit(func, **CPU_OPTIONS)
+    threads at once).
+
+    reassociate=True lets the compiler reorder the additions of a sum (LLVM's `reassoc` flag, and
+    no other fast-math assumption: NaN and infinities behave as usual), so that a reduction
+    vectorises; the sum then differs from a left-to-right one by rounding only."""
+    if func is None:
+        return lambda func: serial_kernel(func, reassociate=reassociate)
+    return njit(func, fastmath={"reassoc"} if reassociate else False, **CPU_OPTIONS)
 
 
 def for_cuda(module):

@@ -3,9 +3,9 @@ of `dcn_numba.functional.BatchNorm`.
 
 Every array here is a matrix (C, N) with one row per channel (`functional.channel_rows`), and every
 kernel walks it channel by channel, so that a row is read while it is in cache. Fusing the steps
-that NumPy would make one whole-array pass each (centre, square, sum, scale, shift) leaves two
-passes over x in the forward pass and two over (g, x) in the backward pass. Sums accumulate in
-float64. NumPy arrays only; CuPy arrays take the array-module path of `BatchNorm`, which these
+that NumPy would make one whole-array pass each (centre, square, sum, scale, shift) leaves three
+passes over x in the forward pass (sum, centred squares, normalise) and two over (g, x) in the
+backward pass. Sums accumulate in float64. NumPy arrays only; CuPy arrays take the array-module path of `BatchNorm`, which these
 kernels must match (tests/test_functional.py checks it).
 """
 
@@ -15,7 +15,7 @@ from ._targets import serial_kernel
 @serial_kernel(reassociate=True)
 def channel_moments(x, mean, var):
     """mean[c] = Σ_n x[c, n] / N and the biased var[c] = Σ_n (x[c, n] − mean[c])² / N: the second
-    pass is centred, which keeps the variance exact when the mean is large."""
+    pass is centred, which keeps the variance accurate when the mean is large."""
     C, N = x.shape
     for c in range(C):
         total = 0.0

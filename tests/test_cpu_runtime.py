@@ -35,7 +35,8 @@ from dcn_numba.cpu_runtime import keep_freed_memory
 
 def faults_per_step():
     def step():
-        arrays = [np.ones(1 << 20, dtype=np.float32) for _ in range(8)]  # 8 × 4 MB, then freed
+        # 16 × 2 MB, then freed: under the size NumPy asks huge pages for, so 4 kB pages.
+        arrays = [np.ones(1 << 19, dtype=np.float32) for _ in range(16)]
         return sum(float(a[-1]) for a in arrays)
     step()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -54,6 +55,7 @@ def test_keep_freed_memory_stops_page_faults():
     default, applied, kept = run_child(FAULTS)
     if applied == "False":
         pytest.skip("this Linux's malloc is not glibc's")
-    # 32 MB freed and allocated again per step: 8,192 pages of 4 kB, or fewer with huge pages.
-    assert float(default) > 100
+    # 32 MB freed and allocated again per step: up to 8,192 pages of 4 kB.
+    if float(default) < 100:
+        pytest.skip(f"only {default} page faults per step with malloc's defaults here: nothing to stop")
     assert float(kept) < 0.1 * float(default)

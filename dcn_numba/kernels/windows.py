@@ -1,12 +1,11 @@
 """im2col, col2im and max pooling as single-threaded CPU kernels: the NumPy path of
 `dcn_numba.windows`.
 
-Both work on the batch-last window layout (C, kh, kw, rows, W_out, B) of `SlidingWindows`, for
-a block of `rows` consecutive rows of windows starting at window row `first_row`: window
-(first_row + i, j), tap (ki, kj) reads input row (first_row + i)·stride_h + ki·dilation_h − pad_h
-and column j·stride_w + kj·dilation_w − pad_w. The innermost loop runs over the batch, the
-contiguous axis of the windows and (for the outputs of the window ops) of the input, so that it
-vectorises.
+im2col and col2im work on the batch-last window layout (C, kh, kw, rows, W_out, B) of
+`SlidingWindows`, for a block of `rows` consecutive rows of windows starting at window row
+`first_row`: window (first_row + i, j), tap (ki, kj) reads the input at `tap_coordinate` along
+each axis. Every kernel's innermost loop runs over the batch, the contiguous axis of the windows
+and (for the outputs of the window ops) of the input, so that it vectorises.
 
 They replace NumPy's strided copy and its kh·kw strided adds because they make one pass where
 NumPy makes several (no zero-padded copy of the input; one read of each gradient tap). They
@@ -17,7 +16,14 @@ array-module path of `dcn_numba.windows`, which these kernels must match
 
 import numpy as np
 
-from ._targets import serial_kernel
+from ._targets import serial_kernel, shared
+
+
+@shared
+def tap_coordinate(window, tap, stride, dilation, pad):
+    """The input coordinate, along one axis, that tap `tap` of window `window` reads:
+    window·stride + tap·dilation − pad (pad = 0 on the padded input)."""
+    return window * stride + tap * dilation - pad
 
 
 @serial_kernel
@@ -34,9 +40,9 @@ def unfold_windows(x, first_row, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
         for ki in range(kh):
             for kj in range(kw):
                 for i in range(rows):
-                    row = (first_row + i) * stride_h + ki * dil_h - pad_h
+                    row = tap_coordinate(first_row + i, ki, stride_h, dil_h, pad_h)
                     for j in range(W_out):
-                        column = j * stride_w + kj * dil_w - pad_w
+                        column = tap_coordinate(j, kj, stride_w, dil_w, pad_w)
                         if 0 <= row < H and 0 <= column < W:
                             for b in range(B):
                                 columns[c, ki, kj, i, j, b] = x[c, row, column, b]
@@ -60,9 +66,9 @@ def fold_windows(grad_windows, first_row, stride_h, stride_w, dil_h, dil_w, grad
         for ki in range(kh):
             for kj in range(kw):
                 for i in range(rows):
-                    row = (first_row + i) * stride_h + ki * dil_h
+                    row = tap_coordinate(first_row + i, ki, stride_h, dil_h, 0)
                     for j in range(W_out):
-                        column = j * stride_w + kj * dil_w
+                        column = tap_coordinate(j, kj, stride_w, dil_w, 0)
                         for b in range(B):
                             grad_padded[c, row, column, b] += grad_windows[c, ki, kj, i, j, b]
 
@@ -85,11 +91,11 @@ def max_pool_windows(x, kh, kw, stride_h, stride_w, pad_h, pad_w, out, argmax):
                     out[c, i, j, b] = -np.inf
                     argmax[c, i, j, b] = 0
                 for ki in range(kh):
-                    row = i * stride_h + ki - pad_h
+                    row = tap_coordinate(i, ki, stride_h, 1, pad_h)
                     if not 0 <= row < H:
                         continue
                     for kj in range(kw):
-                        column = j * stride_w + kj - pad_w
+                        column = tap_coordinate(j, kj, stride_w, 1, pad_w)
                         if not 0 <= column < W:
                             continue
                         tap = ki * kw + kj
@@ -123,7 +129,7 @@ def max_pool_scatter(grad_out, argmax, kw, stride_h, stride_w, pad_h, pad_w, gra
                     tap = argmax[c, i, j, b]
                     if tap < 0:
                         continue
-                    row = i * stride_h + tap // kw - pad_h
-                    column = j * stride_w + tap % kw - pad_w
+                    row = tap_coordinate(i, tap // kw, stride_h, 1, pad_h)
+                    column = tap_coordinate(j, tap % kw, stride_w, 1, pad_w)
                     if 0 <= row < H and 0 <= column < W:
                         grad_input[c, row, column, b] += grad_out[c, i, j, b]

@@ -10,6 +10,7 @@ the pure-Python originals, because the simulator hands arrays to kernels as wrap
 import math
 import types
 
+import numpy as np
 from numba import config, njit
 
 SIMULATED = bool(config.ENABLE_CUDASIM)
@@ -44,7 +45,8 @@ def serial_kernel(func=None, *, reassociate=False):
 
 
 def for_cuda(module):
-    """The object through which CUDA kernels reach the shared functions of `module`."""
+    """The object through which CUDA kernels reach the shared functions (and the typed constants)
+    of `module`."""
     if not SIMULATED:
         return module
     # Rebuild every compiled function of the module as plain Python over one globals dict, so
@@ -56,7 +58,8 @@ def for_cuda(module):
         python_globals[name] = types.FunctionType(
             code.__code__, python_globals, name, code.__defaults__, code.__closure__
         )
-    return types.SimpleNamespace(**{name: python_globals[name] for name in compiled})
+    constants = {name: value for name, value in vars(module).items() if isinstance(value, np.generic)}
+    return types.SimpleNamespace(**constants, **{name: python_globals[name] for name in compiled})
 
 
 THREADS_PER_BLOCK = 256

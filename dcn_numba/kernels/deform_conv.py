@@ -45,8 +45,9 @@ from numba import cuda, prange, types
 from .._arrays import array_module, cuda_stream
 from . import sampling
 from ._targets import cpu_kernel, for_cuda, launch
-from .sampling import (bilinear_blend, bilinear_slopes, corner_weight, dcn_locate, dcn_sample_index,
-                       dcn_tap_position, dcn_unlocated_value, padded_corner, padded_corners)
+from .sampling import (ONE, bilinear_blend, bilinear_slopes, corner_weight, dcn_column_value,
+                       dcn_locate, dcn_located_or_not, dcn_offset_gradient_term, dcn_sample_index,
+                       dcn_tap_position, padded_corner, padded_corners)
 
 # How many bytes the column buffer of a batch chunk may take: a memory knob, results do not depend
 # on it. On the CPU a chunk that fits the last-level cache is still there when its GEMM reads it;
@@ -120,9 +121,8 @@ def deformable_im2col_cpu(n_rows, padded, top_left, l_y, l_x, mask, use_mask, co
         for position in range(HW_out):
             v00, v01, v10, v11 = padded_corners(image, 0, corners[position], geometry.W)
             value = bilinear_blend(v00, v01, v10, v11, fraction_y[position], fraction_x[position])
-            if use_mask:
-                value *= modulation[position]
-            out[position] = value if corners[position] >= 0 else dcn_unlocated_value(corners[position])
+            out[position] = dcn_column_value(value, corners[position],
+                                             modulation[position] if use_mask else ONE)
 
 
 @cpu_kernel
@@ -155,7 +155,8 @@ def offset_mask_gradient_cpu(n_samples, padded, gcol, top_left, l_y, l_x, mask, 
                              grad_offset, grad_mask, geometry):
     """grad_offset[b, g·2K + 2k + d] = Σ_c m · gcol · ∂S/∂p_d and grad_mask[b, g·K + k] = Σ_c gcol · S
     over the channels c of offset group g, for the n_samples = B·G_off·K rows (b, g, k); each
-    iteration accumulates into its own rows only. Branch-free inner loop, as in im2col."""
+    iteration accumulates its own rows in float64 and stores them once. Branch-free inner loop,
+    as in im2col."""
     K = geometry.kh * geometry.kw
     HW_out = geometry.H_out * geometry.W_out
     channels_per_group = geometry.C_in // geometry.offset_groups
@@ -168,28 +169,28 @@ def offset_mask_gradient_cpu(n_samples, padded, gcol, top_left, l_y, l_x, mask, 
         corners = top_left[samples:samples + HW_out]
         fraction_y = l_y[samples:samples + HW_out]
         fraction_x = l_x[samples:samples + HW_out]
-        grad_p_y = grad_offset[2 * samples:2 * samples + HW_out]
-        grad_p_x = grad_offset[2 * samples + HW_out:2 * samples + 2 * HW_out]
-        grad_m = grad_mask[samples:samples + HW_out] if use_mask else grad_mask[:0]
+        modulation = mask[samples:samples + HW_out] if use_mask else mask[:0]
+        grad_p_y = np.zeros(HW_out, dtype=np.float64)
+        grad_p_x = np.zeros(HW_out, dtype=np.float64)
+        grad_m = np.zeros(HW_out, dtype=np.float64)
         for image_channel in range(first_channel, first_channel + channels_per_group):
             image = padded[image_channel * plane_size:(image_channel + 1) * plane_size]
             row = (image_channel * K + sample % K) * HW_out
             grad_samples = gcol[row:row + HW_out]
             for position in range(HW_out):
                 corner = corners[position]
-                located = corner >= 0
-                unlocated = dcn_unlocated_value(corner)
+                m = modulation[position] if use_mask else ONE
                 v00, v01, v10, v11 = padded_corners(image, 0, corner, geometry.W)
                 d_y, d_x = bilinear_slopes(v00, v01, v10, v11, fraction_y[position], fraction_x[position])
-                grad_p_y[position] += grad_samples[position] * (d_y if located else unlocated)
-                grad_p_x[position] += grad_samples[position] * (d_x if located else unlocated)
+                grad_p_y[position] += dcn_offset_gradient_term(grad_samples[position], m, d_y, corner)
+                grad_p_x[position] += dcn_offset_gradient_term(grad_samples[position], m, d_x, corner)
                 if use_mask:
                     value = bilinear_blend(v00, v01, v10, v11, fraction_y[position], fraction_x[position])
-                    grad_m[position] += grad_samples[position] * (value if located else unlocated)
+                    grad_m[position] += grad_samples[position] * dcn_located_or_not(value, corner)
+        grad_offset[2 * samples:2 * samples + HW_out] = grad_p_y
+        grad_offset[2 * samples + HW_out:2 * samples + 2 * HW_out] = grad_p_x
         if use_mask:
-            modulation = mask[samples:samples + HW_out]
-            grad_p_y *= modulation
-            grad_p_x *= modulation
+            grad_mask[samples:samples + HW_out] = grad_m
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,15 +221,10 @@ def deformable_im2col_cuda(n_items, padded, top_left, l_y, l_x, mask, use_mask, 
         sample = gpu.dcn_sample_index(image_channel, index // HW_out % K, geometry)
         here = sample * HW_out + index % HW_out
         corner = top_left[here]
-        if corner >= 0:
-            v00, v01, v10, v11 = gpu.padded_corners(
-                padded, image_channel * (geometry.H + 2) * (geometry.W + 2), corner, geometry.W)
-            value = gpu.bilinear_blend(v00, v01, v10, v11, l_y[here], l_x[here])
-        else:
-            value = gpu.dcn_unlocated_value(corner)
-        if use_mask:
-            value *= mask[here]
-        col[index] = value
+        v00, v01, v10, v11 = gpu.padded_corners(
+            padded, image_channel * (geometry.H + 2) * (geometry.W + 2), corner, geometry.W)
+        value = gpu.bilinear_blend(v00, v01, v10, v11, l_y[here], l_x[here])
+        col[index] = gpu.dcn_column_value(value, corner, mask[here] if use_mask else gpu.ONE)
 
 
 @cuda.jit
@@ -257,7 +253,7 @@ def deformable_col2im_cuda(n_items, gcol, top_left, l_y, l_x, mask, use_mask, gr
 def offset_mask_gradient_cuda(n_items, padded, gcol, top_left, l_y, l_x, mask, use_mask,
                               grad_offset, grad_mask, geometry):
     """grad_offset and grad_mask of one sample (b, g, k) at one output (i, j) per thread, summed
-    over the channels of offset group g in registers: each thread owns its three outputs."""
+    in float64 registers over the channels of offset group g: each thread owns its three outputs."""
     K = geometry.kh * geometry.kw
     HW_out = geometry.H_out * geometry.W_out
     channels_per_group = geometry.C_in // geometry.offset_groups
@@ -268,24 +264,21 @@ def offset_mask_gradient_cuda(n_items, padded, gcol, top_left, l_y, l_x, mask, u
         first_channel = (image_group // geometry.offset_groups) * geometry.C_in \
             + (image_group % geometry.offset_groups) * channels_per_group
         corner = top_left[here]
+        m = mask[here] if use_mask else gpu.ONE
         grad_p_y = 0.0
         grad_p_x = 0.0
         grad_m = 0.0
         for image_channel in range(first_channel, first_channel + channels_per_group):
-            if corner >= 0:
-                v00, v01, v10, v11 = gpu.padded_corners(
-                    padded, image_channel * (geometry.H + 2) * (geometry.W + 2), corner, geometry.W)
-                d_y, d_x = gpu.bilinear_slopes(v00, v01, v10, v11, l_y[here], l_x[here])
-                value = gpu.bilinear_blend(v00, v01, v10, v11, l_y[here], l_x[here])
-            else:
-                d_y = d_x = value = gpu.dcn_unlocated_value(corner)
+            v00, v01, v10, v11 = gpu.padded_corners(
+                padded, image_channel * (geometry.H + 2) * (geometry.W + 2), corner, geometry.W)
+            d_y, d_x = gpu.bilinear_slopes(v00, v01, v10, v11, l_y[here], l_x[here])
+            value = gpu.bilinear_blend(v00, v01, v10, v11, l_y[here], l_x[here])
             grad_sample = gcol[(image_channel * K + sample % K) * HW_out + position]
-            grad_p_y += grad_sample * d_y
-            grad_p_x += grad_sample * d_x
-            grad_m += grad_sample * value
-        m = mask[here] if use_mask else 1.0
-        grad_offset[2 * sample * HW_out + position] = m * grad_p_y
-        grad_offset[(2 * sample + 1) * HW_out + position] = m * grad_p_x
+            grad_p_y += gpu.dcn_offset_gradient_term(grad_sample, m, d_y, corner)
+            grad_p_x += gpu.dcn_offset_gradient_term(grad_sample, m, d_x, corner)
+            grad_m += grad_sample * gpu.dcn_located_or_not(value, corner)
+        grad_offset[2 * sample * HW_out + position] = grad_p_y
+        grad_offset[(2 * sample + 1) * HW_out + position] = grad_p_x
         if use_mask:
             grad_mask[here] = grad_m
 

@@ -173,6 +173,28 @@ def dcn_unlocated_value(top_left):
 
 
 @shared
+def dcn_located_or_not(located_value, top_left):
+    """S or a slope of S of one sample: `located_value`, computed from its corners, when it reads
+    pixels (top_left ≥ 0), else `dcn_unlocated_value`."""
+    return located_value if top_left >= 0 else dcn_unlocated_value(top_left)
+
+
+@shared
+def dcn_column_value(blended, top_left, m):
+    """col = m · S, S being `blended` for a sample that reads pixels and 0 (NaN) for one that does
+    not. The mask multiplies in every case, so that a NaN or infinite mask makes col NaN even where
+    S = 0, as m · 0 does in the formula."""
+    return m * dcn_located_or_not(blended, top_left)
+
+
+@shared
+def dcn_offset_gradient_term(grad_sample, m, slope, top_left):
+    """One channel's term of ∂L/∂Δp_d = Σ_c m · gcol · ∂S/∂p_d, in the formula's order (m · gcol
+    first), so that an infinite m times a zero slope is NaN on every backend."""
+    return m * grad_sample * dcn_located_or_not(slope, top_left)
+
+
+@shared
 def padded_corner(top_left, W, corner):
     """Index, within a padded plane of width W + 2, of corner 0..3 (y0|y0+1, x0|x0+1)."""
     return top_left + (corner // 2) * (W + 2) + corner % 2

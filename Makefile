@@ -25,8 +25,8 @@ tutorials: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench.py
 
-# Numba caches compiled CPU kernels in __pycache__, keyed on each kernel's own file: after editing
-# kernels/sampling.py (inlined into every kernel), `make clean-cache` forces a recompilation.
+# Numba caches compiled CPU kernels in __pycache__ (an edit of any kernel source recompiles them
+# on the next run); this deletes the cache.
 clean-cache:
 	find dcn_numba -name '*.nbi' -delete -o -name '*.nbc' -delete
 

@@ -13,7 +13,12 @@ import types
 import numpy as np
 from numba import config, njit
 
+from . import _cache
+
 SIMULATED = bool(config.ENABLE_CUDASIM)
+
+# An edit of any kernel source invalidates the cached kernels (see `_cache`).
+_cache.install()
 
 # Division by zero gives inf/nan as on the GPU instead of raising, and no bounds checks: the
 # kernels are written so that every index is in range (the simulator checks that in the tests).

@@ -292,8 +292,8 @@ if SIMULATED:
 # The simulator runs Python, and accepts code the real compiler rejects. The second check compiles
 # the kernels for real: `numba.cuda.compile_ptx` translates a kernel, for given argument types, into
 # PTX, NVIDIA's virtual assembly, without needing a GPU. It must run without the simulator, so we
-# run it in a separate Python process. `cuda_kernel_signatures()` lists every kernel of a module
-# with its argument types in float32 and float64.
+# run it in a separate Python process. `cuda_kernel_signatures(module)` lists every kernel of a
+# module with its argument types in float32 and float64, as each kernel declares them.
 
 # %%
 ptx_folder = Path(tempfile.mkdtemp())
@@ -301,7 +301,8 @@ compile_script = f"""
 from pathlib import Path
 from numba import cuda
 from dcn_numba.kernels import deform_conv
-for name, kernel, argtypes in deform_conv.cuda_kernel_signatures():
+from dcn_numba.kernels._targets import cuda_kernel_signatures
+for name, kernel, argtypes in cuda_kernel_signatures(deform_conv):
     ptx, _ = cuda.compile_ptx(kernel.py_func, argtypes, cc=(8, 0))
     (Path({str(ptx_folder)!r}) / (name + ".ptx")).write_text(ptx)
 """

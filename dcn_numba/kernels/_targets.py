@@ -1,24 +1,43 @@
-"""How one piece of scalar mathematics is compiled for both targets, and how kernels launch.
+"""How one piece of scalar mathematics is compiled for both targets, and how kernels run.
 
 `shared` compiles a scalar function with Numba's @njit. CPU kernels call it directly; CUDA
 kernels call it through `for_cuda(module)`, which is the module itself on real hardware (Numba
 CUDA compiles @njit functions as device functions) and, under the CUDA simulator, a namespace of
 the pure-Python originals, because the simulator hands arrays to kernels as wrapped objects that
 @njit code cannot unbox.
+
+Every op runs its kernels the same way: a `KernelPair` (CPU kernel, CUDA kernel) taking the same
+arguments, run by `run(backend, pair, cpu_items, cuda_items, *args)`; each CUDA kernel declares
+its argument types where it is defined (`cuda_kernel`), for ahead-of-time compilation.
+
+The CPU kernels run on Numba's "workqueue" threading layer, the one that survives fork(): a
+process that forks after a kernel (multiprocessing, data-loader workers) keeps working, and so do
+its children. That layer must not be entered by two Python threads at once, so `run` holds a lock
+around every CPU kernel: concurrent calls take turns, each using every core. Setting
+NUMBA_THREADING_LAYER chooses another layer instead.
 """
 
 import math
+import threading
 import types
+from typing import NamedTuple
 
+import numba
 import numpy as np
-from numba import config, njit
+from numba import config, cuda, njit
 
+from .._arrays import cuda_stream
 from . import _cache
 
 SIMULATED = bool(config.ENABLE_CUDASIM)
 
 # An edit of any kernel source invalidates the cached kernels (see `_cache`).
 _cache.install()
+
+# The fork-safe layer, unless the user chose one (Numba reads this at the first parallel kernel).
+if config.THREADING_LAYER == "default":
+    config.THREADING_LAYER = "workqueue"
+CPU_KERNEL_LOCK = threading.Lock()
 
 # Division by zero gives inf/nan as on the GPU instead of raising, and no bounds checks: the
 # kernels are written so that every index is in range (the simulator checks that in the tests).
@@ -86,3 +105,88 @@ def launch(kernel, n_items, stream, *args):
         blocks = min(MAX_BLOCKS, math.ceil(n_items / threads))
     kernel[blocks, threads, stream](n_items, *args)
 
+
+
+class KernelPair(NamedTuple):
+    """The CPU kernel and the CUDA kernel of one step: the same arguments, the same outputs, each
+    walking the index space its own way."""
+
+    cpu: object
+    cuda: object
+
+
+def optional_argument(xp, array, ndim, dtype):
+    """(array, True) for an optional argument that is given; for one that is None, an empty
+    stand-in of `ndim` dimensions and False: one compiled kernel then serves both cases, its flag
+    telling it never to read the stand-in."""
+    if array is None:
+        return xp.empty((0,) * ndim, dtype=dtype), False
+    return array, True
+
+
+def run(backend, kernels, cpu_items, cuda_items, *args):
+    """Run a KernelPair on the "cpu" or "cuda" backend: the CPU kernel as
+    kernel(cpu_items, *args), its parallel loop over cpu_items iterations, or the CUDA kernel
+    launched over cuda_items threads."""
+    if backend == "cpu":
+        with CPU_KERNEL_LOCK:
+            kernels.cpu(cpu_items, *args)
+    else:
+        launch(kernels.cuda, cuda_items, cuda_stream(), *args)
+
+
+# Argument kinds of the CUDA kernels, each a function of the data's Numba type (float32 or
+# float64) giving the argument's type.
+def COUNT(dtype):
+    return numba.types.int64
+
+
+def FLAG(dtype):
+    return numba.types.boolean
+
+
+def FLAT(dtype):
+    return dtype[::1]
+
+
+def INDICES(dtype):
+    return numba.types.int64[::1]
+
+
+def ROWS(dtype):
+    return dtype[:, ::1]
+
+
+def BINS(dtype):
+    return dtype[:, :, :, ::1]
+
+
+def geometry_of(geometry_class):
+    """The argument kind of a kernel's geometry tuple (a NamedTuple of ints and floats)."""
+    example = geometry_class(*(np.float64(1) if kind is float else 1
+                               for kind in geometry_class.__annotations__.values()))
+
+    def kind(dtype):
+        return numba.typeof(example)
+    return kind
+
+
+CUDA_KERNELS = []  # (kernel, argument kinds) of every kernel made by `cuda_kernel`
+
+
+def cuda_kernel(*argument_kinds):
+    """@cuda.jit, recording the kernel's argument types (the kinds above) in CUDA_KERNELS."""
+    def compile_kernel(func):
+        kernel = cuda.jit(func)
+        CUDA_KERNELS.append((kernel, argument_kinds))
+        return kernel
+    return compile_kernel
+
+
+def cuda_kernel_signatures(module=None):
+    """(name, CUDA kernel, argument types) of every CUDA kernel declared with `cuda_kernel` (of
+    `module` only, when given), in float32 and float64, for compiling them ahead of time."""
+    return [(f"{kernel.py_func.__name__}[{dtype}]", kernel, tuple(kind(dtype) for kind in kinds))
+            for kernel, kinds in CUDA_KERNELS
+            if module is None or kernel.py_func.__module__ == module.__name__
+            for dtype in (numba.types.float32, numba.types.float64)]

@@ -38,13 +38,13 @@ Who owns which output:
 
 from typing import NamedTuple
 
-import numba
 import numpy as np
-from numba import cuda, prange, types
+from numba import cuda, prange
 
-from .._arrays import array_module, cuda_stream
+from .._arrays import array_module
 from . import sampling
-from ._targets import cpu_kernel, for_cuda, launch
+from ._targets import (COUNT, FLAG, FLAT, INDICES, KernelPair, cpu_kernel, cuda_kernel, for_cuda,
+                       geometry_of, optional_argument, run)
 from .sampling import (ONE, bilinear_blend, bilinear_slopes, corner_weight, dcn_column_value,
                        dcn_locate, dcn_located_or_not, dcn_offset_gradient_term, dcn_sample_index,
                        dcn_tap_position, padded_corner, padded_corners)
@@ -198,9 +198,10 @@ def offset_mask_gradient_cpu(n_samples, padded, gcol, top_left, l_y, l_x, mask, 
 # ---------------------------------------------------------------------------------------------
 
 gpu = for_cuda(sampling)
+GEOMETRY = geometry_of(DeformConvGeometry)
 
 
-@cuda.jit
+@cuda_kernel(COUNT, FLAT, INDICES, FLAT, FLAT, GEOMETRY)
 def locate_samples_cuda(n_items, offset, top_left, l_y, l_x, geometry):
     """(top_left, l_y, l_x) of every sample; one thread per (b, g, k, i, j)."""
     HW_out = geometry.H_out * geometry.W_out
@@ -211,7 +212,7 @@ def locate_samples_cuda(n_items, offset, top_left, l_y, l_x, geometry):
         top_left[here], l_y[here], l_x[here] = gpu.dcn_locate(p_y, p_x, geometry.H, geometry.W)
 
 
-@cuda.jit
+@cuda_kernel(COUNT, FLAT, INDICES, FLAT, FLAT, FLAT, FLAG, FLAT, GEOMETRY)
 def deformable_im2col_cuda(n_items, padded, top_left, l_y, l_x, mask, use_mask, col, geometry):
     """col[b, c, k, i, j] = m · S(x[b, c], p); one thread per element of col."""
     K = geometry.kh * geometry.kw
@@ -227,7 +228,7 @@ def deformable_im2col_cuda(n_items, padded, top_left, l_y, l_x, mask, use_mask, 
         col[index] = gpu.dcn_column_value(value, corner, mask[here] if use_mask else gpu.ONE)
 
 
-@cuda.jit
+@cuda_kernel(COUNT, FLAT, INDICES, FLAT, FLAT, FLAT, FLAG, FLAT, GEOMETRY)
 def deformable_col2im_cuda(n_items, gcol, top_left, l_y, l_x, mask, use_mask, grad_padded, geometry):
     """grad_padded[b, c] += m · gcol · w_ab at the four corners; one thread per gcol element."""
     K = geometry.kh * geometry.kw
@@ -249,7 +250,7 @@ def deformable_col2im_cuda(n_items, gcol, top_left, l_y, l_x, mask, use_mask, gr
                             grad_sample * gpu.corner_weight(l_y[here], l_x[here], which))
 
 
-@cuda.jit
+@cuda_kernel(COUNT, FLAT, FLAT, INDICES, FLAT, FLAT, FLAT, FLAG, FLAT, FLAT, GEOMETRY)
 def offset_mask_gradient_cuda(n_items, padded, gcol, top_left, l_y, l_x, mask, use_mask,
                               grad_offset, grad_mask, geometry):
     """grad_offset and grad_mask of one sample (b, g, k) at one output (i, j) per thread, summed
@@ -283,46 +284,14 @@ def offset_mask_gradient_cuda(n_items, padded, gcol, top_left, l_y, l_x, mask, u
             grad_mask[here] = grad_m
 
 
-def cuda_kernel_signatures():
-    """(name, CUDA kernel, argument types) of every kernel above in float32 and float64, for
-    compiling them ahead of time (tests/test_compile.py)."""
-    geometry = numba.typeof(DeformConvGeometry(*range(len(DeformConvGeometry._fields))))
-    index = types.int64[::1]
-    signatures = []
-    for dtype in (types.float32, types.float64):
-        array = dtype[::1]
-        signatures += [
-            (f"locate_samples_cuda[{dtype}]", locate_samples_cuda,
-             (types.int64, array, index, array, array, geometry)),
-            (f"deformable_im2col_cuda[{dtype}]", deformable_im2col_cuda,
-             (types.int64, array, index, array, array, array, types.boolean, array, geometry)),
-            (f"deformable_col2im_cuda[{dtype}]", deformable_col2im_cuda,
-             (types.int64, array, index, array, array, array, types.boolean, array, geometry)),
-            (f"offset_mask_gradient_cuda[{dtype}]", offset_mask_gradient_cuda,
-             (types.int64, array, array, index, array, array, array, types.boolean, array, array,
-              geometry)),
-        ]
-    return signatures
-
-
 # ---------------------------------------------------------------------------------------------
 # Launchers: the same chunked GEMM pipeline on either backend
 # ---------------------------------------------------------------------------------------------
 
-LOCATE = (locate_samples_cpu, locate_samples_cuda)
-IM2COL = (deformable_im2col_cpu, deformable_im2col_cuda)
-COL2IM = (deformable_col2im_cpu, deformable_col2im_cuda)
-OFFSET_MASK_GRADIENT = (offset_mask_gradient_cpu, offset_mask_gradient_cuda)
-
-
-def run(backend, kernels, n_rows, items_per_row, *args):
-    """Run a (CPU kernel, CUDA kernel) pair: the CPU kernel loops over `n_rows` in parallel, the
-    CUDA kernel gives each of the n_rows · items_per_row elements a thread."""
-    cpu, gpu_kernel = kernels
-    if backend == "cpu":
-        cpu(n_rows, *args)
-    else:
-        launch(gpu_kernel, n_rows * items_per_row, cuda_stream(), *args)
+LOCATE = KernelPair(locate_samples_cpu, locate_samples_cuda)
+IM2COL = KernelPair(deformable_im2col_cpu, deformable_im2col_cuda)
+COL2IM = KernelPair(deformable_col2im_cpu, deformable_col2im_cuda)
+OFFSET_MASK_GRADIENT = KernelPair(offset_mask_gradient_cpu, offset_mask_gradient_cuda)
 
 
 def batch_chunks(batch, bytes_per_image, max_col_buffer_bytes):
@@ -335,14 +304,6 @@ def zero_padded(xp, input):
     """input (B, C, H, W) → (B, C, H + 2, W + 2) with a border of zeros: the image the DCNv2
     rule interpolates."""
     return xp.pad(input, ((0, 0), (0, 0), (1, 1), (1, 1)))
-
-
-def flat_mask(xp, mask, start, stop, dtype):
-    """The flat mask of images start:stop and whether there is one (v2) or not (v1: a one-element
-    stand-in that no kernel reads, so that both versions share one compiled kernel)."""
-    if mask is None:
-        return xp.zeros(1, dtype=dtype), False
-    return mask[start:stop].reshape(-1), True
 
 
 def weight_groups(weight, C_in):
@@ -383,17 +344,19 @@ def chunks(backend, geometry, offset, mask, max_col_buffer_bytes):
     for start, stop in ranges:
         n_samples = (stop - start) * samples_per_image
         located = [table[:n_samples * HW_out] for table in (top_left, l_y, l_x)]
-        run(backend, LOCATE, n_samples, HW_out, offset[start:stop].reshape(-1), *located, geometry)
-        mask_chunk, use_mask = flat_mask(xp, mask, start, stop, offset.dtype)
+        run(backend, LOCATE, n_samples, n_samples * HW_out, offset[start:stop].reshape(-1), *located, geometry)
+        mask_chunk, use_mask = optional_argument(
+            xp, None if mask is None else mask[start:stop].reshape(-1), 1, offset.dtype)
         yield Chunk(start, stop, *located, mask_chunk, use_mask, col[:(stop - start) * col_per_image])
 
 
 def deformable_im2col(backend, geometry, padded, chunk):
     """Fill chunk.col (B_chunk·C_in·K·H_out·W_out,) with m · S for the images of the chunk."""
     K = geometry.kh * geometry.kw
-    run(backend, IM2COL, (chunk.stop - chunk.start) * geometry.C_in * K, geometry.H_out * geometry.W_out,
-        padded[chunk.start:chunk.stop].reshape(-1), chunk.top_left, chunk.l_y, chunk.l_x,
-        chunk.mask, chunk.use_mask, chunk.col, geometry)
+    n_rows = (chunk.stop - chunk.start) * geometry.C_in * K
+    run(backend, IM2COL, n_rows, n_rows * geometry.H_out * geometry.W_out,
+        padded[chunk.start:chunk.stop].reshape(-1), chunk.top_left, chunk.l_y, chunk.l_x, chunk.mask,
+        chunk.use_mask, chunk.col, geometry)
 
 
 def deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask, backend,
@@ -443,12 +406,13 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias, stride, pad
         grad_out = grad_output[start:stop].reshape(n, G, group_outputs, HW_out)
         grad_weight_groups += xp.matmul(grad_out, columns.swapaxes(2, 3)).sum(axis=0)
         xp.matmul(weights.swapaxes(1, 2), grad_out, out=columns)  # the buffer now holds gcol = ∂L/∂col
-        run(backend, COL2IM, n * geometry.C_in, K * HW_out, chunk.col, chunk.top_left, chunk.l_y,
+        run(backend, COL2IM, n * geometry.C_in, chunk.col.size, chunk.col, chunk.top_left, chunk.l_y,
             chunk.l_x, chunk.mask, chunk.use_mask, grad_padded[start:stop].reshape(-1), geometry)
         grad_mask_chunk = chunk.mask if mask is None else grad_mask[start:stop].reshape(-1)
-        run(backend, OFFSET_MASK_GRADIENT, n * geometry.offset_groups * K, HW_out,
-            padded[start:stop].reshape(-1), chunk.col, chunk.top_left, chunk.l_y, chunk.l_x,
-            chunk.mask, chunk.use_mask, grad_offset[start:stop].reshape(-1), grad_mask_chunk, geometry)
+        n_samples = n * geometry.offset_groups * K
+        run(backend, OFFSET_MASK_GRADIENT, n_samples, n_samples * HW_out, padded[start:stop].reshape(-1),
+            chunk.col, chunk.top_left, chunk.l_y, chunk.l_x, chunk.mask, chunk.use_mask,
+            grad_offset[start:stop].reshape(-1), grad_mask_chunk, geometry)
     grad_input = xp.ascontiguousarray(grad_padded[:, :, 1:-1, 1:-1])
     grad_bias = None if bias is None else grad_output.sum(axis=(0, 2, 3))
     return grad_input, grad_offset, grad_weight_groups.reshape(weight.shape), grad_bias, grad_mask

@@ -24,19 +24,20 @@ Who owns which output:
     forward       CPU and CUDA: one prange iteration / one thread per output element (n, ctop, ph, pw)
     grad_input    CPU: one iteration per input plane (b, c): it alone writes that plane, so no races
                   CUDA: one thread per output element, atomic adds into the corners it read
-    grad_trans    CPU: one iteration per (n, class): it alone writes trans[n, 2·class : 2·class + 2]
-                  CUDA: the same thread as grad_input, atomic adds
+    grad_trans    CPU: one iteration per (n, class): it alone writes trans[n, 2·class : 2·class + 2],
+                  summing in float64
+                  CUDA: one thread per output element, atomic adds
 """
 
 from typing import NamedTuple
 
-import numba
 import numpy as np
-from numba import cuda, prange, types
+from numba import cuda, prange
 
-from .._arrays import array_module, cuda_stream
+from .._arrays import array_module
 from . import sampling
-from ._targets import cpu_kernel, for_cuda, launch
+from ._targets import (BINS, COUNT, FLAG, FLAT, ROWS, KernelPair, cpu_kernel, cuda_kernel, for_cuda,
+                       geometry_of, optional_argument, run)
 from .sampling import (bin_cell, is_finite_position, psroi_average, psroi_average_gradient, psroi_bin,
                        psroi_corner, psroi_count, psroi_is_skipped, psroi_output_index,
                        psroi_sample_position)
@@ -112,13 +113,14 @@ def deform_psroi_pool_grad_input_cpu(n_planes, rois, trans, has_trans, grad_outp
 @cpu_kernel
 def deform_psroi_pool_grad_trans_cpu(n_items, input, rois, trans, grad_output, grad_trans, geometry):
     """grad_trans[n, 2·class : 2·class + 2] for the n_items = N·num_classes pairs (n, class),
-    summing over the output channels of the class and the bins of each part cell."""
+    summing over the output channels of the class and the bins of each part cell in float64."""
     P = geometry.pooled_size
     num_classes = trans.shape[1] // 2
     for item in prange(n_items):
         n = item // num_classes
         class_id = item % num_classes
         first = class_id * geometry.channels_each_class
+        grad = np.zeros((2, geometry.part_size, geometry.part_size), dtype=np.float64)  # (x, y) cells
         for ctop in range(first, first + geometry.channels_each_class):
             for ph in range(P):
                 for pw in range(P):
@@ -126,10 +128,10 @@ def deform_psroi_pool_grad_trans_cpu(n_items, input, rois, trans, grad_output, g
                     plane = (bin_.batch * geometry.C + bin_.channel) * geometry.H * geometry.W
                     d_h, d_w = psroi_average_gradient(input, plane, geometry.H, geometry.W, bin_,
                                                       geometry.sample_per_part)
-                    grad = geometry.trans_std * grad_output[n, ctop, ph, pw]
-                    grad_trans[n, 2 * class_id, bin_.part_h, bin_.part_w] += grad * bin_.roi_width * d_w
-                    grad_trans[n, 2 * class_id + 1, bin_.part_h, bin_.part_w] += \
-                        grad * bin_.roi_height * d_h
+                    share = geometry.trans_std * grad_output[n, ctop, ph, pw]
+                    grad[0, bin_.part_h, bin_.part_w] += share * bin_.roi_width * d_w
+                    grad[1, bin_.part_h, bin_.part_w] += share * bin_.roi_height * d_h
+        grad_trans[n, 2 * class_id:2 * class_id + 2] = grad
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,9 +139,10 @@ def deform_psroi_pool_grad_trans_cpu(n_items, input, rois, trans, grad_output, g
 # ---------------------------------------------------------------------------------------------
 
 gpu = for_cuda(sampling)
+GEOMETRY = geometry_of(PSRoIGeometry)
 
 
-@cuda.jit
+@cuda_kernel(COUNT, FLAT, ROWS, BINS, FLAG, BINS, GEOMETRY)
 def deform_psroi_pool_forward_cuda(n_items, input, rois, trans, has_trans, output, geometry):
     """output[n, ctop, ph, pw]; one thread per output element."""
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
@@ -150,10 +153,10 @@ def deform_psroi_pool_forward_cuda(n_items, input, rois, trans, has_trans, outpu
                                                     geometry.sample_per_part)
 
 
-@cuda.jit
-def deform_psroi_pool_backward_cuda(n_items, input, rois, trans, has_trans, grad_output,
-                                    grad_input, grad_trans, geometry):
-    """grad_input and grad_trans contributions of one output element (n, ctop, ph, pw) per thread."""
+@cuda_kernel(COUNT, ROWS, BINS, FLAG, BINS, FLAT, GEOMETRY)
+def deform_psroi_pool_grad_input_cuda(n_items, rois, trans, has_trans, grad_output, grad_input,
+                                      geometry):
+    """grad_input contributions of one output element (n, ctop, ph, pw) per thread."""
     H, W = geometry.H, geometry.W
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
         n, ctop, ph, pw = gpu.psroi_output_index(index, geometry)
@@ -173,35 +176,32 @@ def deform_psroi_pool_backward_cuda(n_items, input, rois, trans, has_trans, grad
                     target, weight = gpu.psroi_corner(plane, H, W, h, w, corner)
                     # Atomic: other bins and RoIs read this pixel too.
                     cuda.atomic.add(grad_input, target, share * weight)
-        if has_trans:
-            d_h, d_w = gpu.psroi_average_gradient(input, plane, H, W, bin_, geometry.sample_per_part)
-            grad = geometry.trans_std * grad_output[n, ctop, ph, pw]
-            # Atomic: every channel of the class and every bin of the part cell add into it.
-            cuda.atomic.add(grad_trans, (n, 2 * bin_.class_id, bin_.part_h, bin_.part_w),
-                            grad * bin_.roi_width * d_w)
-            cuda.atomic.add(grad_trans, (n, 2 * bin_.class_id + 1, bin_.part_h, bin_.part_w),
-                            grad * bin_.roi_height * d_h)
 
 
-def cuda_kernel_signatures():
-    """(name, CUDA kernel, argument types) of every kernel above in float32 and float64, for
-    compiling them ahead of time (tests/test_compile.py)."""
-    geometry = numba.typeof(PSRoIGeometry(1, 1, 1, 1, 1, 1, 1, 1, 1, 1.0, 0.1))
-    signatures = []
-    for dtype in (types.float32, types.float64):
-        flat, rois, bins = dtype[::1], dtype[:, ::1], dtype[:, :, :, ::1]
-        signatures += [
-            (f"deform_psroi_pool_forward_cuda[{dtype}]", deform_psroi_pool_forward_cuda,
-             (types.int64, flat, rois, bins, types.boolean, bins, geometry)),
-            (f"deform_psroi_pool_backward_cuda[{dtype}]", deform_psroi_pool_backward_cuda,
-             (types.int64, flat, rois, bins, types.boolean, bins, flat, bins, geometry)),
-        ]
-    return signatures
+@cuda_kernel(COUNT, FLAT, ROWS, BINS, BINS, BINS, GEOMETRY)
+def deform_psroi_pool_grad_trans_cuda(n_items, input, rois, trans, grad_output, grad_trans, geometry):
+    """grad_trans contributions of one output element (n, ctop, ph, pw) per thread."""
+    for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
+        n, ctop, ph, pw = gpu.psroi_output_index(index, geometry)
+        bin_ = gpu.psroi_bin(rois, trans, True, n, ctop, ph, pw, geometry)
+        plane = (bin_.batch * geometry.C + bin_.channel) * geometry.H * geometry.W
+        d_h, d_w = gpu.psroi_average_gradient(input, plane, geometry.H, geometry.W, bin_,
+                                              geometry.sample_per_part)
+        share = geometry.trans_std * grad_output[n, ctop, ph, pw]
+        # Atomic: every channel of the class and every bin of the part cell add into it.
+        cuda.atomic.add(grad_trans, (n, 2 * bin_.class_id, bin_.part_h, bin_.part_w),
+                        share * bin_.roi_width * d_w)
+        cuda.atomic.add(grad_trans, (n, 2 * bin_.class_id + 1, bin_.part_h, bin_.part_w),
+                        share * bin_.roi_height * d_h)
 
 
 # ---------------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------------
+
+FORWARD = KernelPair(deform_psroi_pool_forward_cpu, deform_psroi_pool_forward_cuda)
+GRAD_INPUT = KernelPair(deform_psroi_pool_grad_input_cpu, deform_psroi_pool_grad_input_cuda)
+GRAD_TRANS = KernelPair(deform_psroi_pool_grad_trans_cpu, deform_psroi_pool_grad_trans_cuda)
 
 
 def psroi_geometry(input, trans, spatial_scale, output_dim, group_size, pooled_size, part_size,
@@ -215,13 +215,6 @@ def psroi_geometry(input, trans, spatial_scale, output_dim, group_size, pooled_s
                          output_dim // num_classes, np.float64(spatial_scale), np.float64(trans_std))
 
 
-def trans_or_stand_in(xp, trans, dtype):
-    """(trans, True), or an empty stand-in and False, so that one compiled kernel serves both."""
-    if trans is None:
-        return xp.empty((0, 2, 1, 1), dtype=dtype), False
-    return trans, True
-
-
 def deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size, pooled_size,
                       part_size, sample_per_part, trans_std, backend):
     """Forward on the "cpu" or "cuda" backend; arguments as dcn_numba.reference.deform_psroi_pool."""
@@ -229,12 +222,9 @@ def deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size,
     geometry = psroi_geometry(input, trans, spatial_scale, output_dim, group_size, pooled_size,
                               part_size, sample_per_part, trans_std)
     output = xp.empty((rois.shape[0], output_dim, pooled_size, pooled_size), dtype=input.dtype)
-    trans, has_trans = trans_or_stand_in(xp, trans, input.dtype)
-    args = (input.reshape(-1), rois, trans, has_trans, output, geometry)
-    if backend == "cpu":
-        deform_psroi_pool_forward_cpu(output.size, *args)
-    else:
-        launch(deform_psroi_pool_forward_cuda, output.size, cuda_stream(), *args)
+    trans, has_trans = optional_argument(xp, trans, 4, input.dtype)
+    run(backend, FORWARD, output.size, output.size, input.reshape(-1), rois, trans, has_trans,
+        output, geometry)
     return output
 
 
@@ -247,16 +237,10 @@ def deform_psroi_pool_backward(grad_output, input, rois, trans, spatial_scale, o
                               part_size, sample_per_part, trans_std)
     grad_input = xp.zeros_like(input)
     grad_trans = None if trans is None else xp.zeros_like(trans)
-    trans, has_trans = trans_or_stand_in(xp, trans, input.dtype)
-    if backend == "cpu":
-        deform_psroi_pool_grad_input_cpu(input.shape[0] * geometry.C, rois, trans, has_trans,
-                                         grad_output, grad_input.reshape(-1), geometry)
-        if has_trans:
-            deform_psroi_pool_grad_trans_cpu(rois.shape[0] * (trans.shape[1] // 2),
-                                             input.reshape(-1), rois, trans, grad_output,
-                                             grad_trans, geometry)
-    else:
-        launch(deform_psroi_pool_backward_cuda, grad_output.size, cuda_stream(), input.reshape(-1),
-               rois, trans, has_trans, grad_output, grad_input.reshape(-1),
-               trans if grad_trans is None else grad_trans, geometry)
+    trans, has_trans = optional_argument(xp, trans, 4, input.dtype)
+    run(backend, GRAD_INPUT, input.shape[0] * geometry.C, grad_output.size, rois, trans, has_trans,
+        grad_output, grad_input.reshape(-1), geometry)
+    if has_trans:
+        run(backend, GRAD_TRANS, rois.shape[0] * (trans.shape[1] // 2), grad_output.size,
+            input.reshape(-1), rois, trans, grad_output, grad_trans, geometry)
     return grad_input, grad_trans

@@ -302,6 +302,14 @@ def roi_align_bin_index(roi_bin, geometry):
 
 
 @shared
+def roi_align_output_index(index, geometry):
+    """(n, c, ph, pw) of output element index = ((n·C + c)·PH + ph)·PW + pw."""
+    bins_per_roi = geometry.PH * geometry.PW
+    n, roi_bin = index // (bins_per_roi * geometry.C), index % bins_per_roi
+    return n, index // bins_per_roi % geometry.C, roi_bin // geometry.PW, roi_bin % geometry.PW
+
+
+@shared
 def roi_align_bin(rois, offset, has_offset, n, ph, pw, geometry):
     """The RoIAlignBin of bin (ph, pw) of RoI n. rois (N, 5) rows (batch_index, x1, y1, x2, y2);
     offset (N, 2, PH, PW), x first then y, moves the bin by γ·(roi_width·Δx, roi_height·Δy);
@@ -434,6 +442,23 @@ def roi_align_average_gradient(data, plane, H, W, bin_):
             d_x += sample_d_x
     count = roi_align_count(bin_)
     return d_y / count, d_x / count
+
+
+@shared
+def roi_align_offset_gradient(input, rois, offset, grad_output, n, ph, pw, geometry):
+    """(grad_offset[n, 0, ph, pw], grad_offset[n, 1, ph, pw]) = γ·(roi_width, roi_height) ·
+    Σ_c grad_out[n, c, ph, pw] · ∂out[n, c, ph, pw]/∂(x_start, y_start), summed in float64 over
+    the C channels of the input (B, C, H, W), flat."""
+    bin_ = roi_align_bin(rois, offset, True, n, ph, pw, geometry)
+    plane_size = geometry.H * geometry.W
+    grad_x = 0.0
+    grad_y = 0.0
+    for c in range(geometry.C):
+        d_y, d_x = roi_align_average_gradient(input, (bin_.batch * geometry.C + c) * plane_size,
+                                              geometry.H, geometry.W, bin_)
+        grad_x += grad_output[n, c, ph, pw] * d_x
+        grad_y += grad_output[n, c, ph, pw] * d_y
+    return geometry.gamma * bin_.roi_width * grad_x, geometry.gamma * bin_.roi_height * grad_y
 
 
 # §2b deform_psroi_pool: position-sensitive deformable RoI pooling, the original R-FCN rules.

@@ -1,12 +1,23 @@
 """Argument checks shared by every op: each error names the argument, what was received and
 what was expected, so that the message tells the fix."""
 
+import math
 import numbers
+import os
 
 import numpy as np
 
+from ._arrays import contiguous, is_cupy
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 BACKENDS = ("reference", "cpu", "cuda")
+# The largest integer argument (sizes, strides, counts): the kernels index in 64-bit integers,
+# and products of these must not overflow.
+MAX_INT = 2**31 - 1
+# The most samples along one axis of a bin (sampling_ratio, sample_per_part, adaptive grids):
+# 256 × 256 samples a bin is far beyond any use, and a bound keeps a wrong argument from
+# starting hours of work.
+MAX_SAMPLES_PER_AXIS = 256
 
 
 def as_pair(value, name, minimum):
@@ -21,13 +32,18 @@ def as_pair(value, name, minimum):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if min(pair) < minimum:
         raise ValueError(f"{name} must be >= {minimum} in both directions, got {value!r}")
+    if max(pair) > MAX_INT:
+        raise ValueError(f"{name} must be <= {MAX_INT} in both directions, got {value!r}")
     return pair
 
 
 def check_ndim(array, name, ndim, layout):
     """`array` has `ndim` dimensions; `layout` spells them out for the message, e.g. '(B, C, H, W)'."""
-    if not hasattr(array, "ndim") or not hasattr(array, "dtype"):
-        raise TypeError(f"{name} must be a NumPy or CuPy array {layout}, got {type(array).__name__}")
+    if not (isinstance(array, np.ndarray) or is_cupy(array)):
+        raise TypeError(
+            f"{name} must be a NumPy or CuPy array {layout}, got {type(array).__name__} "
+            f"(from {type(array).__module__}; dcn_numba Tensors go through dcn_numba.functional, torch "
+            "tensors through dcn_numba.torch)")
     if array.ndim != ndim:
         raise ValueError(
             f"{name} must have {ndim} dimensions {layout}, got shape {tuple(array.shape)}"
@@ -83,13 +99,50 @@ def resolve_backend(backend, uses_cupy):
     return backend
 
 
-def as_int(value, name, minimum=None):
-    """`value` as an int, at least `minimum` when one is given (bools are not counts)."""
+def prepare(backend, xp, *arrays):
+    """The backend that runs a validated call, and its arrays made C-contiguous (None stays
+    None): kernels index flat memory, so transposed views and stride-0 broadcasts are
+    materialised first. Read-only arrays (memory-mapped files, say) are copied for the CUDA
+    simulator, which writes every argument back."""
+    backend = resolve_backend(backend, is_cupy(arrays[0]))
+    simulated_cuda = backend == "cuda" and xp is np
+    return backend, [None if a is None else
+                     np.array(a) if simulated_cuda and not a.flags.writeable else contiguous(xp, a)
+                     for a in arrays]
+
+
+def check_grad_output(grad_output, layout):
+    """A backward call's grad_output is an array (not None), of the output's layout."""
+    if grad_output is None:
+        raise TypeError(f"grad_output must be a NumPy or CuPy array {layout}, ∂L/∂output, got None")
+
+
+def as_int(value, name, minimum=None, maximum=MAX_INT):
+    """`value` as an int in [minimum, maximum] (no lower bound when minimum is None; bools are
+    not counts)."""
     if not isinstance(value, numbers.Integral) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
     return int(value)
+
+
+def check_adaptive_grid(xp, rois, spatial_scale, output_size, sampling_ratio):
+    """Adaptive sampling (sampling_ratio <= 0) takes ceil(roi extent · spatial_scale / bins)
+    samples per bin and axis: refuse RoIs that would take more than MAX_SAMPLES_PER_AXIS, before
+    any work. Non-finite coordinates are left to propagate (they get one sample)."""
+    if sampling_ratio > 0 or rois.shape[0] == 0:
+        return
+    extents = (rois[:, 3:5] - rois[:, 1:3]) * spatial_scale / xp.asarray(output_size[::-1])
+    grid = xp.where(xp.isfinite(extents), extents, 0).max()
+    if float(grid) > MAX_SAMPLES_PER_AXIS:
+        raise ValueError(
+            f"rois with spatial_scale = {spatial_scale} give bins of up to {float(grid):.3g} samples per "
+            f"axis under adaptive sampling (sampling_ratio = {sampling_ratio}); expected at most "
+            f"{MAX_SAMPLES_PER_AXIS}: check the RoIs' coordinates and spatial_scale, or pass "
+            "sampling_ratio > 0")
 
 
 def as_real(value, name, positive=False):
@@ -100,6 +153,16 @@ def as_real(value, name, positive=False):
         expected = "a finite number > 0" if positive else "a finite number"
         raise ValueError(f"{name} must be {expected}, got {value!r}")
     return float(value)
+
+
+def check_output_bytes(shape, itemsize, name):
+    """An output of `shape` fits in this machine's memory: an absurd size is a clear error here
+    rather than a MemoryError, or hours of work, later."""
+    size = math.prod(int(extent) for extent in shape) * itemsize
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if size > memory:
+        raise ValueError(f"{name} would have shape {tuple(shape)}, {size:.3g} bytes, more than this "
+                         f"machine's {memory:.3g} bytes of memory: check the arguments that set it")
 
 
 def check_rois(xp, rois, batch_size):

@@ -7,8 +7,9 @@ These functions validate the arguments, pick the backend and hand the arrays to
 dcn_numba.reference.deform_conv ("reference") or dcn_numba.kernels.deform_conv ("cpu", "cuda").
 """
 
-from ._arrays import array_module, contiguous, is_cupy
-from ._checks import as_pair, check_float_dtypes, check_ndim, check_shape, resolve_backend
+from ._arrays import array_module
+from ._checks import (as_pair, check_float_dtypes, check_grad_output, check_ndim, check_output_bytes,
+                      check_shape, prepare)
 from .kernels import deform_conv as kernels
 from .reference import deform_conv as reference
 
@@ -57,6 +58,7 @@ def _validate(input, offset, weight, bias, stride, padding, dilation, mask, grad
             f"input of size {H}×{W} gives an empty output of size {H_out}×{W_out} for a {kh}×{kw} kernel "
             f"with stride {stride}, padding {padding} and dilation {dilation}; expected at least 1×1"
         )
+    check_output_bytes((B, C_out, H_out, W_out), input.itemsize, "the output")
     K = kh * kw
     offset_channels = offset.shape[1]
     if offset_channels == 0 or offset_channels % (2 * K) != 0:
@@ -84,14 +86,6 @@ def _validate(input, offset, weight, bias, stride, padding, dilation, mask, grad
     return xp, stride, padding, dilation
 
 
-def _prepare(backend, xp, *arrays):
-    """The backend that runs the call, and the arrays made C-contiguous: kernels index flat
-    memory, so transposed views and stride-0 broadcasts are materialised first."""
-    backend = resolve_backend(backend, is_cupy(arrays[0]))
-    arrays = [None if a is None else contiguous(xp, a) for a in arrays]
-    return backend, arrays
-
-
 def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None, *,
                   backend=None):
     """Deformable convolution: v1 (mask=None) or v2, modulated (Dai et al. 2017; Zhu et al. 2019).
@@ -117,7 +111,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     Float32 or float64, all arrays of one kind and dtype; the output is of that kind and dtype.
     """
     xp, stride, padding, dilation = _validate(input, offset, weight, bias, stride, padding, dilation, mask)
-    backend, (input, offset, weight, bias, mask) = _prepare(
+    backend, (input, offset, weight, bias, mask) = prepare(
         backend, xp, input, offset, weight, bias, mask)
     if backend == "reference":
         return reference.deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)
@@ -146,9 +140,10 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
     which happens at padded border taps when offsets are integers (e.g. all zero at initialisation).
     grad_output may be non-contiguous, such as the stride-0 broadcast of the gradient of a sum.
     """
+    check_grad_output(grad_output, "(B, C_out, H_out, W_out)")
     xp, stride, padding, dilation = _validate(input, offset, weight, bias, stride, padding, dilation,
                                               mask, grad_output)
-    backend, (grad_output, input, offset, weight, bias, mask) = _prepare(
+    backend, (grad_output, input, offset, weight, bias, mask) = prepare(
         backend, xp, grad_output, input, offset, weight, bias, mask)
     arguments = (grad_output, input, offset, weight, bias, stride, padding, dilation, mask)
     if backend == "reference":

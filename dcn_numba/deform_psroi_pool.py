@@ -10,9 +10,9 @@ dcn_numba.reference.deform_psroi_pool ("reference") or dcn_numba.kernels.deform_
 the RoIs and trans, so the backward takes the forward's arguments only.
 """
 
-from ._arrays import array_module, contiguous, is_cupy
-from ._checks import (as_int, as_real, check_float_dtypes, check_ndim, check_rois, check_shape,
-                      resolve_backend)
+from ._arrays import array_module
+from ._checks import (MAX_SAMPLES_PER_AXIS, as_int, as_real, check_float_dtypes, check_grad_output,
+                      check_ndim, check_output_bytes, check_rois, check_shape, prepare)
 from .kernels import deform_psroi_pool as kernels
 from .reference import deform_psroi_pool as reference
 
@@ -35,7 +35,7 @@ def _validate(input, rois, trans, spatial_scale, output_dim, group_size, pooled_
     group_size = as_int(group_size, "group_size", 1)
     pooled_size = as_int(pooled_size, "pooled_size", 1)
     part_size = pooled_size if part_size is None or part_size == 0 else as_int(part_size, "part_size", 1)
-    sample_per_part = as_int(sample_per_part, "sample_per_part", 1)
+    sample_per_part = as_int(sample_per_part, "sample_per_part", 1, MAX_SAMPLES_PER_AXIS)
     trans_std = as_real(trans_std, "trans_std")
     B, C, H, W = input.shape
     if min(H, W) < 1:
@@ -55,6 +55,7 @@ def _validate(input, rois, trans, spatial_scale, output_dim, group_size, pooled_
         )
     check_rois(xp, rois, B)
     N = rois.shape[0]
+    check_output_bytes((N, output_dim, pooled_size, pooled_size), input.itemsize, "the output")
     if trans is not None:
         classes_times_two = trans.shape[1]
         if classes_times_two == 0 or classes_times_two % 2 or output_dim % (classes_times_two // 2):
@@ -69,12 +70,6 @@ def _validate(input, rois, trans, spatial_scale, output_dim, group_size, pooled_
                     "(N, output_dim, pooled_size, pooled_size): the output's shape")
     return xp, (spatial_scale, output_dim, group_size, pooled_size, part_size, sample_per_part,
                 trans_std)
-
-
-def _implementation(backend, xp, *arrays):
-    """The backend to run and the arrays made C-contiguous."""
-    backend = resolve_backend(backend, is_cupy(arrays[0]))
-    return backend, [None if a is None else contiguous(xp, a) for a in arrays]
 
 
 def deform_psroi_pool(input, rois, trans=None, spatial_scale=1.0, output_dim=None, group_size=1,
@@ -117,7 +112,7 @@ def deform_psroi_pool(input, rois, trans=None, spatial_scale=1.0, output_dim=Non
     """
     xp, parameters = _validate(input, rois, trans, spatial_scale, output_dim, group_size,
                                pooled_size, part_size, sample_per_part, trans_std)
-    backend, (input, rois, trans) = _implementation(backend, xp, input, rois, trans)
+    backend, (input, rois, trans) = prepare(backend, xp, input, rois, trans)
     if backend == "reference":
         return reference.deform_psroi_pool(input, rois, trans, *parameters)
     return kernels.deform_psroi_pool(input, rois, trans, *parameters, backend)
@@ -144,9 +139,10 @@ def deform_psroi_pool_backward(grad_output, input, rois, trans=None, spatial_sca
     where the value has a kink, it is a convention.
     grad_output may be non-contiguous, such as the stride-0 broadcast of the gradient of a sum.
     """
+    check_grad_output(grad_output, "(N, output_dim, P, P)")
     xp, parameters = _validate(input, rois, trans, spatial_scale, output_dim, group_size,
                                pooled_size, part_size, sample_per_part, trans_std, grad_output)
-    backend, (grad_output, input, rois, trans) = _implementation(
+    backend, (grad_output, input, rois, trans) = prepare(
         backend, xp, grad_output, input, rois, trans)
     if backend == "reference":
         return reference.deform_psroi_pool_backward(grad_output, input, rois, trans, *parameters)

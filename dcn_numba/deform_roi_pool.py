@@ -8,9 +8,10 @@ backend and hand the arrays to dcn_numba.reference.deform_roi_pool ("reference")
 dcn_numba.kernels.deform_roi_pool ("cpu", "cuda").
 """
 
-from ._arrays import array_module, contiguous, is_cupy
-from ._checks import (as_int, as_pair, as_real, check_float_dtypes, check_ndim, check_rois,
-                      check_shape, resolve_backend)
+from ._arrays import array_module
+from ._checks import (MAX_SAMPLES_PER_AXIS, as_int, as_pair, as_real, check_adaptive_grid,
+                      check_float_dtypes, check_grad_output, check_ndim, check_output_bytes,
+                      check_rois, check_shape, prepare)
 from .kernels import deform_roi_pool as kernels
 from .reference import deform_roi_pool as reference
 
@@ -29,24 +30,21 @@ def _validate(input, rois, offset, output_size, spatial_scale, sampling_ratio, g
     check_float_dtypes(named)
     output_size = as_pair(output_size, "output_size", 1)
     parameters = (output_size, as_real(spatial_scale, "spatial_scale", positive=True),
-                  as_int(sampling_ratio, "sampling_ratio"), as_real(gamma, "gamma"))
+                  as_int(sampling_ratio, "sampling_ratio", maximum=MAX_SAMPLES_PER_AXIS),
+                  as_real(gamma, "gamma"))
     B, C, H, W = input.shape
     if min(H, W) < 1:
         raise ValueError(f"input has shape {tuple(input.shape)}, expected (B, C, H, W) with H, W >= 1")
     check_rois(xp, rois, B)
+    check_adaptive_grid(xp, rois, parameters[1], output_size, parameters[2])
     N = rois.shape[0]
+    check_output_bytes((N, C, *output_size), input.itemsize, "the output")
     if offset is not None:
         check_shape(offset, "offset", (N, 2, *output_size),
                     "(N, 2, PH, PW): one (dx, dy) pair per bin, x first, N from rois, (PH, PW) = output_size")
     if grad_output is not None:
         check_shape(grad_output, "grad_output", (N, C, *output_size), "(N, C, PH, PW): the output's shape")
     return xp, parameters
-
-
-def _implementation(backend, xp, *arrays):
-    """The backend to run and the arrays made C-contiguous."""
-    backend = resolve_backend(backend, is_cupy(arrays[0]))
-    return backend, [None if a is None else contiguous(xp, a) for a in arrays]
 
 
 def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0, sampling_ratio=0,
@@ -85,7 +83,7 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0, 
     Float32 or float64, all arrays of one kind and dtype; the output is of that kind and dtype.
     """
     xp, parameters = _validate(input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma)
-    backend, (input, rois, offset) = _implementation(backend, xp, input, rois, offset)
+    backend, (input, rois, offset) = prepare(backend, xp, input, rois, offset)
     if backend == "reference":
         return reference.deform_roi_pool(input, rois, offset, *parameters)
     return kernels.deform_roi_pool(input, rois, offset, *parameters, backend)
@@ -110,9 +108,10 @@ def deform_roi_pool_backward(grad_output, input, rois, offset=None, output_size=
     formula that keeps the unclamped slope in those zones, so their offset gradients differ there.
     grad_output may be non-contiguous, such as the stride-0 broadcast of the gradient of a sum.
     """
+    check_grad_output(grad_output, "(N, C, PH, PW)")
     xp, parameters = _validate(input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma,
                                grad_output)
-    backend, (grad_output, input, rois, offset) = _implementation(
+    backend, (grad_output, input, rois, offset) = prepare(
         backend, xp, grad_output, input, rois, offset)
     if backend == "reference":
         return reference.deform_roi_pool_backward(grad_output, input, rois, offset, *parameters)

@@ -11,6 +11,8 @@ by default, on the one the array type implies (CPU kernels for NumPy, CUDA kerne
 
 import contextlib
 
+import math
+
 import numpy as np
 
 from ._arrays import array_module
@@ -277,7 +279,7 @@ def dropout(x, p, training=True, rng=None):
 
 def flatten(x):
     """(B, ...) → (B, product of the other sizes)."""
-    return x.reshape(x.shape[0], -1)
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # explicit: -1 is ambiguous for B = 0
 
 
 def linear(x, weight, bias=None):

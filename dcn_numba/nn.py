@@ -13,7 +13,7 @@ import numpy as np
 
 from . import functional as F
 from ._arrays import array_module, is_cupy, to_device
-from ._checks import as_pair
+from ._checks import FLOAT_DTYPES, as_int, as_pair
 from .autograd import Tensor
 from .locations import sampling_locations
 from .windows import SlidingWindows
@@ -25,8 +25,14 @@ class Module:
     training = True
     buffer_names = ()
 
-    def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+    def __call__(self, x, *args, **kwargs):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{type(self).__name__}: input must be a dcn_numba Tensor, got "
+                            f"{type(x).__module__}.{type(x).__name__} (wrap an array as Tensor(array))")
+        if x.ndim == 4 and x.shape[0] == 0:
+            raise ValueError(f"{type(self).__name__}: input has shape {tuple(x.shape)}, a batch of 0 "
+                             "images; expected at least one")
+        return self.forward(x, *args, **kwargs)
 
     def named_children(self):
         for name, value in vars(self).items():
@@ -74,7 +80,10 @@ class Module:
             parameter.grad = None
 
     def to(self, device=None, dtype=None):
-        """Move every parameter and buffer to `device` ("cpu" or "cuda") and/or cast it to `dtype`."""
+        """Move every parameter and buffer to `device` ("cpu" or "cuda") and/or cast it to `dtype`
+        (float32 or float64, the dtypes of the kernels)."""
+        if dtype is not None and np.dtype(dtype) not in FLOAT_DTYPES:
+            raise TypeError(f"Module.to: dtype must be float32 or float64, got {np.dtype(dtype)}")
         def convert(array):
             array = array if device is None else to_device(array, device)
             return array if dtype is None else array.astype(dtype, copy=False)
@@ -117,6 +126,18 @@ class Module:
         with np.load(path) as stored:
             self.load_state_dict({name: stored[name] for name in stored.files})
         return self
+
+
+def check_channel_groups(layer, in_channels, out_channels, groups, offset_groups=1):
+    """groups divides in_channels and out_channels, offset_groups divides in_channels, all positive."""
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                        ("groups", groups), ("offset_groups", offset_groups)):
+        as_int(value, f"{layer}: {name}", 1)
+    for name, count in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if count % groups:
+            raise ValueError(f"{layer}: groups = {groups} must divide {name} = {count}")
+    if in_channels % offset_groups:
+        raise ValueError(f"{layer}: offset_groups = {offset_groups} must divide in_channels = {in_channels}")
 
 
 def uniform(rng, shape, fan_in):
@@ -163,6 +184,7 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, rng=None):
         rng = rng or np.random.default_rng()
+        check_channel_groups("Conv2d", in_channels, out_channels, groups)
         self.kernel_size = as_pair(kernel_size, "Conv2d: kernel_size", 1)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         fan_in = in_channels // groups * self.kernel_size[0] * self.kernel_size[1]
@@ -202,6 +224,7 @@ class DeformConv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, offset_groups=1, bias=True, modulated=False, rng=None):
         rng = rng or np.random.default_rng()
+        check_channel_groups("DeformConv2d", in_channels, out_channels, groups, offset_groups)
         self.kernel_size = as_pair(kernel_size, "DeformConv2d: kernel_size", 1)
         self.stride, self.padding, self.dilation = stride, padding, dilation
         K = self.kernel_size[0] * self.kernel_size[1]

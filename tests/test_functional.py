@@ -325,7 +325,8 @@ def test_batch_norm_updates_running_statistics_only_in_training():
     assert_close(running_var, 0.75 + 0.25 * x.var(axis=(0, 2, 3), ddof=1))
     before = running_mean.copy(), running_var.copy()
     F.batch_norm(Tensor(x), ones, zeros, running_mean, running_var, training=False)
-    assert_close(running_mean, before[0]) and assert_close(running_var, before[1])
+    assert_close(running_mean, before[0])
+    assert_close(running_var, before[1])
 
 
 def test_batch_norm_rejects_a_channel_mismatch():

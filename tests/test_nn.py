@@ -289,7 +289,8 @@ def test_optimizers_skip_parameters_without_gradient_and_zero_grad_clears():
     q.grad = None
     optimizer = SGD([p, q], lr=0.5)
     optimizer.step()
-    assert_close(p.data, [0.5]) and assert_close(q.data, [1.0])
+    assert_close(p.data, [0.5])
+    assert_close(q.data, [1.0])
     optimizer.zero_grad()
     assert p.grad is None
 

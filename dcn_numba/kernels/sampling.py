@@ -3,6 +3,13 @@
 Each function is one formula, compiled once by `shared` for both targets. Images are read
 from flat arrays: `plane` is the flat index of pixel (0, 0) of one (H, W) channel plane, so
 pixel (y, x) lives at `plane + y·W + x`. Flat 64-bit indices keep big tensors addressable.
+
+The precision rule, for every op and both targets: a sum that one kernel iteration or thread
+owns (a bin's average over its samples, a gradient summed over channels or samples) accumulates
+in float64, from 0.0, and is rounded to the data's dtype once, when stored. Sums spread over
+iterations or threads (gradients scattered into input planes, CUDA atomics) add in the dtype of
+the array they add into. The convolution's bilinear sample, one blend feeding a GEMM in the data's
+dtype, is computed in that dtype (the typed constants below).
 """
 
 import math

@@ -19,7 +19,6 @@ forward within 2× of the ordinary convolution.
 
 import sys
 
-import dcn_numba  # noqa: F401  (before NumPy, so that its OpenBLAS setting applies: dcn_numba.cpu_runtime)
 import numba
 import numpy as np
 

@@ -11,7 +11,6 @@ measured in the same run with as many threads as Numba uses.
 
 import sys
 
-import dcn_numba  # noqa: F401  (before NumPy, so that its OpenBLAS setting applies: dcn_numba.cpu_runtime)
 import numba
 import numpy as np
 

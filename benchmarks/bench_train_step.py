@@ -11,7 +11,7 @@ position, where the two libraries' boundary conventions differ; SPEC.md §1). Th
 in the same run, in turns, PyTorch with as many threads as there are cores.
 
 Both libraries run in this one process under the same malloc settings: by default those of
-`dcn_numba.cpu_runtime.keep_freed_memory()`, which the training command uses too (freed memory stays
+`dcn_numba.speed.runtime.keep_freed_memory()`, which the training command uses too (freed memory stays
 in the process instead of being page-faulted back in every step); `--default-malloc` keeps
 glibc's defaults instead.
 
@@ -23,12 +23,11 @@ import argparse
 import os
 import sys
 
-import dcn_numba  # noqa: F401  (before NumPy, so that its OpenBLAS setting applies: dcn_numba.cpu_runtime)
 import numpy as np
 
 from dcn_numba import functional as F
 from dcn_numba.autograd import Tensor
-from dcn_numba.cpu_runtime import keep_freed_memory
+from dcn_numba.speed.runtime import keep_freed_memory
 from dcn_numba.gradcheck import describe_mismatch
 from dcn_numba.models import MnistNet
 from dcn_numba.optim import SGD

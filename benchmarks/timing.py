@@ -44,7 +44,7 @@ def interleaved_best_times(candidates, rounds, repeats=1, warmup=0):
 
 def machine_description():
     """One line naming the machine: processor, core count, Python, NumPy and Numba versions, and
-    OpenBLAS's idle-thread spin (dcn_numba.cpu_runtime)."""
+    OpenBLAS's idle-thread spin when the environment sets it."""
     import os
 
     import numba

@@ -5,13 +5,8 @@ SPEC.md), "cpu" (Numba @njit(parallel=True) kernels) and "cuda" (Numba CUDA kern
 arrays). backend=None picks "cuda" for CuPy arrays and "cpu" for NumPy arrays.
 """
 
-from .cpu_runtime import quiet_idle_blas_threads
-
-# Before anything imports NumPy, which reads this setting when it loads OpenBLAS (see cpu_runtime).
-quiet_idle_blas_threads()
-
-from .deform_conv import deform_conv2d, deform_conv2d_backward  # noqa: E402
-from .deform_psroi_pool import deform_psroi_pool, deform_psroi_pool_backward  # noqa: E402
-from .deform_roi_pool import deform_roi_pool, deform_roi_pool_backward  # noqa: E402
+from .deform_conv import deform_conv2d, deform_conv2d_backward
+from .deform_psroi_pool import deform_psroi_pool, deform_psroi_pool_backward
+from .deform_roi_pool import deform_roi_pool, deform_roi_pool_backward
 
 __version__ = "0.1.0"

@@ -4,14 +4,15 @@
 
 has the signature and layouts of torchvision.ops.deform_conv2d, so that the two can be swapped.
 These functions validate the arguments, pick the backend and hand the arrays to
-dcn_numba.reference.deform_conv ("reference") or dcn_numba.kernels.deform_conv ("cpu", "cuda").
+dcn_numba.reference.deform_conv_vectorised ("reference": the loops of reference.deform_conv,
+vectorised) or dcn_numba.kernels.deform_conv ("cpu", "cuda").
 """
 
 from ._arrays import array_module
 from ._checks import (as_pair, check_float_dtypes, check_grad_output, check_ndim, check_output_bytes,
                       check_shape, prepare)
 from .kernels import deform_conv as kernels
-from .reference import deform_conv as reference
+from .reference import deform_conv_vectorised as reference
 
 
 def output_size(size, kernel, stride, padding, dilation):

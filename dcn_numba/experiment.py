@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import train
-from .cpu_runtime import keep_freed_memory
+from .speed.runtime import keep_freed_memory
 
 
 def parse_args(argv=None):

@@ -21,7 +21,9 @@ from .autograd import Function, Tensor
 from .deform_conv import deform_conv2d as deform_conv2d_forward, deform_conv2d_backward
 from .deform_psroi_pool import deform_psroi_pool as deform_psroi_pool_forward, deform_psroi_pool_backward
 from .deform_roi_pool import deform_roi_pool as deform_roi_pool_forward, deform_roi_pool_backward
-from .kernels import normalization as kernels
+from .speed import kernels_apply
+from .speed import normalization as kernels
+from .speed.runtime import single_threaded_blas
 from .windows import adaptive_avg_pool2d, avg_pool2d, conv2d, max_pool2d
 
 __all__ = [
@@ -186,8 +188,8 @@ class BatchNorm(Function):
 
     Each channel is a row (`channel_rows`). Only μ and 1/sqrt(σ² + eps) are kept for the
     backward pass, which works from the input again: one full-size array less to hold between
-    the passes. On NumPy arrays the passes are fused CPU kernels (`kernels.normalization`); on
-    CuPy arrays they are array expressions.
+    the passes. On NumPy arrays the passes are fused CPU kernels of the speed layer
+    (`speed.normalization`); on CuPy arrays, and inside `speed.plain_numpy()`, array expressions.
     """
 
     def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps):
@@ -209,7 +211,7 @@ class BatchNorm(Function):
             self.mean, var = running_mean.astype(x.dtype), running_var.astype(x.dtype)
         self.inverse_std = 1 / xp.sqrt(var + eps)
         self.training, self.scale = training, weight * self.inverse_std
-        if xp is np:
+        if kernels_apply(xp):
             out = np.empty(rows.shape, dtype=rows.dtype)
             kernels.normalize(rows, self.mean, self.scale, bias, out)
         else:
@@ -221,7 +223,7 @@ class BatchNorm(Function):
     def backward(self, grad_output):
         xp, x = self.xp, self.inputs[0].data
         g, rows = channel_rows(xp, grad_output), channel_rows(xp, x)
-        if xp is np:
+        if kernels_apply(xp):
             grad_bias, grad_centred = np.empty_like(self.mean), np.empty_like(self.mean)
             kernels.gradient_sums(g, rows, self.mean, grad_bias, grad_centred)
         else:
@@ -235,7 +237,7 @@ class BatchNorm(Function):
         count = g.shape[1]
         slope = -self.scale * self.inverse_std * grad_weight / count
         offset = -self.scale * grad_bias / count
-        if xp is np:
+        if kernels_apply(xp):
             grad_input = np.empty(rows.shape, dtype=rows.dtype)
             kernels.input_gradient(g, rows, self.mean, self.scale, slope, offset, grad_input)
         else:
@@ -248,7 +250,7 @@ class BatchNorm(Function):
 
 def channel_moments(xp, rows):
     """(mean, biased variance) of each row of rows (C, N), the variance from centred values."""
-    if xp is np:
+    if kernels_apply(xp):
         mean, var = np.empty(len(rows), dtype=rows.dtype), np.empty(len(rows), dtype=rows.dtype)
         kernels.channel_moments(rows, mean, var)
         return mean, var
@@ -296,12 +298,25 @@ def linear(x, weight, bias=None):
 # ---------------------------------------------------------------------------------------------
 
 
+_BLAS_SINGLE_THREADED = [False]
+
+
+def leave_the_cores_to_the_cpu_kernels(x, backend):
+    """Before the first deformable CPU kernel of the process (NumPy input, backend None or "cpu"),
+    limit BLAS to one thread (`speed.runtime.single_threaded_blas`): its idle threads would
+    otherwise spin on the cores the parallel kernels need."""
+    if not _BLAS_SINGLE_THREADED[0] and isinstance(x, np.ndarray) and backend in (None, "cpu"):
+        single_threaded_blas()
+        _BLAS_SINGLE_THREADED[0] = True
+
+
 class DeformConv2d(Function):
     """Deformable convolution (SPEC.md §1): `deform_conv2d` forward, `deform_conv2d_backward`
     for the gradients of input, offset, weight, bias and mask."""
 
     def forward(self, x, offset, weight, bias, mask, stride, padding, dilation):
         self.params = dict(stride=stride, padding=padding, dilation=dilation, backend=_BACKEND)
+        leave_the_cores_to_the_cpu_kernels(x, _BACKEND)
         return deform_conv2d_forward(x, offset, weight, bias, mask=mask, **self.params)
 
     def backward(self, grad_output):
@@ -321,6 +336,7 @@ class DeformRoIPool(Function):
 
     def forward(self, x, offset, rois, **params):
         self.rois, self.params = rois, dict(params, backend=_BACKEND)
+        leave_the_cores_to_the_cpu_kernels(x, _BACKEND)
         return deform_roi_pool_forward(x, rois, offset, **self.params)
 
     def backward(self, grad_output):
@@ -342,6 +358,7 @@ class DeformPSRoIPool(Function):
 
     def forward(self, x, trans, rois, **params):
         self.rois, self.params = rois, dict(params, backend=_BACKEND)
+        leave_the_cores_to_the_cpu_kernels(x, _BACKEND)
         return deform_psroi_pool_forward(x, rois, trans, **self.params)
 
     def backward(self, grad_output):

@@ -27,7 +27,7 @@ from . import functional as F
 from . import viz
 from ._arrays import gpu_available, to_device
 from .autograd import Tensor, no_grad
-from .cpu_runtime import keep_freed_memory
+from .speed.runtime import keep_freed_memory
 from .data import load_mnist, random_transform, scaled_digits, subset
 from .models import MnistNet
 from .optim import Adam, CosineSchedule

@@ -8,15 +8,17 @@ column matrix (im2col), made a block of window rows at a time so that each block
 cache when its GEMM reads it, and a pooling a reduction over the taps. Everything runs on NumPy
 or CuPy arrays, whichever the input is: the two copies that take most of a convolution's time
 besides its GEMMs, im2col (`SlidingWindows.column_blocks`) and col2im
-(`SlidingWindows.add_taps`), run as single-threaded CPU kernels on NumPy arrays
-(`dcn_numba.kernels.windows`) and as array-module slices on CuPy arrays.
+(`SlidingWindows.add_taps`), run as single-threaded CPU kernels of the speed layer on NumPy
+arrays (`dcn_numba.speed.windows`) and as array-module slices on CuPy arrays, or on NumPy arrays
+inside `dcn_numba.speed.plain_numpy()`: that plain path is the one to step through.
 """
 
 import numpy as np
 
 from ._checks import as_pair
 from .autograd import Function
-from .kernels.windows import fold_windows, max_pool_scatter, max_pool_windows, unfold_windows
+from .speed import kernels_apply
+from .speed.windows import fold_windows, max_pool_scatter, max_pool_windows, unfold_windows
 
 
 def require_ndim(op, name, array, layout):
@@ -97,14 +99,15 @@ class SlidingWindows:
         row_elements = C * kh * kw * W_out * B
         budget = COLUMN_BLOCK_BYTES["cpu" if xp is np else "cuda"]
         rows_per_block = min(H_out, max(1, budget // (row_elements * x.dtype.itemsize)))
-        if xp is np:
+        kernels = kernels_apply(xp)
+        if kernels:
             buffer = np.empty(rows_per_block * row_elements, dtype=x.dtype)
             x = batch_last(xp, x)
         else:
             windows = self.unfold(xp, x)
         for first_row in range(0, H_out, rows_per_block):
             rows = min(rows_per_block, H_out - first_row)
-            if xp is np:
+            if kernels:
                 columns = buffer[:rows * row_elements].reshape(C, kh, kw, rows, W_out, B)
                 unfold_windows(x, first_row, *self.stride, *self.padding, *self.dilation, columns)
             else:
@@ -119,7 +122,7 @@ class SlidingWindows:
         adds kh·kw vectorised slices, and overlapping windows accumulate as they should.
         """
         (dil_h, dil_w), (stride_h, stride_w) = self.dilation, self.stride
-        if xp is np:
+        if kernels_apply(xp):
             fold_windows(grad_windows, first_row, stride_h, stride_w, dil_h, dil_w, grad_padded)
             return
         rows, W_out = grad_windows.shape[3:5]
@@ -229,7 +232,8 @@ class MaxPool2d(Function):
     def forward(self, x, kernel_size, stride, padding):
         require_ndim("max_pool2d", "input", x, "(B, C, H, W)")
         self.windows = SlidingWindows("max_pool2d", x.shape, kernel_size, stride, padding, 1)
-        if self.xp is not np:
+        self.kernels = kernels_apply(self.xp)
+        if not self.kernels:
             self.taps = self.windows.unfold(self.xp, x, fill=-np.inf)
             self.out = self.taps.max(axis=(1, 2))
             return self.out.transpose(3, 0, 1, 2)
@@ -241,7 +245,7 @@ class MaxPool2d(Function):
         return out.transpose(3, 0, 1, 2)
 
     def backward(self, grad_output):
-        if self.xp is np:
+        if self.kernels:
             B, C, H, W = self.windows.input_shape
             grad_input = np.empty((C, H, W, B), dtype=grad_output.dtype)
             max_pool_scatter(grad_output.transpose(1, 2, 3, 0), self.argmax, self.windows.kernel_size[1],

@@ -1,11 +1,17 @@
 """The NumPy reference of deformable convolution against hand-computed cases, identities that
-hold for special offsets, and finite differences of all five gradients."""
+hold for special offsets, and finite differences of all five gradients; its loops
+(reference.deform_conv) against their vectorised twin (reference.deform_conv_vectorised), which
+the "reference" backend runs."""
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dcn_numba import deform_conv2d, deform_conv2d_backward
 from dcn_numba.gradcheck import assert_close, check_gradients
+from dcn_numba.reference import deform_conv as loops
+from dcn_numba.reference import deform_conv_vectorised as vectorised
 
 
 def output_size(size, kernel, stride, padding, dilation):
@@ -191,16 +197,17 @@ def test_all_five_gradients_match_finite_differences(case, with_mask):
     check_gradients(forward, inputs, grad_output, analytic, mode="elementwise", rtol=1e-6, atol=1e-7)
 
 
-def test_reference_computes_in_float32_for_float32_inputs():
+def test_reference_computes_in_float64_and_returns_the_input_dtype():
+    """float32 inputs give the float64 result of the same (float32-rounded) values, rounded once."""
     rng = np.random.default_rng(6)
     c = random_case(rng)
     offset = rng.standard_normal(c["offset_shape"])
-    args = [c["input"], offset, c["weight"], c["bias"]]
-    single = deform_conv2d(*[a.astype(np.float32) for a in args], c["stride"], c["padding"],
+    single_inputs = [a.astype(np.float32) for a in (c["input"], offset, c["weight"], c["bias"])]
+    single = deform_conv2d(*single_inputs, c["stride"], c["padding"], c["dilation"], backend="reference")
+    double = deform_conv2d(*[a.astype(np.float64) for a in single_inputs], c["stride"], c["padding"],
                            c["dilation"], backend="reference")
-    double = deform_conv2d(*args, c["stride"], c["padding"], c["dilation"], backend="reference")
     assert single.dtype == np.float32
-    assert_close(single, double, rtol=1e-4, atol=1e-4, what="float32 reference")
+    np.testing.assert_array_equal(single, double.astype(np.float32))
 
 
 def test_empty_batch_gives_empty_outputs_of_the_right_shape():
@@ -214,3 +221,73 @@ def test_empty_batch_gives_empty_outputs_of_the_right_shape():
     grads = deform_conv2d_backward(np.zeros(output.shape), *args, backend="reference")
     assert [g.shape for g in grads] == [c["input"].shape, offset.shape, c["weight"].shape, (6,), mask.shape]
     assert_close(grads[2], np.zeros_like(c["weight"]), what="grad_weight of an empty batch")
+
+
+def test_empty_image_with_padding_samples_only_the_padding():
+    """H = 0 with a 1×1 kernel and padding 1 has a 2 × (W + 2) output whose samples all lie
+    outside the image: the output is the bias, no gradient reaches the (empty) input, and the
+    offset and mask gradients are 0 (every sample is invalid)."""
+    rng = np.random.default_rng(8)
+    input = np.zeros((1, 2, 0, 3))
+    offset = rng.uniform(-0.5, 0.5, (1, 2, 2, 5))
+    mask = rng.uniform(0, 1, (1, 1, 2, 5))
+    weight, bias = rng.standard_normal((3, 2, 1, 1)), rng.standard_normal(3)
+    for module in (loops, vectorised):
+        output = module.deform_conv2d(input, offset, weight, bias, (1, 1), (1, 1), (1, 1), mask)
+        assert_close(output, np.broadcast_to(bias[None, :, None, None], (1, 3, 2, 5)), what="H = 0 output")
+        grads = module.deform_conv2d_backward(np.ones((1, 3, 2, 5)), input, offset, weight, bias,
+                                              (1, 1), (1, 1), (1, 1), mask)
+        assert grads[0].shape == input.shape
+        assert_close(grads[1], np.zeros_like(offset), what="H = 0 grad_offset")
+        assert_close(grads[4], np.zeros_like(mask), what="H = 0 grad_mask")
+    assert deform_conv2d(input, offset, weight, bias, padding=1, mask=mask, backend="reference").shape == (1, 3, 2, 5)
+
+
+def hostile_values(rng, shape, edge_values):
+    """Standard normal values, about a fifth of them replaced by one of edge_values."""
+    values = rng.standard_normal(shape)
+    chosen = rng.random(shape) < 0.2
+    values[chosen] = rng.choice(edge_values, size=int(chosen.sum()))
+    return values
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), B=st.integers(1, 2), groups=st.sampled_from([1, 2]),
+       offset_groups=st.sampled_from([1, 2]), H=st.integers(1, 4), W=st.integers(1, 4),
+       kh=st.integers(1, 3), kw=st.integers(1, 2), stride=st.integers(1, 2), padding=st.integers(0, 2),
+       dilation=st.integers(1, 2), with_mask=st.booleans(), with_bias=st.booleans(),
+       hostile=st.booleans())
+def test_loops_and_vectorised_twin_agree(seed, B, groups, offset_groups, H, W, kh, kw, stride,
+                                         padding, dilation, with_mask, with_bias, hostile):
+    """Forward and all five gradients, on random cases; `hostile` puts samples exactly on the −1
+    and H (or W) borders and on integers (integer offsets whose positions land there), and NaN
+    or ±Inf in every array."""
+    rng = np.random.default_rng(seed)
+    H_out = output_size(H, kh, stride, padding, dilation)
+    W_out = output_size(W, kw, stride, padding, dilation)
+    if H_out < 1 or W_out < 1:
+        return
+    C_in, C_out = 2 * groups * offset_groups // min(groups, offset_groups), 2 * groups
+    edges = [-1.0, float(H), float(W), 0.0, 1.0, np.nan, np.inf, -np.inf] if hostile else [0.5]
+    shapes = dict(input=(B, C_in, H, W), offset=(B, 2 * offset_groups * kh * kw, H_out, W_out),
+                  weight=(C_out, C_in // groups, kh, kw), bias=(C_out,),
+                  mask=(B, offset_groups * kh * kw, H_out, W_out), grad_output=(B, C_out, H_out, W_out))
+    arrays = {name: hostile_values(rng, shape, edges) for name, shape in shapes.items()}
+    if hostile:  # integer offsets place many samples exactly on −1, 0, H − 1 and H
+        arrays["offset"] = np.where(rng.random(shapes["offset"]) < 0.5,
+                                    rng.integers(-3, 4, shapes["offset"]).astype(float), arrays["offset"])
+    bias = arrays["bias"] if with_bias else None
+    mask = arrays["mask"] if with_mask else None
+    geometry = ((stride, stride), (padding, padding), (dilation, dilation))
+    forward = [m.deform_conv2d(arrays["input"], arrays["offset"], arrays["weight"], bias, *geometry, mask)
+               for m in (loops, vectorised)]
+    np.testing.assert_allclose(forward[0], forward[1], rtol=1e-12, atol=1e-12, equal_nan=True)
+    backward = [m.deform_conv2d_backward(arrays["grad_output"], arrays["input"], arrays["offset"],
+                                         arrays["weight"], bias, *geometry, mask)
+                for m in (loops, vectorised)]
+    for name, by_loops, by_twin in zip(["input", "offset", "weight", "bias", "mask"], *backward):
+        assert (by_loops is None) == (by_twin is None), name
+        if by_loops is not None:
+            np.testing.assert_allclose(by_loops, by_twin, rtol=1e-11, atol=1e-11, equal_nan=True,
+                                       err_msg=f"grad_{name}")

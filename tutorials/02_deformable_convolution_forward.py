@@ -39,7 +39,7 @@ import dcn_numba
 from dcn_numba.data import load_mnist
 from dcn_numba.deform_conv import output_size
 from dcn_numba.gradcheck import assert_close
-from dcn_numba.reference import deform_conv as reference
+from dcn_numba.reference import deform_conv_vectorised as reference
 
 rng = np.random.default_rng(0)
 digit = load_mnist().test.images[:1].astype(np.float64)  # (B, C_in, H, W) = (1, 1, 28, 28)
@@ -177,7 +177,7 @@ print("offset group g = channels g·2K … g·2K + 2K − 1 of the offset field"
 #
 # of shape (B, C_in·K, H_out·W_out), where m is v2's mask (1 for v1). Row (c, k) of it is a picture:
 # channel c of the input, read through tap k. The reference builds it in
-# `dcn_numba.reference.deform_conv.columns`. With the offsets of a scale s = 3 (taps three
+# `dcn_numba.reference.deform_conv_vectorised.columns`. With the offsets of a scale s = 3 (taps three
 # pixels apart), each row is the digit shifted by its tap:
 
 # %%

@@ -68,7 +68,7 @@ from dcn_numba.gradcheck import assert_close
 from dcn_numba.kernels import deform_conv as conv_kernels
 from dcn_numba.kernels import sampling
 from dcn_numba.kernels._targets import for_cuda
-from dcn_numba.reference import deform_conv as reference
+from dcn_numba.reference import deform_conv_vectorised as reference
 
 SIMULATED = bool(config.ENABLE_CUDASIM)
 print("kernels run in the", "CUDA simulator (no GPU here)" if SIMULATED else "GPU")

@@ -25,7 +25,10 @@ Bin = namedtuple("Bin", "index batch channel cell roi_size kept")
 
 
 def round_half_away(v):
-    """C's round(), which the original uses: halves go away from zero (not to the even neighbour)."""
+    """C's round(), which the original uses: halves go away from zero (not to the even neighbour).
+    NaN and ±Inf stay as they are, so that they propagate to the output."""
+    if not math.isfinite(v):
+        return v
     return math.copysign(math.floor(abs(v) + 0.5), v)
 
 

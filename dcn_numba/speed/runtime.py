@@ -1,18 +1,17 @@
 """Two settings of the libraries under the engine that decide how fast a CPU training step runs.
 
-Neither is about dcn_numba's own code; both were measured on the MNIST nets at batch 64 on a
-2-core machine (benchmarks/bench_train_step.py).
+Neither is about dcn_numba's own code, and neither is made on import: each is made where the
+engine needs it, or by a command. Both were measured on the MNIST nets at batch 64 on a 2-core
+machine (benchmarks/bench_train_step.py, benchmarks/bench_blas_threads.py).
 
-1. **OpenBLAS's idle threads.** After each matrix product, OpenBLAS keeps its worker threads
-   spinning for 2^28 processor cycles (about 0.1 s) before they sleep. The deformable layers run
-   parallel Numba kernels between matrix products, and on a machine with few cores those
-   spinning threads take the cores away from them: a deformable step took about 260 ms with the
-   default and 160 ms with a spin of 2^16 cycles (tens of microseconds), the regular step the
-   same 32 ms with both. `quiet_idle_blas_threads()` sets OPENBLAS_THREAD_TIMEOUT=16 unless the
-   environment already sets it. OpenBLAS reads it once, when NumPy loads it, so the package
-   calls it on import, before it imports NumPy: it takes effect when dcn_numba is imported
-   before NumPy (the training command and the benchmarks do so); otherwise set the variable
-   yourself.
+1. **BLAS threads beside the parallel deformable kernels.** After each matrix product, OpenBLAS
+   keeps its worker threads spinning for about 0.1 s before they sleep. The deformable layers
+   run parallel Numba kernels between matrix products, and on a machine with few cores those
+   spinning threads take the cores away from them. The engine therefore calls
+   `single_threaded_blas()` the first time it runs a deformable CPU kernel (dcn_numba.functional):
+   from then on BLAS runs on the calling thread and leaves the other cores to the kernels. It
+   works through threadpoolctl at run time, whatever was imported first and with no environment
+   variable; benchmarks/bench_blas_threads.py measures the step both ways in one run.
 
 2. **glibc's malloc giving memory back.** A step allocates and frees tens of MB of activations
    and gradients. malloc hands blocks above a threshold (128 kB at first, rising to at most
@@ -24,16 +23,12 @@ Neither is about dcn_numba's own code; both were measured on the MNIST nets at b
    peak memory. It changes the whole process, so the package never calls it on import: the
    training command and the training-step benchmark do, and a training script of your own can.
 
-This module imports nothing but the standard library, so that it can run before NumPy loads.
 """
 
 import ctypes
-import os
 import sys
 
-# 2^16 cycles: long enough to catch the next matrix product of a layer, short enough to free
-# the core for the kernel that runs in between.
-OPENBLAS_THREAD_TIMEOUT = "16"
+from threadpoolctl import threadpool_limits
 
 # mallopt's parameter numbers, from glibc's <malloc.h>.
 M_TRIM_THRESHOLD = -1
@@ -43,10 +38,10 @@ MMAP_THRESHOLD_MAX = 32 << 20
 TRIM_THRESHOLD = 1 << 30
 
 
-def quiet_idle_blas_threads():
-    """Set OPENBLAS_THREAD_TIMEOUT (log2 of the cycles an idle OpenBLAS thread spins before it
-    sleeps) to 16 unless it is set already. Effective only before NumPy is first imported."""
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", OPENBLAS_THREAD_TIMEOUT)
+def single_threaded_blas():
+    """Limit every BLAS library of the process to one thread, for the rest of the process.
+    Returns the limits now in force, as threadpoolctl reports them."""
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def keep_freed_memory():

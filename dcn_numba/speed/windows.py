@@ -16,7 +16,7 @@ array-module path of `dcn_numba.windows`, which these kernels must match
 
 import numpy as np
 
-from ._targets import serial_kernel, shared
+from ..kernels._targets import serial_kernel, shared
 
 
 @shared

@@ -9,7 +9,7 @@ backward pass. Sums accumulate in float64. NumPy arrays only; CuPy arrays take t
 kernels must match (tests/test_functional.py checks it).
 """
 
-from ._targets import serial_kernel
+from ..kernels._targets import serial_kernel
 
 
 @serial_kernel(reassociate=True)

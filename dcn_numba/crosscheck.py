@@ -606,9 +606,12 @@ def main(argv=None):
     arguments = parser.parse_args(argv)
     cases = battery()
     rows = []
-    for name in arguments.implementations:
-        chosen = implementation(name)
-        rows += [run_case(chosen, case) for case in cases]
+    try:
+        chosen = [implementation(name) for name in arguments.implementations]
+    except (ValueError, ImportError, AttributeError) as error:
+        parser.error(str(error))
+    for each in chosen:
+        rows += [run_case(each, case) for case in cases]
     print(table(rows))
     unexplained = [r for r in rows if not r.explained]
     ran = [r for r in rows if r.forward != "n/a" or r.failure is not None]

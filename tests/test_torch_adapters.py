@@ -5,6 +5,11 @@ them the tests skip, saying so. Install them with pip install -e ".[dev,torch]".
 """
 
 import math
+import os
+import pathlib
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -343,3 +348,31 @@ def test_tensors_on_two_devices_are_refused_naming_both():
     arguments = {k: torch.from_numpy(v) for k, v in _conv_arguments().items() if k != "padding"}
     with pytest.raises(TypeError, match="weight is on meta but input is on cpu"):
         dt.deform_conv2d(arguments["input"], arguments["offset"], arguments["weight"].to("meta"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The DistributedDataParallel example of docs/torch.md
+
+
+def _example_script():
+    """The Python block under '## Training on several processes' in docs/torch.md."""
+    text = (pathlib.Path(__file__).parent.parent / "docs" / "torch.md").read_text()
+    section = text.split("## Training on several processes", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_two_process_ddp_example_trains_and_keeps_the_processes_equal(tmp_path):
+    script = tmp_path / "ddp_example.py"
+    script.write_text(_example_script())
+    root = pathlib.Path(__file__).parent.parent
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(root), os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=600, env=environment)
+    assert run.returncode == 0, run.stderr
+    losses = re.search(r"mean loss over the processes: ([\d.]+) -> ([\d.]+)", run.stdout)
+    assert losses is not None, run.stdout
+    assert float(losses.group(2)) < float(losses.group(1))
+    difference = re.search(r"largest weight difference between processes: (\S+)", run.stdout)
+    assert difference is not None, run.stdout
+    assert float(difference.group(1)) == 0.0

@@ -29,6 +29,7 @@ except ImportError as error:  # torch is optional for dcn_numba, required by thi
 from torch.autograd.function import once_differentiable
 
 import dcn_numba
+from dcn_numba import _arrays
 
 __all__ = ["deform_conv2d", "deform_roi_pool", "deform_psroi_pool",
            "DeformConv2d", "DeformRoIPool", "DeformPSRoIPool"]
@@ -55,6 +56,9 @@ def _backend(device):
     if device.type == "cpu":
         return "cpu"
     if device.type == "cuda":
+        if _arrays.cupy is None:
+            raise TypeError(f"tensors on {device} run on dcn_numba's cuda backend, which needs "
+                            "CuPy: pip install 'dcn_numba[cuda]' (CUDA 13) or '[cuda12]'")
         return "cuda"
     raise TypeError(f"tensors must be on a CPU or CUDA device, got {device}")
 
@@ -102,12 +106,13 @@ def _call(function, tensors, **parameters):
     """dcn_numba's `function` on the views of `tensors` (a dict: argument name -> tensor or None),
     on their device's backend and stream; the results (an array or a tuple) come back as tensors."""
     device = _check_tensors(tensors.items())
-    views = {name: _view(t) for name, t in tensors.items()}
-    with _on_device(device):
-        result = function(**views, **parameters, backend=_backend(device))
-    if isinstance(result, tuple):
-        return tuple(_tensor(r, device) for r in result)
-    return _tensor(result, device)
+    backend = _backend(device)
+    with _on_device(device):  # DLPack hand-overs on that stream too: no synchronisation needed
+        views = {name: _view(t) for name, t in tensors.items()}
+        result = function(**views, **parameters, backend=backend)
+        if isinstance(result, tuple):
+            return tuple(_tensor(r, device) for r in result)
+        return _tensor(result, device)
 
 
 def _forward(ctx, function, tensors, parameters):

@@ -350,6 +350,12 @@ def test_tensors_on_two_devices_are_refused_naming_both():
         dt.deform_conv2d(arguments["input"], arguments["offset"], arguments["weight"].to("meta"))
 
 
+
+def test_cuda_tensors_without_cupy_are_refused_saying_what_to_install(monkeypatch):
+    monkeypatch.setattr(dcn_numba._arrays, "cupy", None)
+    with pytest.raises(TypeError, match=r"needs CuPy: pip install 'dcn_numba\[cuda\]'"):
+        dt._backend(torch.device("cuda", 0))
+
 # ---------------------------------------------------------------------------------------------
 # The DistributedDataParallel example of docs/torch.md
 

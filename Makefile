@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test train tutorials bench clean clean-cache
+.PHONY: test train tutorials bench install-check torch-check clean clean-cache
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,28 @@ tutorials: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench.py
 
+# The install matrix of docs/torch.md, resolved by pip without installing anything (it fetches the
+# packages' metadata): fails on any install that pip cannot resolve, such as two CUDA toolkits.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+install-check: $(VENV)/.installed
+	$(PY) -m pip install --dry-run --ignore-installed --quiet -e ".[dev]" $(TORCH_PINS)
+	$(PY) -m pip install --dry-run --ignore-installed --quiet -e ".[dev,cuda]"
+	$(PY) -m pip install --dry-run --ignore-installed --quiet -e ".[cuda12]"
+	$(PY) -m pip install --dry-run --ignore-installed --quiet -e ".[dev,bench]"
+	@echo "install-check: every install of the matrix resolves"
+
+# The tests and cross-checks that need torch, OpenVINO and ONNX Runtime, in a venv of their own.
+TORCH_VENV := .venv-torch
+torch-check:
+	test -x $(TORCH_VENV)/bin/python || $(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/python -m pip install --quiet -e ".[dev,bench]"
+	$(TORCH_VENV)/bin/python -m pytest -q -n 0 tests/test_torch_adapters.py tests/test_crosscheck.py
+	$(TORCH_VENV)/bin/python -m dcn_numba.crosscheck cpu torchvision openvino openvino-nopad onnxruntime
+
 # Numba caches compiled CPU kernels in __pycache__ (an edit of any kernel source recompiles them
 # on the next run); this deletes the cache.
 clean-cache:
 	find dcn_numba -name '*.nbi' -delete -o -name '*.nbc' -delete
 
 clean: clean-cache
-	rm -rf $(VENV) runs .pytest_cache .hypothesis
+	rm -rf $(VENV) $(TORCH_VENV) runs .pytest_cache .hypothesis

@@ -72,15 +72,18 @@ EVERY_CUDA_KERNEL = [
 
 
 def find_ptxas():
-    """ptxas from the nvidia-cuda-nvcc wheel that numba-cuda[cu12] installs, or None."""
+    """ptxas from the CUDA wheels, or None: nvidia/cu13/bin/ptxas from the CUDA 13 nvidia-cuda-nvcc
+    wheel (the dev extra's cuda-toolkit[nvcc]), nvidia/cuda_nvcc/bin/ptxas from the CUDA 12 one
+    (numba-cuda[cu12]); the first found in that order."""
     try:
         import nvidia
     except ImportError:
         return None
-    for root in nvidia.__path__:
-        candidate = pathlib.Path(root) / "cuda_nvcc" / "bin" / "ptxas"
-        if candidate.is_file():
-            return str(candidate)
+    for layout in ("cu13", "cuda_nvcc"):
+        for root in nvidia.__path__:
+            candidate = pathlib.Path(root) / layout / "bin" / "ptxas"
+            if candidate.is_file():
+                return str(candidate)
     return None
 
 
@@ -88,7 +91,7 @@ def find_ptxas():
 def test_every_cuda_kernel_compiles_without_register_spills(arch):
     ptxas = find_ptxas()
     if ptxas is None:
-        pytest.skip("ptxas not found: install numba-cuda[cu12], which brings the nvidia-cuda-nvcc wheel")
+        pytest.skip("ptxas not found: install the dev extra, whose cuda-toolkit[nvcc] brings it")
     environment = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
     run = subprocess.run([sys.executable, "-c", COMPILE_ALL, ptxas, arch], capture_output=True,
                          text=True, env=environment, timeout=600)

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test train tutorials bench clean clean-cache
+.PHONY: test train tutorials bench gpu-check clean clean-cache
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,15 @@ tutorials: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench.py
+
+# The prepared GPU check (benchmarks/gpu_check.py) for a lent GPU machine: it runs on that machine's
+# own Python and packages, not the venv, and installs nothing. Without a GPU it rehearses under the
+# CUDA simulator. `make gpu-check OUT=folder` writes folder/gpu_check.md and the logs.
+GPU_PYTHON ?= python3
+
+gpu-check:
+	$(if $(OUT),,$(error give the report's folder: make gpu-check OUT=folder))
+	PYTHONPATH=$(CURDIR) PYTHONUNBUFFERED=1 $(GPU_PYTHON) benchmarks/gpu_check.py --out $(OUT)
 
 # Numba caches compiled CPU kernels in __pycache__, keyed on each kernel's own file: after editing
 # kernels/sampling.py (inlined into every kernel), `make clean-cache` forces a recompilation.

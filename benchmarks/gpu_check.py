@@ -105,7 +105,10 @@ if not REHEARSAL:
 try:  # the baselines are optional: without them their rows are skipped, saying so
     import torch
     import torchvision
+    NO_BASELINES = None if REHEARSAL or torch.cuda.is_available() else "torch sees no GPU here"
 except ImportError:
+    NO_BASELINES = "torch or torchvision is not installed here"
+if NO_BASELINES:
     torch = torchvision = None
 
 # Everything that launches a "cuda" kernel: tests named after the backend or device, the CuPy
@@ -196,7 +199,7 @@ def timing_table(seconds, ratios):
 
 
 def no_torch_line():
-    return "torch or torchvision is not installed here: the baselines and their checks are skipped."
+    return f"{NO_BASELINES}: the baselines and their checks are skipped."
 
 
 # --- 1. environment -------------------------------------------------------------------------------
@@ -208,13 +211,17 @@ def version(distribution):
         return "not installed"
 
 
+def gpu_name():
+    return cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+
+
 def environment(out):
     """What this machine has: the GPU, driver and runtime, and the packages' versions."""
     if REHEARSAL:
         gpu = ["GPU: none; **rehearsal** under the Numba CUDA simulator, tiny shapes"]
     else:
         runtime = cupy.cuda.runtime
-        name = runtime.getDeviceProperties(0)["name"].decode()
+        name = gpu_name()
         smi = shutil.which("nvidia-smi") and subprocess.run(
             ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
             capture_output=True, text=True).stdout.strip()
@@ -228,6 +235,11 @@ def environment(out):
 
 
 # --- 2. the test suite's CUDA path ----------------------------------------------------------------
+
+def log_tail(output):
+    """The last lines of a log, as a markdown block."""
+    return ["", "```text"] + output[-20:] + ["```"]
+
 
 def start_logged(command, log):
     """Start `command` in the checkout's root, importing dcn_numba from it, its output in `log`."""
@@ -266,6 +278,8 @@ def tests(out):
              "", f"result: {summary}"] + [f"- {line}" for line in reported]
     lines += [f"- left out {path.relative_to(ROOT)}: needs {', '.join(missing)}, not installed here"
               for path, missing in left_out.items()]
+    if status != 0:  # a collection error or an interruption lists no FAILED line: show the end
+        lines += log_tail(output)
     return lines, [] if status == 0 else [f"tests: pytest exited with {status} (see tests.log)"]
 
 
@@ -337,9 +351,12 @@ def launch_every_kernel():
         sys.exit(f"never launched: {', '.join(missed)}")
 
 
-def summary_lines(log):
-    return [line.strip() for line in log.read_text().splitlines()
-            if "SUMMARY" in line or line.startswith(("launched", "never launched"))]
+def summary_lines(log, failed):
+    """The sanitizer's summary and the workload's own lines; after a failure, the log's last lines."""
+    output = log.read_text().splitlines()
+    lines = [f"- {line.strip()}" for line in output
+             if "SUMMARY" in line or line.startswith(("launched", "never launched"))]
+    return lines + (log_tail(output) if failed else [])
 
 
 def sanitizer(out):
@@ -356,7 +373,7 @@ def sanitizer(out):
     failures = []
     for check, (process, log) in processes.items():
         status = process.wait()
-        lines += [f"{check}: exit status {status}"] + [f"- {line}" for line in summary_lines(log)]
+        lines += [f"{check}: exit status {status}"] + summary_lines(log, status != 0)
         if status:
             failures.append(f"sanitizer: {check} exited with {status} (see {log.name})")
     return lines, failures
@@ -574,7 +591,7 @@ def main():
     if args.out is None:
         parser.error("--out FOLDER is required")
     args.out.mkdir(parents=True, exist_ok=True)
-    title = "rehearsal under the CUDA simulator (no GPU)" if REHEARSAL else "on the GPU"
+    title = "rehearsal under the CUDA simulator (no GPU)" if REHEARSAL else f"on {gpu_name()}"
     sections, times, failures = [], {}, []
     for part in PARTS:
         name = part.__name__

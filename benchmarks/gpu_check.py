@@ -79,14 +79,22 @@ def missing_modules():
     return missing
 
 
-if missing_modules():
-    print(f"gpu_check: cannot run, missing: {', '.join(missing_modules())}", file=sys.stderr)
+def refuse(reason):
+    """Stop before any work, with exit status 2 and one line saying why."""
+    print(f"gpu_check: cannot run, {reason}", file=sys.stderr)
     sys.exit(2)
+
+
+if missing_modules():
+    refuse(f"missing: {', '.join(missing_modules())}")
 
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 from numba import cuda  # noqa: E402
+
+if not REHEARSAL and not cuda.is_available():
+    refuse("numba.cuda sees no GPU (`python3 -c 'from numba import cuda; cuda.detect()'` says why)")
 
 import dcn_numba  # noqa: E402
 import dcn_numba.kernels  # noqa: E402

@@ -102,3 +102,16 @@ def test_a_test_file_needing_a_missing_package_is_found(tmp_path):
     test_file.write_text("import os\nimport no_such_package.sub\nfrom helpers import x\n"
                          "from numpy import zeros\nfrom . import sibling\n\ndef test():\n    import late_missing\n")
     assert gpu_check.modules_missing_for(test_file) == ["no_such_package"]
+
+
+def test_a_machine_missing_a_needed_module_is_refused_in_one_line(tmp_path):
+    # A stand-in `pytest` that hides itself: the check must stop before any work, naming it.
+    hidden = tmp_path / "sitecustomize.py"
+    hidden.write_text("import sys\nsys.modules['pytest'] = None\n")
+    environment = dict(os.environ, NUMBA_ENABLE_CUDASIM="1",
+                       PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path / "out")],
+                            env=environment, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "gpu_check: cannot run, missing: pytest (tests)"
+    assert not (tmp_path / "out").exists()

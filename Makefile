@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test train tutorials bench install-check torch-check clean clean-cache
+.PHONY: test train tutorials bench install-check torch-check gpu-check clean clean-cache
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,15 @@ torch-check:
 	$(TORCH_VENV)/bin/python -m pip install --quiet -e ".[dev,bench]"
 	$(TORCH_VENV)/bin/python -m pytest -q -n 0 tests/test_torch_adapters.py tests/test_crosscheck.py
 	$(TORCH_VENV)/bin/python -m dcn_numba.crosscheck cpu torchvision openvino openvino-nopad onnxruntime
+
+# The prepared GPU check (benchmarks/gpu_check.py) for a lent GPU machine: it runs on that machine's
+# own Python and packages, not the venv, and installs nothing. Without a GPU it rehearses under the
+# CUDA simulator. `make gpu-check OUT=folder` writes folder/gpu_check.md and the logs.
+GPU_PYTHON ?= python3
+
+gpu-check:
+	$(if $(OUT),,$(error give the report's folder: make gpu-check OUT=folder))
+	PYTHONPATH=$(CURDIR) PYTHONUNBUFFERED=1 $(GPU_PYTHON) benchmarks/gpu_check.py --out $(OUT)
 
 # Numba caches compiled CPU kernels in __pycache__ (an edit of any kernel source recompiles them
 # on the next run); this deletes the cache.

@@ -28,16 +28,16 @@ RTOL, ATOL = 1e-4, 1e-5
 BASELINE_ATOL = 1e-4
 
 
-def problem(dtype=np.float32, seed=0):
+def problem(dtype=np.float32, seed=0, B=B, C=C, H=H, W=W, n_rois=N_ROIS):
     """input, rois (boxes of 32 to 256 image pixels, some crossing the border), offset, grad_output."""
     rng = np.random.default_rng(seed)
     image_size = H / SPATIAL_SCALE
-    size = rng.uniform(32, 256, (N_ROIS, 2))
-    corner = rng.uniform(-16, image_size - 16, (N_ROIS, 2)) - size / 2
-    rois = np.concatenate([rng.integers(0, B, (N_ROIS, 1)), corner, corner + size], axis=1)
+    size = rng.uniform(32, 256, (n_rois, 2))
+    corner = rng.uniform(-16, image_size - 16, (n_rois, 2)) - size / 2
+    rois = np.concatenate([rng.integers(0, B, (n_rois, 1)), corner, corner + size], axis=1)
     input = rng.standard_normal((B, C, H, W))
-    offset = 0.3 * rng.standard_normal((N_ROIS, 2, OUTPUT_SIZE, OUTPUT_SIZE))
-    grad_output = rng.standard_normal((N_ROIS, C, OUTPUT_SIZE, OUTPUT_SIZE))
+    offset = 0.3 * rng.standard_normal((n_rois, 2, OUTPUT_SIZE, OUTPUT_SIZE))
+    grad_output = rng.standard_normal((n_rois, C, OUTPUT_SIZE, OUTPUT_SIZE))
     return [a.astype(dtype) for a in (input, rois, offset, grad_output)]
 
 
@@ -63,17 +63,18 @@ def check_against_reference(input, rois, offset, grad_output):
                 for name, cpu, ref in zip(names, results["cpu"], results["reference"])])
 
 
-def torchvision_baseline(input, rois, grad_output):
-    """(forward, forward + backward) closures of torchvision's RoIAlign, or None without it."""
+def torchvision_baseline(input, rois, grad_output, device="cpu"):
+    """(forward, forward + backward) closures of torchvision's RoIAlign on `device`, or None
+    without it."""
     try:
         import torch
         import torchvision
     except ImportError:
         return None
     torch.set_num_threads(numba.get_num_threads())
-    x = torch.from_numpy(input).requires_grad_()
-    boxes = torch.from_numpy(rois)
-    grad = torch.from_numpy(grad_output)
+    x = torch.as_tensor(input, device=device).requires_grad_()
+    boxes = torch.as_tensor(rois, device=device)
+    grad = torch.as_tensor(grad_output, device=device)
 
     def forward():
         return torchvision.ops.roi_align(x, boxes, OUTPUT_SIZE, SPATIAL_SCALE, 0, aligned=True)

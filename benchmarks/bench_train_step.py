@@ -138,12 +138,14 @@ def check_against_torch(deformable, images, labels):
     return ok
 
 
-def torch_step(deformable, images, labels):
+def torch_step(deformable, images, labels, device="cpu", **net_options):
+    """A closure running one SGD step of the PyTorch twin of MnistNet(deformable, **net_options)
+    on `device`."""
     import torch
 
-    twin = torch_twin(MnistNet(deformable=deformable))
+    twin = torch_twin(MnistNet(deformable=deformable, **net_options)).to(device)
     optimizer = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9)
-    images, labels = torch.from_numpy(images), torch.from_numpy(labels)
+    images, labels = torch.as_tensor(images, device=device), torch.as_tensor(labels, device=device)
 
     def step():
         optimizer.zero_grad()

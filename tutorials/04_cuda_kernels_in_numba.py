@@ -41,20 +41,19 @@
 # Stuck on an exercise? Set `exercises.SOLUTIONS = True` in the second cell.
 #
 # First decide where the kernels run. The simulator must be switched on *before* anything imports
-# `numba.cuda`, so this is the first cell: without a GPU (and CuPy), simulate.
+# `numba.cuda`, so this is the first cell: without a GPU (and CuPy), simulate. The probe runs
+# in a separate Python process, because importing CuPy here would load NumPy before dcn_numba.
 
 # %%
 import os
+import subprocess
+import sys
 
 
 def gpu_available():
-    """A CUDA device that CuPy can use is present."""
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no CuPy, no driver or no device: all mean "simulate"
-        return False
+    """A CUDA device that CuPy can use is present (no CuPy, no driver or no device: False)."""
+    probe = "import cupy; raise SystemExit(0 if cupy.cuda.runtime.getDeviceCount() > 0 else 1)"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
 
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "0" if gpu_available() else "1")
@@ -70,8 +69,6 @@ from dcn_numba.reference import deform_conv as reference
 import inspect
 import math
 import re
-import subprocess
-import sys
 import tempfile
 import threading
 from pathlib import Path

@@ -245,8 +245,8 @@ assert atomic.tolist() == [1, 2, 3]
 
 # %% [markdown]
 # On a multi-core CPU the same race happens between real threads. Two Python threads here run a
-# compiled scatter (`nogil=True` lets them run at the same time) into one shared array, without
-# and with an owner for each pixel. Without, the count of lost adds depends on the timing, so it
+# compiled scatter (`nogil=True` lets them run at the same time), a million passes long so that
+# the two overlap, into one shared array, without and with an owner for each pixel. Without, the count of lost adds depends on the timing, so it
 # changes from run to run (and can be 0 when the machine runs the threads one after the other);
 # with each thread writing only the pixels it owns, nothing is ever lost:
 
@@ -277,7 +277,7 @@ def race(function, arguments):
         thread.join()
 
 
-pixels, repeats = np.arange(8).repeat(4), 20_000  # every pixel is a target four times per pass
+pixels, repeats = np.arange(8).repeat(4), 1_000_000  # every pixel a target four times per pass
 owner = np.arange(8) % 2  # thread 0 owns the even pixels, thread 1 the odd ones
 scatter_ones(np.zeros(8), pixels, 1)  # compile both before the race
 scatter_owned(np.zeros(8), pixels, 1, owner, 0)

@@ -32,13 +32,25 @@
 # Conventions used throughout: pixel centres sit at integer coordinates, and a position is written
 # (y, x) = (row, column), y first.
 
-# %%
-import matplotlib.pyplot as plt
-import numpy as np
+# %% [markdown]
+# dcn_numba is imported first: on import it sets up the CPU runtime (how BLAS threads wait), which
+# only takes effect before NumPy loads. `exercises` is the tutorials' own helper for the exercises:
+# a function you write, marked `@exercise`, and a `check` that says whether it is right. Stuck?
+# Set `exercises.SOLUTIONS = True` in this cell (before the exercises run) to use the worked
+# solutions in `solutions/01_sampling_off_the_grid.py`.
 
+# %%
 import dcn_numba
 from dcn_numba.gradcheck import assert_close
 from dcn_numba.kernels import sampling
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+import exercises
+from exercises import check
+
+exercise = exercises.exercises_of("01_sampling_off_the_grid")
 
 # %% [markdown]
 # ## A tiny image
@@ -98,6 +110,13 @@ print(f"dcn_numba's S{(p_y, p_x)} = {package_value:.3f}")
 # inside the unit cell: the closer p is to a corner, the larger the opposite rectangle.
 
 # %%
+# The numbers Figure 1's caption states.
+nearest = int(np.argmax(weights))
+assert corners[nearest] == (1, 3), "the nearest corner of p = (1.3, 2.6) is pixel (1, 3), v01"
+assert image[corners[nearest]] == 4
+assert round(weights[nearest], 2) == 0.42
+assert_close(sum(weights), 1.0, what="the sum of the weights")
+
 fig, (whole, cell) = plt.subplots(1, 2, figsize=(8, 3.4), layout="constrained")
 whole.imshow(image, cmap="Greys", vmin=-2, vmax=11)
 grid_y, grid_x = np.mgrid[0:H, 0:W]
@@ -182,26 +201,39 @@ plt.show()
 # %% [markdown]
 # ## The boundary rule
 #
-# What is the image worth just outside its border? Libraries disagree, so dcn_numba's SPEC fixes
-# one answer, the **DCNv2 rule** used by the modulated deformable convolution:
+# What is the image worth just outside its border? Implementations have differed, so dcn_numba's
+# specification ([docs/specification.md](../docs/specification.md), §1.4) fixes one answer, the
+# **DCNv2 rule** used by the modulated deformable convolution:
 #
 # * a position is *valid* only if −1 < p_y < H and −1 < p_x < W; an invalid position reads 0;
 # * a valid position blends its four corners as usual, and a corner outside the image reads 0.
 #
-# In other words: bilinear interpolation on the image **zero-padded by one pixel**. Let us check
-# that sentence literally, against our hand-written formula on `np.pad(image, 1)` (where position
-# p becomes p + 1).
+# In other words: bilinear interpolation on the image **zero-padded by one pixel**.
+#
+# **Exercise 1.1.** Write that sentence as code: `sample_zero_padded(image, p_y, p_x)` returns 0
+# for an invalid position, and otherwise `bilinear_by_hand` on `np.pad(image, 1)`, where the
+# position p becomes p + 1. The check compares it with dcn_numba's `dcn_sample` at 2000 random
+# positions in and around the image.
+
+# %%
+@exercise
+def sample_zero_padded(image, p_y, p_x):
+    """S(p) by the DCNv2 rule: 0 unless −1 < p_y < H and −1 < p_x < W, else bilinear on np.pad(image, 1)."""
+    raise NotImplementedError("Exercise 1.1: write the DCNv2 boundary rule")
+
 
 # %%
 rng = np.random.default_rng(0)
 positions = rng.uniform([-1.5, -1.5], [H + 0.5, W + 0.5], size=(2000, 2))
-padded = np.pad(image, 1)
-for p_y, p_x in positions:
-    inside = -1 < p_y < H and -1 < p_x < W
-    expected = bilinear_by_hand(padded, p_y + 1, p_x + 1)[0] if inside else 0.0
-    assert_close(sampling.dcn_sample(image.ravel(), 0, H, W, p_y, p_x), expected,
-                 what=f"S at {(p_y, p_x)}")
-print("dcn_sample == bilinear interpolation of the zero-padded image, at 2000 random positions")
+
+
+def matches_dcn_sample(sample):
+    for p_y, p_x in positions:
+        assert_close(sample(image, p_y, p_x), sampling.dcn_sample(image.ravel(), 0, H, W, p_y, p_x),
+                     what=f"S at {(p_y, p_x)}")
+
+
+check(sample_zero_padded, matches_dcn_sample)
 
 # %% [markdown]
 # Picture it on an image of ones, where the rule is easiest to see: inside the pixel centres S is
@@ -326,8 +358,8 @@ plt.show()
 
 # %% [markdown]
 # Finally, the whole operator. `dcn_numba.deform_conv2d` takes batched, multi-channel arrays in
-# the layout of SPEC.md (offsets as channels: (Δy, Δx) of tap k at channels 2k and 2k + 1), but on
-# a single channel it must compute exactly our loop above, offsets and all:
+# the layout of the specification (§1.2: offsets as channels, (Δy, Δx) of tap k at channels 2k
+# and 2k + 1), but on a single channel it must compute exactly our loop above, offsets and all:
 
 # %%
 offset = rng.normal(0, 0.7, (3, 3, 2, H_out, W_out))

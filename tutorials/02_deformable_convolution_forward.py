@@ -27,19 +27,26 @@
 # * that an offset field moves where a layer *reads*, so content moves the opposite way;
 # * the two steps of the forward pass: a **column buffer** of samples, then **one matrix
 #   product** with the weights;
-# * that the compiled kernel matches the NumPy reference, and how much faster it is.
+# * that the compiled kernel matches the NumPy reference to rounding error.
+#
+# Two exercises on the way: the offsets that turn a kernel into a dilated one, and the matrix
+# product with weight groups (set `exercises.SOLUTIONS = True` in the first cell to skip them).
 
 # %%
-import time
+import dcn_numba
+from dcn_numba import windows
+from dcn_numba.autograd import Tensor
+from dcn_numba.data import load_mnist
+from dcn_numba.gradcheck import assert_close
+from dcn_numba.reference import deform_conv_vectorised as reference
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-import dcn_numba
-from dcn_numba.data import load_mnist
-from dcn_numba.deform_conv import output_size
-from dcn_numba.gradcheck import assert_close
-from dcn_numba.reference import deform_conv_vectorised as reference
+import exercises
+from exercises import check
+
+exercise = exercises.exercises_of("02_deformable_convolution_forward")
 
 rng = np.random.default_rng(0)
 digit = load_mnist().test.images[:1].astype(np.float64)  # (B, C_in, H, W) = (1, 1, 28, 28)
@@ -53,17 +60,16 @@ B, C_in, H, W = digit.shape
 # dilation as the deformable one, so that it has one output position per output position of the
 # deformable layer. It outputs 2K channels, a (Δy, Δx) pair for each of the K = kh·kw taps.
 #
-# From notebook 1 we know that a regular convolution is `deform_conv2d` with every offset at 0,
-# which gives us the sibling convolution without any new code:
+# dcn_numba has an ordinary convolution of its own, `dcn_numba.windows.conv2d`, which shares no
+# code with the deformable one: it copies the kernel windows of the padded input into columns
+# (im2col) and multiplies them with the weights, and never interpolates. It is an autograd
+# Function (notebook 6), so here it gets its arrays wrapped in Tensors:
 
 # %%
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1):
-    """A regular convolution: a deformable one whose offsets are all 0 (notebook 1)."""
-    kh, kw = weight.shape[2:]
-    H_out = output_size(input.shape[2], kh, stride, padding, dilation)
-    W_out = output_size(input.shape[3], kw, stride, padding, dilation)
-    offset = np.zeros((input.shape[0], 2 * kh * kw, H_out, W_out), dtype=input.dtype)
-    return dcn_numba.deform_conv2d(input, offset, weight, bias, stride, padding, dilation)
+    """A regular convolution of arrays, by dcn_numba's sliding-window im2col and a GEMM."""
+    wrapped_bias = None if bias is None else Tensor(bias)
+    return windows.conv2d(Tensor(input), Tensor(weight), wrapped_bias, stride, padding, dilation).data
 
 
 kh = kw = 3
@@ -79,7 +85,8 @@ assert_close(dcn_numba.deform_conv2d(digit, offset, weight, padding=1),
 
 # %% [markdown]
 # The offset branch starts at zero, so a freshly built deformable layer *is* a regular
-# convolution; training then moves its samples only as far as the loss asks.
+# convolution (the check above compares it with the independent one); training then moves its
+# samples only as far as the loss asks.
 #
 # ## The offset layout
 #
@@ -96,18 +103,32 @@ print("channel of Δx for each tap:\n", channels[..., 1])
 # A layout is easy to get wrong and hard to notice, so let us prove we read it correctly. The
 # paper notes that offsets can rescale the receptive field: Δp_n = (s − 1)·p_n turns the grid
 # p_n ∈ {−1, 0, 1}² into {−s, 0, s}². Put exactly that in the offset branch's *bias* (the weights
-# stay 0). With s = 2 the deformable layer must become a convolution with dilation 2:
+# stay 0). With s = 2 the deformable layer must become a convolution with dilation 2.
+#
+# **Exercise 2.1.** Write `scale_offsets(s, kh, kw)`: the (2K,) offset bias Δp_n = (s − 1)·p_n,
+# with p_n = (ki − (kh − 1)/2, kj − (kw − 1)/2) the tap's place around the kernel's centre, laid
+# out as channel 2k + d (d = 0 for Δy, 1 for Δx). The check runs it for s = 2 and s = 3 and
+# compares the deformable layer with the independent convolution of dilation s.
 
 # %%
-scale = 2
+@exercise
+def scale_offsets(s, kh, kw):
+    """The offset bias (2·kh·kw,) of Δp_n = (s − 1)·p_n, channel 2k + d, for an odd kh × kw kernel."""
+    raise NotImplementedError("Exercise 2.1: lay out (s − 1)·p_n as (Δy, Δx) pairs, tap by tap")
+
+
+# %%
+def acts_as_dilation(scale_offsets):
+    for scale in (2, 3):
+        offset = conv2d(digit, offset_weight, scale_offsets(scale, kh, kw), padding=1)
+        assert_close(dcn_numba.deform_conv2d(digit, offset, weight, padding=1),
+                     conv2d(digit, weight, padding=scale, dilation=scale),
+                     what=f"offsets (s − 1)·p_n against dilation s = {scale}")
+
+
+check(scale_offsets, acts_as_dilation)
 tap_y, tap_x = np.divmod(np.arange(K), kw)
 p_n = np.stack([tap_y - 1, tap_x - 1], axis=1)  # (K, 2): the regular grid around p0, (y, x)
-offset_bias = ((scale - 1) * p_n).reshape(2 * K).astype(np.float64)  # channel 2k + d ← p_n[k, d]
-
-offset = conv2d(digit, offset_weight, offset_bias, padding=1)
-assert_close(dcn_numba.deform_conv2d(digit, offset, weight, padding=1),
-             conv2d(digit, weight, padding=2, dilation=2), what="offsets (s − 1)·p_n against dilation s")
-print("offsets (s − 1)·p_n with s = 2 give exactly a dilation-2 convolution")
 
 # %% [markdown]
 # ## Offsets move where the layer reads
@@ -214,12 +235,35 @@ plt.show()
 #
 #     out[b] = weight.reshape(C_out, C_in·K) @ col[b] + bias       (C_out, H_out·W_out)
 
+# **Exercise 2.2.** Write `forward_by_gemm(weight, col, bias)`: the output (B, C_out,
+# H_out·W_out) from the column buffer `col` (B, G, C_in/G·K, H_out·W_out) as `reference.columns`
+# returns it, with G weight groups (G = col.shape[1]; output channels of group g, the g-th block
+# of C_out/G, read only `col[:, g]`). The check tries it with one group on the digit and with two
+# groups on random features.
+
+# %%
+@exercise
+def forward_by_gemm(weight, col, bias):
+    """out[b, g·C_out/G + o] = weight[g·C_out/G + o].ravel() @ col[b, g] + bias, one GEMM per group."""
+    raise NotImplementedError("Exercise 2.2: one matrix product per weight group, then the bias")
+
+
 # %%
 bias = rng.standard_normal(4)
-by_gemm = (weight.reshape(4, C_in * K) @ col[0, 0] + bias[:, None]).reshape(1, 4, H, W)
-assert_close(by_gemm, dcn_numba.deform_conv2d(digit, stretched, weight, bias, padding=1),
-             what="weight @ col against deform_conv2d")
-print("out = weight @ col + bias:", by_gemm.shape)
+
+
+def matches_deform_conv2d(forward_by_gemm):
+    ungrouped = forward_by_gemm(weight, col, bias).reshape(1, 4, H, W)
+    assert_close(ungrouped, dcn_numba.deform_conv2d(digit, stretched, weight, bias, padding=1),
+                 what="weight @ col + bias against deform_conv2d")
+    grouped_weight = rng.standard_normal((6, 2, kh, kw))  # C_in = 4, 2 channels per group → G = 2
+    grouped_col = reference.columns(features, two_groups[:, :2 * K], grouped_weight, mask=None, **pairs)
+    grouped = forward_by_gemm(grouped_weight, grouped_col, np.zeros(6)).reshape(2, 6, 6, 6)
+    assert_close(grouped, dcn_numba.deform_conv2d(features, two_groups[:, :2 * K], grouped_weight,
+                                                  padding=1), what="one GEMM per weight group")
+
+
+check(forward_by_gemm, matches_deform_conv2d)
 
 # %% [markdown]
 # This split is the whole trick: the sampling (where deformable convolution differs from a
@@ -228,15 +272,8 @@ print("out = weight @ col + bias:", by_gemm.shape)
 #
 # With **weight groups** (G = C_in / weight.shape[1], as in a grouped convolution) the weight
 # matrix is block diagonal, so the product splits into one GEMM per group: output channels of
-# group g only read input channels of group g. That is why `columns` returns a group axis.
-
-# %%
-grouped_weight = rng.standard_normal((6, 2, kh, kw))  # C_in = 4, 2 channels per group → G = 2
-grouped = dcn_numba.deform_conv2d(features, two_groups[:, :2 * K], grouped_weight, padding=1)
-col = reference.columns(features, two_groups[:, :2 * K], grouped_weight, mask=None, **pairs)
-per_group = np.einsum("gok,bgkp->bgop", grouped_weight.reshape(2, 3, 2 * K), col)
-assert_close(per_group.reshape(grouped.shape), grouped, what="one GEMM per weight group")
-print("col", col.shape, "= (B, G, C_in/G·K, H_out·W_out): one GEMM per weight group")
+# group g only read input channels of group g. That is why `columns` returns a group axis, and
+# why exercise 2.2 loops over it.
 
 # %% [markdown]
 # ## Modulation (deformable convolution v2)
@@ -291,32 +328,30 @@ layer_mask = 1 / (1 + np.exp(-rng.standard_normal((shape["B"], K, shape["H"], sh
 arguments = dict(input=features, offset=layer_offset, weight=layer_weight, bias=layer_bias,
                  padding=1, mask=layer_mask)
 
-outputs, seconds = {}, {}
+outputs = {}
 for dtype in (np.float64, np.float32):
     typed = {name: value.astype(dtype) if isinstance(value, np.ndarray) else value
              for name, value in arguments.items()}
     for backend in ("reference", "cpu"):
-        dcn_numba.deform_conv2d(**typed, backend=backend)  # the first CPU call compiles the kernel
-        timings = []
-        for _ in range(3):
-            start = time.perf_counter()
-            outputs[backend, dtype] = dcn_numba.deform_conv2d(**typed, backend=backend)
-            timings.append(time.perf_counter() - start)
-        seconds[backend, dtype] = min(timings)
+        outputs[backend, dtype] = dcn_numba.deform_conv2d(**typed, backend=backend)
 assert_close(outputs["cpu", np.float64], outputs["reference", np.float64], rtol=1e-12, atol=1e-12,
              what="cpu against reference, float64")
 assert_close(outputs["cpu", np.float32], outputs["reference", np.float64], rtol=1e-4, atol=1e-5,
              what="cpu float32 against reference float64")
-for dtype in (np.float64, np.float32):
-    print(f"{dtype.__name__}: reference {seconds['reference', dtype] * 1e3:7.1f} ms, "
-          f"cpu kernel {seconds['cpu', dtype] * 1e3:6.1f} ms")
 
 # %%
 fig, axis = plt.subplots(figsize=(6, 2.8), layout="constrained")
+log_differences = {}
 for dtype, colour in ((np.float64, "tab:blue"), (np.float32, "tab:orange")):
     difference = np.abs(outputs["cpu", dtype] - outputs["reference", np.float64]).ravel()
-    axis.hist(np.log10(np.maximum(difference, 1e-20)), bins=60, color=colour, alpha=0.7,
+    log_differences[dtype] = np.log10(np.maximum(difference, 1e-20))
+    axis.hist(log_differences[dtype], bins=60, color=colour, alpha=0.7,
               label=f"cpu kernel in {dtype.__name__}")
+# The numbers the caption states: how many outputs, and where each histogram's inexact part sits.
+assert outputs["cpu", np.float64].size == 25_088
+for dtype, low, high in ((np.float64, -18, -14), (np.float32, -9, -6)):
+    inexact = log_differences[dtype][log_differences[dtype] > -20]
+    assert low < np.median(inexact) < high, f"{dtype.__name__}: median log10 difference {np.median(inexact):.1f}"
 axis.set(xlabel="log10 |kernel − reference (float64)|", ylabel="outputs")
 axis.legend(fontsize=8)
 plt.show()
@@ -326,9 +361,10 @@ plt.show()
 # reference. Look at where the two histograms sit: around 10⁻¹⁶ in float64 and 10⁻⁷ in float32,
 # the rounding error of each precision (the bar at 10⁻²⁰ counts outputs that agree bit for bit).
 # The two implementations add their terms in different orders, so many outputs differ in the
-# last bits, but nothing larger than rounding separates them. (The timings printed above are the
-# best of three calls on a small layer and depend on your machine; `make bench` measures larger
-# ones properly.)
+# last bits, but nothing larger than rounding separates them. How much faster the kernel is
+# depends on the layer and the machine; this notebook times nothing. `make bench`
+# (benchmarks/bench_deform_conv.py) measures the backends against each other on realistic layers,
+# in the same run, after checking them against the reference.
 
 # %% [markdown]
 # ## Summary
@@ -340,6 +376,7 @@ plt.show()
 #   mask channel `g·K + k` holds m. Offsets (s − 1)·p_n turn a 3 × 3 kernel into a dilated one.
 # * An offset says where an output reads, so the content moves by −Δp.
 # * Forward = deformable im2col (the only deformable step) + one GEMM per weight group.
-# * The CPU kernel matches the NumPy reference to rounding error.
+# * The CPU kernel matches the NumPy reference to rounding error; speed is the benchmark's
+#   business (`make bench`).
 #
 # Notebook 3 goes backwards through the same two steps.

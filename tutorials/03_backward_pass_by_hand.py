@@ -31,13 +31,23 @@
 # * why integer sampling coordinates and the −1 border are not differentiable, what dcn_numba
 #   returns there, and why it matters at initialisation, when every offset is 0.
 
-# %%
-import matplotlib.pyplot as plt
-import numpy as np
+# Steps 3 and 4 are exercises: you write the mask and offset gradients, and a check compares
+# them with the package's (set `exercises.SOLUTIONS = True` in the next cell to use the worked
+# solutions instead). The specification states every formula of this notebook in
+# [docs/specification.md](../docs/specification.md), §1.6.
 
+# %%
 import dcn_numba
 from dcn_numba.gradcheck import assert_close, check_gradients
 from dcn_numba.kernels import sampling
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+import exercises
+from exercises import check
+
+exercise = exercises.exercises_of("03_backward_pass_by_hand")
 
 # %% [markdown]
 # ## A tiny problem
@@ -165,10 +175,20 @@ gcol = np.einsum("ock,boij->bckij", weight.reshape(C_out, C_in, K), grad_out)
 # offset group), so its gradient sums over those channels:
 #
 #     ∂L/∂m[b, k, i, j] = Σ_c gcol[b, c, k, i, j] · S[b, c, k, i, j]
+#
+# **Exercise 3.1.** Write `mask_gradient(gcol, S)`: gcol and S are (B, C_in, K, H_out, W_out),
+# the result is (B, K, H_out, W_out), like the mask.
 
 # %%
-grad_mask = (gcol * S).sum(axis=1)
-assert_close(grad_mask, package["mask"], what="grad_mask")
+@exercise
+def mask_gradient(gcol, S):
+    """∂L/∂m[b, k, i, j] = Σ_c gcol[b, c, k, i, j] · S[b, c, k, i, j]."""
+    raise NotImplementedError("Exercise 3.1: the mask gradient from gcol and S")
+
+
+# %%
+check(mask_gradient, lambda f: assert_close(f(gcol, S), package["mask"], what="grad_mask"))
+grad_mask = mask_gradient(gcol, S)
 
 # %% [markdown]
 # ## Step 4: the offsets
@@ -185,13 +205,23 @@ assert_close(grad_mask, package["mask"], what="grad_mask")
 #     ∂S/∂p_x = (1 − l_y)·(v01 − v00) + l_y·(v11 − v10)         (the same, columns instead of rows)
 #
 # These are `sampling.dcn_sample_gradient`, which we called in the forward cell. The result goes
-# to channel 2k (Δy) and 2k + 1 (Δx) of the offset gradient:
+# to channel 2k (Δy) and 2k + 1 (Δx) of the offset gradient.
+#
+# **Exercise 3.2.** Write `offset_gradient(gcol, m, dS_dpy, dS_dpx)`: gcol, dS_dpy and dS_dpx are
+# (B, C_in, K, H_out, W_out), m is (B, 1, K, H_out, W_out); return ∂L/∂offset in the offset
+# layout (B, 2K, H_out, W_out), Δy of tap k at channel 2k and Δx at 2k + 1.
 
 # %%
-grad_p_y = (gcol * m * dS_dpy).sum(axis=1)  # (B, K, H_out, W_out)
-grad_p_x = (gcol * m * dS_dpx).sum(axis=1)
-grad_offset = np.stack([grad_p_y, grad_p_x], axis=2).reshape(offset.shape)
-assert_close(grad_offset, package["offset"], what="grad_offset")
+@exercise
+def offset_gradient(gcol, m, dS_dpy, dS_dpx):
+    """∂L/∂Δy_k = Σ_c gcol·m·∂S/∂p_y at channel 2k, ∂L/∂Δx_k = Σ_c gcol·m·∂S/∂p_x at 2k + 1."""
+    raise NotImplementedError("Exercise 3.2: the offset gradient, in the offset layout")
+
+
+# %%
+check(offset_gradient, lambda f: assert_close(f(gcol, m, dS_dpy, dS_dpx), package["offset"],
+                                              what="grad_offset"))
+grad_offset = offset_gradient(gcol, m, dS_dpy, dS_dpx)
 
 # %% [markdown]
 # ## Step 5: the input
@@ -237,6 +267,7 @@ def forward(input, offset, weight, bias, mask):
 
 
 inputs = dict(input=x, offset=offset, weight=weight, bias=bias, mask=mask)
+assert sum(value.size for value in inputs.values()) == 782  # the count stated above
 ours = dict(input=grad_input, offset=grad_offset, weight=grad_weight, bias=grad_bias, mask=grad_mask)
 check_gradients(forward, inputs, grad_out, ours, mode="elementwise", rtol=1e-6, atol=1e-8)
 print("every element of every gradient matches central finite differences")

@@ -18,57 +18,69 @@
 #
 # Notebooks 2 and 3 computed the deformable convolution with loops over every sample. On a GPU
 # those loops become *kernels*: functions that thousands of threads run at once, each on its own
-# share of the work. Numba writes them in Python. This notebook builds up the ideas on small
-# kernels of its own, then reads dcn_numba's, and runs everything without a GPU.
+# share of the work. Numba writes them in Python. In this notebook you write the two kernels of
+# the deformable convolution yourself, a naive im2col and col2im, run them without a GPU, and
+# only then read dcn_numba's kernels and what they do differently.
 #
 # **What you will learn**
 #
 # * the thread-to-output mapping: each thread computes one output, found from its index;
 # * grid-stride loops, which let a bounded grid of threads cover any problem size;
-# * why the backward pass needs atomic adds (col2im), and how the CPU version avoids them;
+# * to write a deformable im2col kernel with the shared sampler (exercise 4.1) and check it
+#   against the reference;
+# * to write col2im, why its scatter needs atomic adds (lost updates, shown), and how the CPU
+#   version avoids them (exercise 4.2);
+# * what the package's kernels add, precomputed sample locations and zero-padded planes, and
+#   what each saves;
 # * how to run CUDA kernels on a machine without a GPU, in Numba's CUDA simulator, which also
 #   catches out-of-bounds accesses;
-# * how to compile the kernels to PTX for a real GPU, and read the register report of `ptxas`;
+# * how to compile the kernels to PTX for a real GPU, read the register report of `ptxas`, and
+#   turn registers into resident threads, block by block;
 # * how the same scalar math is compiled for the CPU.
 #
+# Stuck on an exercise? Set `exercises.SOLUTIONS = True` in the second cell.
+#
 # First decide where the kernels run. The simulator must be switched on *before* anything imports
-# `numba.cuda`, so this is the first cell: without a GPU (and CuPy), simulate.
+# `numba.cuda`, so this is the first cell: without a GPU (and CuPy), simulate. The probe runs
+# in a separate Python process, because importing CuPy here would load NumPy before dcn_numba.
 
 # %%
 import os
+import subprocess
+import sys
 
 
 def gpu_available():
-    """A CUDA device that CuPy can use is present."""
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no CuPy, no driver or no device: all mean "simulate"
-        return False
+    """A CUDA device that CuPy can use is present (no CuPy, no driver or no device: False)."""
+    probe = "import cupy; raise SystemExit(0 if cupy.cuda.runtime.getDeviceCount() > 0 else 1)"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
 
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "0" if gpu_available() else "1")
 
 # %%
-import inspect
-import math
-import re
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
-
-import matplotlib.pyplot as plt
-import numpy as np
-from numba import config, cuda
-
 import dcn_numba
 from dcn_numba.gradcheck import assert_close
 from dcn_numba.kernels import deform_conv as conv_kernels
 from dcn_numba.kernels import sampling
 from dcn_numba.kernels._targets import for_cuda
 from dcn_numba.reference import deform_conv_vectorised as reference
+
+import inspect
+import math
+import re
+import tempfile
+import threading
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from numba import config, cuda, njit
+
+import exercises
+from exercises import check
+
+exercise = exercises.exercises_of("04_cuda_kernels_in_numba")
 
 SIMULATED = bool(config.ENABLE_CUDASIM)
 print("kernels run in the", "CUDA simulator (no GPU here)" if SIMULATED else "GPU")
@@ -164,59 +176,122 @@ plt.show()
 # thousands of threads, most loop once or twice.
 
 # %% [markdown]
-# ## dcn_numba's im2col kernel
+# ## Your first deformable kernel: im2col
 #
-# Here is the forward kernel of the package, the deformable im2col of notebook 2. It owns one
-# element of the column buffer per thread; the flat index is unpacked into (b, c, k, i, j) by
-# divisions, and the heavy lifting is the shared `padded_corners` and `bilinear_blend` functions.
-# (A first kernel, `locate_samples_cuda`, has already found where each sample falls, once per
-# offset group instead of once per channel.)
+# Notebook 2's column buffer, `col[c, k, i, j] = S(x_c, p_y, p_x)` with
+# p = (i − pad + ki + Δy_k, j − pad + kj + Δx_k), is a perfect first kernel: every element is
+# independent, so thread `index` can own element `index` of the flat buffer (C_in, K, H_out,
+# W_out). Keep it simple: one image, one offset group, stride and dilation 1, no mask.
+#
+# **Exercise 4.1.** Write the body of `naive_im2col`. In a grid-stride loop over `index`:
+# unpack it into (c, k, i, j) (divisions and remainders by W_out, H_out and K, innermost last),
+# find (ki, kj) from k, read Δy and Δx from the flat offset array (B = 1, so channel 2k of it
+# starts at flat index 2k·H_out·W_out), and write
+# `col[index] = gpu.dcn_sample(x, c·H·W, H, W, p_y, p_x)`, the shared sampler of notebook 1
+# reading channel c of the flat input. The next cell compiles it for the GPU, or for the
+# simulator here, and checks it against the reference's column buffer.
 
 # %%
-print(inspect.getsource(conv_kernels.deformable_im2col_cuda))
+@exercise
+def naive_im2col(n_items, x, offset, H, W, kh, kw, padding, H_out, W_out, col):
+    """col[c, k, i, j] = S(x_c, i − padding + ki + Δy_k, j − padding + kj + Δx_k); one thread per element."""
+    raise NotImplementedError("Exercise 4.1: a grid-stride loop that samples one element of col per step")
 
-# %% [markdown]
-# The package launches it with `launch(kernel, n_items, stream, *args)`, which picks enough blocks
-# of 256 threads (at most 4096 blocks; the grid-stride loop does the rest), or, in the simulator,
-# the 2 × 8 grid we used above. Now run the package's CUDA backend (simulated here) and hold it to
-# the reference, forward and backward:
 
 # %%
-if SIMULATED:
-    to_device, to_host = np.asarray, np.asarray  # the simulator runs CUDA kernels on NumPy arrays
-else:
-    import cupy
+naive_im2col_kernel = cuda.jit(naive_im2col)
+C_in, size, kh, kw, padding = 2, 5, 3, 3, 1
+K = kh * kw
+x = rng.standard_normal((1, C_in, size, size))
+offset = rng.normal(0, 1.5, (1, 2 * K, size, size))  # H_out = W_out = size with padding 1
+no_weight = np.zeros((1, C_in, kh, kw))  # `columns` reads only the weight's shape
 
-    to_device, to_host = cupy.asarray, cupy.asnumpy
 
-B, C_in, C_out, size, kh, kw = 1, 2, 2, 5, 3, 3
-x = rng.standard_normal((B, C_in, size, size))
-weight = rng.standard_normal((C_out, C_in, kh, kw))
-offset = rng.normal(0, 1.5, (B, 2 * kh * kw, size, size))
-mask = rng.uniform(0, 1, (B, kh * kw, size, size))
-grad_out = rng.standard_normal((B, C_out, size, size))
-arrays = dict(input=x, offset=offset, weight=weight, mask=mask)
-on_device = {name: to_device(value) for name, value in arrays.items()}
+def matches_the_reference_columns(naive_im2col):
+    kernel = naive_im2col_kernel if naive_im2col is naive_im2col_kernel.py_func else cuda.jit(naive_im2col)
+    col = cuda.to_device(np.zeros(C_in * K * size * size))
+    kernel[2, 8](col.size, cuda.to_device(x.ravel()), cuda.to_device(offset.ravel()), size, size, kh, kw,
+                 padding, size, size, col)
+    expected = reference.columns(x, offset, no_weight, (1, 1), (padding, padding), (1, 1), None)
+    assert_close(col.copy_to_host(), expected.ravel(), what="naive_im2col against reference.columns")
 
-forward = dcn_numba.deform_conv2d(**on_device, padding=1, backend="cuda")
-assert_close(to_host(forward), dcn_numba.deform_conv2d(**arrays, padding=1, backend="reference"),
-             what="cuda forward against the reference")
-backward = dcn_numba.deform_conv2d_backward(to_device(grad_out), **on_device, padding=1, backend="cuda")
-expected = dcn_numba.deform_conv2d_backward(grad_out, **arrays, padding=1, backend="reference")
-for name, ours, theirs in zip(["input", "offset", "weight", "bias", "mask"], backward, expected):
-    if theirs is not None:
-        assert_close(to_host(ours), theirs, what=f"cuda grad_{name} against the reference")
-print("the CUDA kernels match the reference, forward and backward")
+
+check(naive_im2col, matches_the_reference_columns)
 
 # %% [markdown]
-# ## Atomics in col2im
+# ## col2im, and why it needs atomics
 #
-# The backward pass turns the gather of the forward (each sample *reads* four pixels) into a
-# scatter (each sample *adds* into four pixels of grad_input). With one thread per sample, many
-# threads add into the same pixel at the same time, and `grad[p] += v` is three steps, read, add,
-# write: two threads that read the same old value both write their own sum, and one contribution
-# is lost. How common is that? Count, for every pixel, the adds it receives in one channel of a
-# 3 × 3 layer with random offsets:
+# The backward pass runs the column buffer in reverse (notebook 3, step 5): the gradient of each
+# element, gcol[c, k, i, j], goes back to the four pixels its sample read, weighted by the corner
+# weights. Owning a gcol element is as natural as owning a col element, but now the thread
+# *writes* four places that other threads write too: the same pixel is a corner of many samples.
+# And `grad[p] += v` is three steps, read, add, write. Two threads that read the same old value
+# both write their own sum, and one contribution is lost.
+#
+# You can watch updates get lost in NumPy, deterministically: `a[targets] += values` reads all of
+# `a[targets]` first, adds, and writes back, exactly like a warp of threads doing read-add-write in
+# lockstep, so a target listed twice keeps only one of its two adds. `np.add.at` adds one at a
+# time, the way an atomic add does:
+
+# %%
+targets = np.array([0, 1, 1, 2, 2, 2])  # six "threads", three of them adding into pixel 2
+racing = np.zeros(3)
+racing[targets] += 1.0  # read all, add, write all: the last writer wins
+atomic = np.zeros(3)
+np.add.at(atomic, targets, 1.0)  # one read-add-write at a time
+print("lockstep read-add-write:", racing, "  one at a time:", atomic)
+assert racing.tolist() == [1, 1, 1]
+assert atomic.tolist() == [1, 2, 3]
+
+# %% [markdown]
+# On a multi-core CPU the same race happens between real threads. Two Python threads here run a
+# compiled scatter (`nogil=True` lets them run at the same time), a million passes long so that
+# the two overlap, into one shared array, without and with an owner for each pixel. Without, the count of lost adds depends on the timing, so it
+# changes from run to run (and can be 0 when the machine runs the threads one after the other);
+# with each thread writing only the pixels it owns, nothing is ever lost:
+
+# %%
+@njit(nogil=True)
+def scatter_ones(grad, targets, repeats):
+    """grad[t] += 1 for every target, `repeats` times over: read, add, write, with no lock."""
+    for _ in range(repeats):
+        for t in targets:
+            grad[t] += 1.0
+
+
+@njit(nogil=True)
+def scatter_owned(grad, targets, repeats, owner, me):
+    """The same adds, but a thread only writes the pixels it owns."""
+    for _ in range(repeats):
+        for t in targets:
+            if owner[t] == me:
+                grad[t] += 1.0
+
+
+def race(function, arguments):
+    """Run function(*arguments[t]) on one Python thread per entry, at the same time; wait for all."""
+    threads = [threading.Thread(target=function, args=args) for args in arguments]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+pixels, repeats = np.arange(8).repeat(4), 1_000_000  # every pixel a target four times per pass
+owner = np.arange(8) % 2  # thread 0 owns the even pixels, thread 1 the odd ones
+scatter_ones(np.zeros(8), pixels, 1)  # compile both before the race
+scatter_owned(np.zeros(8), pixels, 1, owner, 0)
+shared, owned = np.zeros(8), np.zeros(8)
+race(scatter_ones, [(shared, pixels, repeats)] * 2)
+race(scatter_owned, [(owned, pixels, repeats, owner, me) for me in (0, 1)])
+expected_adds = 2 * len(pixels) * repeats
+print(f"two threads, no owner: {expected_adds - shared.sum():,.0f} of {expected_adds:,} adds lost this run")
+assert owned.sum() == len(pixels) * repeats  # each pixel's adds, made once, by its owner
+print(f"two threads, one owner per pixel: {len(pixels) * repeats - owned.sum():.0f} lost")
+
+# %% [markdown]
+# How common are collisions in col2im? Count, for every pixel of one channel of a 3 × 3 layer
+# with random offsets, the (sample, corner) adds it receives:
 
 # %%
 size = 12
@@ -229,35 +304,152 @@ for dy in (0, 1):
         columns = geometry.x0[geometry.valid] + 1 + dx
         np.add.at(adds, (rows, columns), 1)
 adds = adds[1:-1, 1:-1]
-print(f"adds per pixel: min {adds.min()}, median {int(np.median(adds))}, max {adds.max()}")
+interior = adds[2:-2, 2:-2]  # pixels at least two from the border
+print(f"adds per pixel: min {adds.min()}, max {adds.max()}, mean {adds.mean():.1f}; "
+      f"away from the border: min {interior.min()}, mean {interior.mean():.1f}")
 
 # %%
 fig, axis = plt.subplots(figsize=(4.2, 3.4), layout="constrained")
 shown = axis.imshow(adds, cmap="magma")
 fig.colorbar(shown, ax=axis, label="threads adding into the pixel")
 axis.set(title="collisions in col2im, one channel", xticks=[], yticks=[])
+figure_2_numbers = (interior.min(), interior.max(), round(interior.mean(), 1))
+assert figure_2_numbers == (24, 49, 36.2), figure_2_numbers  # the numbers the caption states
 plt.show()
 
 # %% [markdown]
 # **Figure 2.** How many (sample, corner) pairs, each a separate thread's add, land on each pixel
 # of one 12 × 12 input channel in the backward pass of a 3 × 3 deformable convolution with random
-# offsets. Look at the scale: away from the border a pixel receives 30 to 45 adds (each output
-# has 9 taps, each tap adds into 4 pixels: 36 on average), so collisions are the rule, not a
-# corner case. Hence the one atomic in the package's col2im
-# kernel, `cuda.atomic.add`, which makes read-add-write one indivisible step.
+# offsets. Look at the scale: at least two pixels from the border a pixel receives between 24 and
+# 49 adds, 36.2 on average (each output has 9 taps and each tap adds into 4 pixels: 36 adds per
+# output, spread unevenly by the offsets), so collisions are the rule, not a corner case.
+#
+# **Exercise 4.2.** Write `naive_col2im`, the adjoint of your im2col: in a grid-stride loop over
+# the gcol elements, recompute p as in exercise 4.1, skip invalid samples
+# (`gpu.dcn_is_valid(p_y, p_x, H, W)`), and for each of the four corners
+# (y0 + corner // 2, x0 + corner % 2) that lies inside the image add
+# `gcol[index] · gpu.corner_weight(l_y, l_x, corner)` into `grad_x` with
+# `cuda.atomic.add(grad_x, flat_index, value)`, which makes read-add-write one indivisible step.
+# (`gpu.fractional_part(p)` gives l = p − ⌊p⌋.) The check compares it with the package's
+# grad_input for a weight that copies col to the output, so that grad_out is gcol.
 
 # %%
-print(inspect.getsource(conv_kernels.deformable_col2im_cuda))
+@exercise
+def naive_col2im(n_items, gcol, offset, H, W, kh, kw, padding, H_out, W_out, grad_x):
+    """grad_x[c] += gcol[c, k, i, j] · w_ab at the four in-image corners of each valid sample."""
+    raise NotImplementedError("Exercise 4.2: scatter with cuda.atomic.add")
+
+
+# %%
+naive_col2im_kernel = cuda.jit(naive_col2im)
+size = 5
+gcol = rng.standard_normal((C_in * K, size, size))
+copy_weight = np.eye(C_in * K).reshape(C_in * K, C_in, kh, kw)  # out channel (c, k) = col[c, k]
+
+
+def matches_the_package_backward(naive_col2im):
+    kernel = naive_col2im_kernel if naive_col2im is naive_col2im_kernel.py_func else cuda.jit(naive_col2im)
+    grad_x = cuda.to_device(np.zeros(C_in * size * size))
+    kernel[2, 8](gcol.size, cuda.to_device(gcol.ravel()), cuda.to_device(offset.ravel()), size, size,
+                 kh, kw, padding, size, size, grad_x)
+    expected = dcn_numba.deform_conv2d_backward(gcol[None], x, offset, copy_weight, padding=padding,
+                                                backend="reference")[0]
+    assert_close(grad_x.copy_to_host(), expected.ravel(), what="naive_col2im against grad_input")
+
+
+check(naive_col2im, matches_the_package_backward)
 
 # %% [markdown]
 # Atomics cost throughput and make floating-point sums order-dependent (the last bits vary from
-# run to run). The CPU kernel avoids them by choosing a different owner: one `prange` iteration
-# per input *plane* (b, c), which walks every sample that reads that plane and is the only writer
-# of it. No two iterations touch the same memory, so plain `+=` is safe and the result is
-# deterministic. Same math, different owner:
+# run to run). The CPU kernel avoids them by choosing a different owner, as the two threads above
+# did: one `prange` iteration per input *plane* (b, c), which walks every sample that reads that
+# plane and is the only writer of it. No two iterations touch the same memory, so plain `+=` is
+# safe and the result is deterministic.
+#
+# ## What the package's kernels do differently
+#
+# Your kernels work, and they are what the package's kernels compute. Two things make the
+# package's faster, both found by asking what the naive kernels compute more than once.
+#
+# **1. Precomputed sample locations.** Your im2col computes the sampling position p, its
+# validity, ⌊p⌋ and the fractions for every element (c, k, i, j), but p does not depend on c:
+# all the channels of an offset group read the same positions. The package runs a first kernel,
+# `locate_samples`, once per *sample* (b, g, k, i, j), and stores three arrays of that size:
+#
+# * `top_left`: where the sample's cell starts, as a flat index into a padded plane (below), or a
+#   negative code for a sample that reads no pixel (`OUTSIDE`, or `NOT_A_NUMBER` for a NaN
+#   position);
+# * `l_y`, `l_x`: the fractions p − ⌊p⌋ of notebook 1, the bilinear weights' inputs.
+#
+# `dcn_sample_index(image_channel, k, geometry)` maps a col element's channel and tap to its
+# sample, s = (b·G_off + g)·K + k, and every channel of the group reuses the same location.
+#
+# **2. Padded planes.** Your kernels test each corner against the image border. The package
+# copies the input once into `padded`, each plane zero-padded by one pixel, (B·C_in, H + 2, W + 2):
+# then every corner of every valid sample lies inside its padded plane, and the four reads,
+# `padded_corners(padded, plane, top_left, W)`, need no test at all; `bilinear_blend` mixes
+# them with the weights from `l_y`, `l_x`. A sample that reads no pixel takes
+# `dcn_unlocated_value(top_left)` instead: 0, or NaN for a NaN position, so that bad offsets show.
+#
+# What that saves, counted for a layer of realistic size:
 
 # %%
+layer = dict(B=8, C_in=256, G_off=1, K=9, H_out=28, W_out=28)
+col_elements = layer["B"] * layer["C_in"] * layer["K"] * layer["H_out"] * layer["W_out"]
+samples = layer["B"] * layer["G_off"] * layer["K"] * layer["H_out"] * layer["W_out"]
+print(f"positions, floors and validity tests: naive {col_elements:,}, precomputed {samples:,} "
+      f"({col_elements // samples}× fewer, C_in / G_off)")
+print(f"corner bounds tests: naive {4 * col_elements:,}, with padded planes 0")
+assert col_elements // samples == layer["C_in"] // layer["G_off"]
+
+# %% [markdown]
+# The price is memory: three arrays of the sample count (small next to col, C_in/G_off times
+# larger) and one padded copy of the input. Here is the package's im2col kernel; every name in it
+# is now yours: the grid-stride loop of exercise 4.1, `dcn_sample_index` and `top_left`, `l_y`,
+# `l_x` for the precomputed location, `padded_corners` on the padded plane, `bilinear_blend`,
+# `dcn_unlocated_value` for a sample outside, and the mask m of v2:
+
+# %%
+print(inspect.getsource(conv_kernels.deformable_im2col_cuda))
+
+# %% [markdown]
+# Its col2im is your exercise 4.2 on the same precomputed locations, with the one atomic,
+# `cuda.atomic.add`, and the CPU version gives each plane to one `prange` iteration instead:
+
+# %%
+print(inspect.getsource(conv_kernels.deformable_col2im_cuda))
 print(inspect.getsource(conv_kernels.deformable_col2im_cpu))
+
+# %% [markdown]
+# The package launches its kernels with `launch(kernel, n_items, stream, *args)`, which picks
+# enough blocks of 256 threads (at most 4096 blocks; the grid-stride loop does the rest), or, in
+# the simulator, the 2 × 8 grid we used above. Run the package's CUDA backend (simulated here)
+# and hold it to the reference, forward and backward:
+
+# %%
+if SIMULATED:
+    to_device, to_host = np.asarray, np.asarray  # the simulator runs CUDA kernels on NumPy arrays
+else:
+    import cupy
+
+    to_device, to_host = cupy.asarray, cupy.asnumpy
+
+C_out = 2
+weight = rng.standard_normal((C_out, C_in, kh, kw))
+mask = rng.uniform(0, 1, (1, K, size, size))
+grad_out = rng.standard_normal((1, C_out, size, size))
+arrays = dict(input=x, offset=offset, weight=weight, mask=mask)
+on_device = {name: to_device(value) for name, value in arrays.items()}
+
+forward = dcn_numba.deform_conv2d(**on_device, padding=1, backend="cuda")
+assert_close(to_host(forward), dcn_numba.deform_conv2d(**arrays, padding=1, backend="reference"),
+             what="cuda forward against the reference")
+backward = dcn_numba.deform_conv2d_backward(to_device(grad_out), **on_device, padding=1, backend="cuda")
+expected = dcn_numba.deform_conv2d_backward(grad_out, **arrays, padding=1, backend="reference")
+for name, ours, theirs in zip(["input", "offset", "weight", "bias", "mask"], backward, expected):
+    if theirs is not None:
+        assert_close(to_host(ours), theirs, what=f"cuda grad_{name} against the reference")
+print("the CUDA kernels match the reference, forward and backward")
 
 # %% [markdown]
 # ## The simulator catches what hardware hides
@@ -338,18 +530,40 @@ print("what ptxas -v says about col2im in float32:")
 print("\n".join(line for line in ptxas_output["deformable_col2im_cuda[float32]"].splitlines()
                 if "registers" in line or "spill" in line))
 
+# %% [markdown]
+# How many threads can an SM keep resident with that many registers? Registers are handed out per
+# warp of 32 threads, in chunks of 256, and a block is resident only as a whole: all its warps or
+# none. So count whole blocks (256 threads, the package's launch size), not warps:
+#
+#     registers per warp  = ⌈registers · 32 / 256⌉ · 256
+#     blocks per SM       = ⌊65536 / (registers per warp · warps per block)⌋   (at most 32 blocks)
+#     resident threads    = min(2048, blocks per SM · threads per block)
+#
+# Counting warps instead of blocks overestimates: a 68-register kernel allocates 2304 registers
+# per warp, 28 warps fit the register file (896 threads), but a block of 8 warps takes 18,432
+# registers, only three blocks fit, and the SM holds 768 threads.
 
-def resident_threads(registers, register_file=65536, max_threads=2048, warp=32, granularity=256):
-    """Threads an SM can hold at once, as far as registers allow: registers are handed out per
-    warp, in chunks of `granularity`."""
+# %%
+def resident_threads(registers, threads_per_block=256, register_file=65536, max_threads=2048,
+                     max_blocks=32, warp=32, granularity=256):
+    """Threads an SM can hold at once, as far as registers allow, in whole blocks."""
     per_warp = math.ceil(registers * warp / granularity) * granularity
-    return min(max_threads, register_file // per_warp * warp)
+    per_block = per_warp * math.ceil(threads_per_block / warp)
+    blocks = min(max_blocks, register_file // per_block)
+    return min(max_threads, blocks * threads_per_block)
 
 
-print()
+def resident_threads_by_warps(registers, register_file=65536, max_threads=2048, warp=32, granularity=256):
+    """The same count if warps, not blocks, were the unit: an overestimate."""
+    return min(max_threads, register_file // (math.ceil(registers * warp / granularity) * granularity) * warp)
+
+
+assert resident_threads(68) == 768
+assert resident_threads_by_warps(68) == 896
 for name, (registers, spills) in report.items():
     print(f"{name:38s} {registers:4d} registers, {spills} bytes spilled, "
-          f"≤ {resident_threads(registers)} threads per SM")
+          f"{resident_threads(registers):4d} threads per SM in blocks of 256 "
+          f"(counting warps alone: {resident_threads_by_warps(registers)})")
 
 # %%
 names = sorted({name.split("[")[0] for name in report})
@@ -360,6 +574,8 @@ for shift, dtype, colour in ((-0.2, "float32", "tab:blue"), (0.2, "float64", "ta
 axis.set_xticks(np.arange(len(names)), [name.replace("_cuda", "") for name in names], fontsize=8)
 axis.set(ylabel="registers per thread")
 axis.legend(fontsize=8)
+tallest = max(report, key=lambda name: report[name][0])
+assert tallest.startswith("offset_mask_gradient_cuda"), f"the tallest bar is {tallest}"  # as the caption says
 plt.show()
 
 # %% [markdown]
@@ -367,7 +583,7 @@ plt.show()
 # float32 and float64. Look at the tallest bar: the kernel that keeps the most values live per
 # thread (the offset and mask gradient, which carries three running sums through its loop over
 # channels) needs the most registers, and the table above translates that into fewer resident
-# threads per SM. A double takes two registers, so float64 versions can need more. A column of
+# threads per SM, block by block. A double takes two registers, so float64 versions can need more. A column of
 # zeros under "spilled" is the other thing to check after every change to a kernel.
 
 # %% [markdown]
@@ -410,8 +626,14 @@ print("reference, cpu and cuda agree:", to_host(results["cuda"])[0, 0, 0].round(
 #   owns. Decide ownership first.
 # * Grid-stride loops (`range(cuda.grid(1), n_items, cuda.gridsize(1))`) let a bounded grid cover
 #   any size, and keep neighbouring threads on neighbouring memory.
-# * A scatter, such as col2im in the backward pass, makes threads collide on the same pixel: the
-#   GPU kernel uses `cuda.atomic.add`; the CPU kernel gives each input plane to one iteration.
+# * A naive im2col is a grid-stride loop over col calling the shared sampler; col2im is its
+#   adjoint, a scatter, where threads collide on the same pixel and lose updates unless the add
+#   is atomic (`cuda.atomic.add`) or each pixel has one owner (the CPU kernel's planes).
+# * The package's kernels locate each sample once per offset group (`top_left`, `l_y`, `l_x`),
+#   C_in/G_off times fewer than per col element, and read corners from zero-padded planes with
+#   no bounds tests.
+# * Occupancy comes in whole blocks: with 256-thread blocks a 68-register kernel keeps 768
+#   threads per SM, not the 896 a count of warps suggests.
 # * `NUMBA_ENABLE_CUDASIM=1`, set before importing `numba.cuda`, runs the real kernels on the CPU
 #   and checks every index; `compile_ptx` plus `ptxas -v` checks that they compile for real GPUs
 #   and what they cost in registers. Both run without a GPU.

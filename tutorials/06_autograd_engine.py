@@ -18,40 +18,204 @@
 #
 # Notebooks 2 to 5 wrote each operator's forward and backward pass by hand. To train a network,
 # something must call those passes in the right order and hand each one the gradient it needs.
-# dcn_numba's answer is a small reverse-mode autograd engine, `dcn_numba.autograd`, short enough to
-# read in one sitting. This notebook uses it.
+# dcn_numba's answer is a small reverse-mode autograd engine, `dcn_numba.autograd`. This notebook
+# first builds one like it in front of you, in a few dozen lines, then reads the package's and
+# plugs notebook 3's hand-derived gradients into it.
 #
 # **What you will learn**
 #
 # * a `Tensor` records the `Function` that made it, so a forward pass builds a graph;
-# * `backward()` visits that graph in reverse topological order, calling each Function's
-#   backward, a vector-Jacobian product;
-# * how to write a Function and check it with finite differences;
-# * how the deformable layer chains the hand-written `deform_conv2d_backward` with the ordinary
-#   convolution that computes its offsets, and a check of the whole chain;
-# * a deformable layer trained by this engine, learning where to look.
+# * `backward()` is a topological sort and one reverse loop, calling each Function's backward, a
+#   vector-Jacobian product, and summing the gradients of a tensor used twice;
+# * why broadcasting needs `unbroadcast` in the backward pass;
+# * how to write a Function and check it with finite differences, and notebook 3's gradients
+#   wrapped into a Function that agrees with the package's;
+# * how the deformable layer chains `deform_conv2d_backward` with the ordinary convolution that
+#   computes its offsets, and a deformable layer trained by this engine, learning where to look.
+#
+# Two exercises: the topological order and `unbroadcast` (set `exercises.SOLUTIONS = True` in the
+# next cell to use the worked solutions instead).
 
 # %%
+from dcn_numba import functional as F
+from dcn_numba import models, nn, optim
+from dcn_numba.autograd import Function, Tensor, no_grad, unbroadcast
+from dcn_numba.data import Affine, affine_transform, load_mnist
+from dcn_numba.gradcheck import assert_close, check_gradients
+from dcn_numba.kernels import sampling
+
 import inspect
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from dcn_numba import functional as F
-from dcn_numba import models, nn, optim
-from dcn_numba.autograd import Function, Tensor, no_grad
-from dcn_numba.data import Affine, affine_transform, load_mnist
-from dcn_numba.gradcheck import assert_close, check_gradients
+import exercises
+from exercises import check
 
+exercise = exercises.exercises_of("06_autograd_engine")
 rng = np.random.default_rng(0)
 
 # %% [markdown]
-# ## Tensors remember where they came from
+# ## An engine from scratch
 #
-# A `Tensor` wraps a NumPy (or CuPy) array. Operations on Tensors are `Function`s: each computes
-# its result from plain arrays and keeps what its backward pass will need. A result that depends
-# on a Tensor with `requires_grad=True` records its `creator`, and `backward()` fills the `.grad`
-# of every such leaf:
+# Two classes are the whole idea. A **Function** is one operation: `forward` computes its result
+# from plain arrays and keeps what the backward pass will need; `backward` turns ∂L/∂output, the
+# gradient of a scalar loss L with respect to its output, into ∂L/∂input for each input. A
+# **Tensor** wraps an array and remembers the Function that made it (its `creator`), so running
+# the forward pass records a graph. Here are both, with three operations:
+
+# %%
+class MiniFunction:
+    @classmethod
+    def apply(cls, *inputs):
+        function = cls()
+        function.inputs = inputs
+        output = MiniTensor(function.forward(*(t.data for t in inputs)))
+        output.creator = function
+        return output
+
+
+class MiniTensor:
+    def __init__(self, data):
+        self.data, self.grad, self.creator = np.asarray(data, dtype=np.float64), None, None
+
+    def __add__(self, other):
+        return MiniAdd.apply(self, other)
+
+    def __mul__(self, other):
+        return MiniMul.apply(self, other)
+
+    def sum(self):
+        return MiniSum.apply(self)
+
+    def backward(self):
+        """∂self/∂leaf into leaf.grad: visit the graph from self back to the leaves, each tensor
+        only after every tensor that uses it, so that its gradient is complete when passed on."""
+        grads = {id(self): np.ones_like(self.data)}  # ∂L/∂L = 1
+        for tensor in reversed(topological_order(self)):
+            grad = grads.pop(id(tensor))
+            if tensor.creator is None:
+                tensor.grad = grad
+                continue
+            for parent, parent_grad in zip(tensor.creator.inputs, tensor.creator.backward(grad)):
+                grads[id(parent)] = grads.get(id(parent), 0) + parent_grad  # summed over every use
+
+
+class MiniAdd(MiniFunction):
+    def forward(self, a, b):
+        self.shapes = a.shape, b.shape
+        return a + b
+
+    def backward(self, grad):
+        return unbroadcast_mine(grad, self.shapes[0]), unbroadcast_mine(grad, self.shapes[1])
+
+
+class MiniMul(MiniFunction):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a * b
+
+    def backward(self, grad):
+        return unbroadcast_mine(grad * self.b, self.a.shape), unbroadcast_mine(grad * self.a, self.b.shape)
+
+
+class MiniSum(MiniFunction):
+    def forward(self, a):
+        self.shape = a.shape
+        return a.sum()
+
+    def backward(self, grad):
+        return (np.broadcast_to(grad, self.shape),)
+
+
+# %% [markdown]
+# Two functions are missing, and they are yours.
+#
+# **Exercise 6.1, the topological order.** `backward` needs every tensor that leads to the loss,
+# each listed *after* all of its inputs (the tensors its creator read), and each exactly once
+# even when it is used twice. Write `topological_order(tensor)`: a depth-first walk from `tensor`
+# through `creator.inputs` that appends a tensor once all its inputs have been appended. (Keep a
+# set of the `id`s already visited.)
+
+# %%
+@exercise
+def topological_order(tensor):
+    """Every tensor that leads to `tensor` (itself included), each after all of its inputs."""
+    raise NotImplementedError("Exercise 6.1: a depth-first walk through creator.inputs")
+
+
+# %%
+def is_topological(topological_order):
+    a, b = MiniTensor([1.0, 2.0]), MiniTensor([3.0, 4.0])
+    product = a * b
+    loss = (product + product * a).sum()  # `product` and `a` are used twice
+    order = topological_order(loss)
+    assert len(order) == len({id(t) for t in order}) == 6, f"expected 6 distinct tensors, got {len(order)}"
+    position = {id(t): n for n, t in enumerate(order)}
+    for t in order:
+        for parent in (t.creator.inputs if t.creator else ()):
+            assert position[id(parent)] < position[id(t)], "a tensor comes before one of its inputs"
+    assert order[-1] is loss, "the loss, which uses everything, must come last"
+
+
+check(topological_order, is_topological)
+
+# %% [markdown]
+# **Exercise 6.2, `unbroadcast`.** NumPy *broadcasts*: `a + b` with a of shape (3, 4) and b of
+# shape (4,) adds b to every row, as if b had been repeated along a new leading axis; an axis of
+# length 1, as in (1, 4) or (3, 1), is repeated the same way. Each repetition is another use of
+# the same numbers, so the backward pass must sum the gradient over the repeated axes to get back
+# to b's shape. Write `unbroadcast_mine(grad, shape)`: sum `grad` over its extra leading axes and
+# over the axes where `shape` has length 1 (keeping them, with `keepdims=True`), and return an
+# array of `shape`. The check compares it with the package's `dcn_numba.autograd.unbroadcast`.
+
+# %%
+@exercise
+def unbroadcast_mine(grad, shape):
+    """Sum `grad` down to `shape`: the backward of broadcasting."""
+    raise NotImplementedError("Exercise 6.2: sum over the leading axes and the axes of length 1")
+
+
+# %%
+def sums_like_the_package(unbroadcast_mine):
+    grad = rng.standard_normal((2, 3, 4))
+    for shape in [(2, 3, 4), (3, 4), (4,), (1, 4), (3, 1), (2, 1, 4), (1, 1, 1), ()]:
+        assert_close(unbroadcast_mine(grad, shape), unbroadcast(grad, shape), what=f"unbroadcast to {shape}")
+        assert np.shape(unbroadcast_mine(grad, shape)) == shape, f"the result must have shape {shape}"
+
+
+check(unbroadcast_mine, sums_like_the_package)
+
+# %% [markdown]
+# The engine is complete. Try it on a graph that broadcasts and reuses a tensor, and compare with
+# the package's engine on the same computation:
+
+# %%
+values = {"a": rng.standard_normal((3, 4)), "b": rng.standard_normal(4), "c": rng.standard_normal((3, 1))}
+mine = {name: MiniTensor(value) for name, value in values.items()}
+((mine["a"] * mine["b"] + mine["c"]) * mine["a"]).sum().backward()
+package = {name: Tensor(value, requires_grad=True) for name, value in values.items()}
+((package["a"] * package["b"] + package["c"]) * package["a"]).sum().backward()
+for name in values:
+    assert_close(mine[name].grad, package[name].grad, what=f"∂L/∂{name}, mini engine against the package's")
+print("the mini engine and dcn_numba.autograd give the same gradients for a (3, 4), b (4,), c (3, 1)")
+
+# %% [markdown]
+# ## The package's engine is the same engine
+#
+# `dcn_numba.autograd` adds what a library needs around the same core: `requires_grad` (only
+# tensors that lead to a parameter are recorded), `no_grad()` for evaluation, NumPy or CuPy
+# arrays (`self.xp`), arithmetic with Python numbers, and more operations. Its `backward` is the
+# loop you just read, and its topological sort walks the graph with a stack instead of recursion,
+# so that a deep graph cannot overflow Python's call stack:
+
+# %%
+print(inspect.getsource(Tensor.backward))
+print(inspect.getsource(Tensor._graph_in_topological_order))
+
+# %% [markdown]
+# A package `Tensor` used in arithmetic records its creator like ours; `backward()` fills the
+# `.grad` of every leaf with `requires_grad=True`:
 
 # %%
 a = Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
@@ -62,19 +226,14 @@ print("loss was made by", type(loss.creator).__name__, "from a tensor made by",
       type(loss.creator.inputs[0].creator).__name__)
 
 # %% [markdown]
-# `backward()` is a topological sort followed by one loop: starting from ∂L/∂L = 1, it visits each
-# tensor after every tensor that uses it, so that the gradient of a tensor used twice is complete
-# (summed over both uses) before it is passed on to its creator's inputs. Each Function's backward
-# turns ∂L/∂output into ∂L/∂input for every input, a *vector-Jacobian product*: the Jacobian itself
-# is never formed.
-#
 # ## Writing a Function
 #
-# A Function is a class with `forward(self, *arrays, **params)` and `backward(self, grad_output)`,
-# the latter returning one gradient per positional input. `self.xp` is the array module of the
-# inputs, so the same code runs on NumPy and CuPy. Here is softplus, log(1 + eˣ), whose derivative
-# is the sigmoid, and the check every Function deserves: finite differences of
-# L = Σ grad_output · f(x), which is exactly what `backward` claims to compute.
+# A package Function is a class with `forward(self, *arrays, **params)` and
+# `backward(self, grad_output)`, the latter returning one gradient per positional input.
+# `self.xp` is the array module of the inputs, so the same code runs on NumPy and CuPy. Here is
+# softplus, log(1 + eˣ), whose derivative is the sigmoid, and the check every Function deserves:
+# finite differences of L = Σ grad_output · f(x), which is exactly what `backward` claims to
+# compute.
 
 # %%
 class Softplus(Function):
@@ -95,11 +254,89 @@ check_gradients(lambda x: Softplus.apply(Tensor(x)).data, {"x": x.data}, grad_ou
 print("Softplus.backward matches finite differences")
 
 # %% [markdown]
-# ## The deformable Function: a wrapper around the hand-written passes
+# ## Notebook 3's gradients as a Function
 #
-# The deformable operators enter the engine the same way. Their Functions are a few lines each,
-# because all the work is in `deform_conv2d` and `deform_conv2d_backward` (notebooks 2 and 3); the
-# backward returns its five gradients in the order of the forward's inputs:
+# Notebook 3 derived the five gradients of a deformable convolution by hand. Wrapped into a
+# Function, they become an operator the engine can train. The forward pass builds the samples S
+# and their slopes ∂S/∂p with the package's scalar functions, as notebook 3 did, and keeps them;
+# the backward pass is notebook 3's five steps, from gcol = weightᵀ · grad_out (no padding,
+# stride or groups, to keep it short):
+
+# %%
+class ByHandDeformConv2d(Function):
+    """out = bias + weight · (m · S), with the backward pass of notebook 3 (stride 1, no groups)."""
+
+    def forward(self, x, offset, weight, bias, mask, padding):
+        B, C_in, H, W = x.shape
+        C_out, _, kh, kw = weight.shape
+        K, H_out, W_out = kh * kw, offset.shape[2], offset.shape[3]
+        tap_y, tap_x = np.divmod(np.arange(K), kw)
+        delta = offset.reshape(B, K, 2, H_out, W_out)
+        self.p_y = np.arange(H_out)[:, None] - padding + tap_y[:, None, None] + delta[:, :, 0]
+        self.p_x = np.arange(W_out)[None, :] - padding + tap_x[:, None, None] + delta[:, :, 1]
+        self.S = np.zeros((B, C_in, K, H_out, W_out))
+        self.dS_dpy, self.dS_dpx = np.zeros_like(self.S), np.zeros_like(self.S)
+        for b, c, k, i, j in np.ndindex(self.S.shape):
+            y, x_ = self.p_y[b, k, i, j], self.p_x[b, k, i, j]
+            self.S[b, c, k, i, j] = sampling.dcn_sample(x[b, c].ravel(), 0, H, W, y, x_)
+            self.dS_dpy[b, c, k, i, j], self.dS_dpx[b, c, k, i, j] = sampling.dcn_sample_gradient(
+                x[b, c].ravel(), 0, H, W, y, x_)
+        self.m = mask[:, None]
+        self.weight = weight.reshape(C_out, C_in, K)
+        self.col = self.m * self.S
+        return np.einsum("ock,bckij->boij", self.weight, self.col) + bias[None, :, None, None]
+
+    def backward(self, grad_out):
+        x, offset, weight, bias, mask = (t.data for t in self.inputs)
+        H, W = x.shape[2:]
+        grad_bias = grad_out.sum(axis=(0, 2, 3))                                          # step 1
+        grad_weight = np.einsum("boij,bckij->ock", grad_out, self.col).reshape(weight.shape)
+        gcol = np.einsum("ock,boij->bckij", self.weight, grad_out)                       # step 2
+        grad_mask = (gcol * self.S).sum(axis=1)                                           # step 3
+        grad_p = [(gcol * self.m * slope).sum(axis=1) for slope in (self.dS_dpy, self.dS_dpx)]
+        grad_offset = np.stack(grad_p, axis=2).reshape(offset.shape)                      # step 4
+        grad_input = np.zeros_like(x)                                                     # step 5
+        for b, c, k, i, j in np.ndindex(self.S.shape):
+            y, x_ = self.p_y[b, k, i, j], self.p_x[b, k, i, j]
+            if not sampling.dcn_is_valid(y, x_, H, W):
+                continue
+            l_y, l_x = sampling.fractional_part(y), sampling.fractional_part(x_)
+            for corner in range(4):
+                row, column = int(np.floor(y)) + corner // 2, int(np.floor(x_)) + corner % 2
+                if 0 <= row < H and 0 <= column < W:
+                    grad_input[b, c, row, column] += (self.m[b, 0, k, i, j] * gcol[b, c, k, i, j]
+                                                      * sampling.corner_weight(l_y, l_x, corner))
+        return grad_input, grad_offset, grad_weight, grad_bias, grad_mask
+
+
+# %% [markdown]
+# Put it in a graph, a sigmoid on the mask and a squared loss after it, and run the same graph
+# with the package's `F.deform_conv2d`: every leaf must receive the same gradient. The offsets
+# keep a margin from integer coordinates, as in notebook 3.
+
+# %%
+shapes = dict(x=(1, 2, 5, 5), offset=(1, 18, 5, 5), weight=(3, 2, 3, 3), bias=(3,), mask_logits=(1, 9, 5, 5))
+leaves = {name: rng.standard_normal(shape) for name, shape in shapes.items()}
+leaves["offset"] = rng.integers(-2, 2, shapes["offset"]) + rng.uniform(0.2, 0.8, shapes["offset"])
+gradients = {}
+for name, deform in (("by hand", lambda *t: ByHandDeformConv2d.apply(*t, padding=1)),
+                     ("package", lambda x, o, w, b, m: F.deform_conv2d(x, o, w, b, padding=1, mask=m))):
+    tensors = {key: Tensor(value, requires_grad=True) for key, value in leaves.items()}
+    out = deform(tensors["x"], tensors["offset"], tensors["weight"], tensors["bias"],
+                 F.sigmoid(tensors["mask_logits"]))
+    (out * out).sum().backward()
+    gradients[name] = {key: tensor.grad for key, tensor in tensors.items()}
+for key in leaves:
+    assert_close(gradients["by hand"][key], gradients["package"][key], what=f"∂L/∂{key}")
+print("notebook 3's gradients, as a Function, train the same as dcn_numba's DeformConv2d:",
+      ", ".join(leaves))
+
+# %% [markdown]
+# ## The package's deformable Function
+#
+# The package's own Function is shorter still, because all the work is in the compiled
+# `deform_conv2d` and `deform_conv2d_backward` (notebooks 2 to 4); the backward returns its five
+# gradients in the order of the forward's inputs:
 
 # %%
 print(inspect.getsource(F.DeformConv2d))
@@ -152,12 +389,17 @@ def draw_graph(axis, output, names):
         axis.text(column, row, labels[key], ha="center", va="center", fontsize=8,
                   bbox=dict(boxstyle="round", facecolor="white" if key in depth else "lightyellow",
                             edgecolor="tab:orange" if labels[key] == "DeformConv2d" else "0.5"))
-    axis.set(xlim=(0.2, max(depth.values()) + 0.5), ylim=(-1.6, 1.6))
+    columns, rows = zip(*place.values())
+    axis.set(xlim=(min(columns) - 0.5, max(columns) + 0.5), ylim=(min(rows) - 0.6, max(rows) + 0.6))
     axis.axis("off")
+    return place
 
 
 fig, axis = plt.subplots(figsize=(8, 3), layout="constrained")
-draw_graph(axis, loss, names)
+place = draw_graph(axis, loss, names)
+(left, right), (bottom, top) = axis.get_xlim(), axis.get_ylim()
+for column, row in place.values():  # every node is drawn inside the axes
+    assert left < column < right and bottom < row < top, f"node at {(column, row)} outside the axes"
 plt.show()
 
 # %% [markdown]

@@ -1,0 +1,66 @@
+"""Exercises in the tutorials: the learner writes a function, a check says whether it is right.
+
+A notebook marks each function the learner writes with the decorator `exercises_of(notebook)`
+gives, and checks it right away:
+
+    from exercises import check, exercises_of
+    exercise = exercises_of("01_sampling_off_the_grid")
+
+    @exercise
+    def bilinear_weights(l_y, l_x):
+        '''Exercise 1.1: the four corner weights (w00, w01, w10, w11) of S(p).'''
+        raise NotImplementedError("Exercise 1.1: write the four weights")
+
+    check(bilinear_weights, lambda f: assert_close(f(0.25, 0.5), (0.375, 0.375, 0.125, 0.125)))
+
+Until the body is written, `check` fails and says which exercise to fill in. The worked solutions
+live in tutorials/solutions/, one file per notebook named like it, one function per exercise
+under the exercise's name. With the environment variable DCN_NUMBA_TUTORIAL_SOLUTIONS=1 (or
+`exercises.SOLUTIONS = True` before the cell runs) `@exercise` hands back the solution instead of
+the learner's function, so the rest of the notebook runs; the tests run every notebook that way.
+"""
+
+import importlib.util
+import os
+from pathlib import Path
+
+SOLUTIONS = os.environ.get("DCN_NUMBA_TUTORIAL_SOLUTIONS") == "1"
+SOLUTIONS_DIR = Path(__file__).resolve().parent / "solutions"
+
+
+def solutions_of(notebook):
+    """The module tutorials/solutions/<notebook>.py (its name starts with a digit, so it is loaded
+    from its path rather than imported)."""
+    path = SOLUTIONS_DIR / f"{notebook}.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"exercises_of: no solutions file {path} for notebook {notebook!r}")
+    spec = importlib.util.spec_from_file_location(f"solutions_{notebook}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def exercises_of(notebook):
+    """A decorator for the exercises of `notebook`: the learner's function, or, when SOLUTIONS is
+    on, the solution of the same name from tutorials/solutions/<notebook>.py."""
+    def mark(function):
+        if not SOLUTIONS:
+            return function
+        solution = getattr(solutions_of(notebook), function.__name__, None)
+        if solution is None:
+            raise AttributeError(f"exercises_of: tutorials/solutions/{notebook}.py has no "
+                                 f"{function.__name__}()")
+        return solution
+    return mark
+
+
+def check(function, test):
+    """Run test(function), which asserts what a right answer does; say plainly how it went."""
+    try:
+        test(function)
+    except NotImplementedError as unwritten:
+        raise AssertionError(f"{function.__name__} is not written yet ({unwritten}): fill in its "
+                             f"body, or set exercises.SOLUTIONS = True to use the solution") from None
+    except AssertionError as wrong:
+        raise AssertionError(f"{function.__name__} is not right yet: {wrong}") from None
+    print(f"{function.__name__}: right")

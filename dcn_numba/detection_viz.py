@@ -1,0 +1,90 @@
+"""The paper's part-offsets picture, from a trained deformable R-FCN detector.
+
+Deformable position-sensitive RoI pooling splits a RoI into k×k bins; bin (i, j) pools the
+(i, j)-th score map of each class, after a learned shift of (Δx·γ·w, Δy·γ·h) for a RoI of width w
+and height h. Drawing each bin before and after its shift, on test detections, shows which parts
+of a digit the detector moved its bins to.
+"""
+
+import matplotlib
+
+import numpy as np
+
+from .autograd import Tensor, no_grad
+from .detector import batch_rois, detect, inclusive_rois
+
+
+def part_bins(roi, trans, pooled_size, trans_std, spatial_scale):
+    """The k×k bins of one RoI shifted by its offsets, as image-coordinate boxes (k, k, 4).
+
+    roi [x1, y1, x2, y2) in pixels; trans (2, k, k) normalised offsets, x first (zeros give the
+    unshifted bins). The geometry is the R-FCN operator's on the feature map (last-pixel corners,
+    rounded): start s·round(x1) − 0.5, end s·(round(x2 − 1) + 1) − 0.5, bin width (end − start)/k,
+    bin (i, j) starting at start + j·width + trans_std·Δx·(end − start) (y likewise); a feature
+    coordinate u maps back to the image coordinate (u + 0.5)/s.
+    """
+    x1, y1, x2, y2 = np.round(np.asarray(roi, dtype=np.float64) - [0, 0, 1, 1])
+    start_x, start_y = x1 * spatial_scale - 0.5, y1 * spatial_scale - 0.5
+    width = max((x2 + 1) * spatial_scale - 0.5 - start_x, 0.1)
+    height = max((y2 + 1) * spatial_scale - 0.5 - start_y, 0.1)
+    bin_w, bin_h = width / pooled_size, height / pooled_size
+    j = np.arange(pooled_size)[None, :]
+    i = np.arange(pooled_size)[:, None]
+    left = start_x + j * bin_w + trans_std * trans[0] * width
+    top = start_y + i * bin_h + trans_std * trans[1] * height
+    boxes = np.stack([left, top, left + bin_w, top + bin_h], axis=-1)
+    return (boxes + 0.5) / spatial_scale
+
+
+def learned_offsets(detector, image, boxes):
+    """The normalised offsets (N, 2, k, k), x first, that the class-score pooling of a deformable
+    R-FCN detector applies to `boxes` (N, 4) of one image (1, H, W)."""
+    head = detector.head
+    if detector.head_name != "rfcn" or head.pools is None:
+        raise ValueError("learned_offsets: needs a detector with head 'rfcn' and deformable_roi=True")
+    detector.eval()
+    with no_grad():
+        features = detector.backbone(Tensor(image[None]))
+        head.pools[0](head.score_maps(features), inclusive_rois(batch_rois([boxes])))
+    return np.asarray(head.pools[0].last_trans)
+
+
+def plot_part_offsets(detector, canvases, anchors, path, count=6, min_score=0.5):
+    """Draw, on the first `count` test canvases with a detection scoring at least min_score, the
+    best detection's k×k bins before (dashed) and after (solid) their learned offsets; save to
+    `path`. Returns the figure's mean bin shift in pixels."""
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    pool = detector.head.pools[0]
+    figure, axes = plt.subplots(2, count // 2, figsize=(3 * (count // 2), 6.4))
+    shifts, drawn = [], 0
+    for n in range(len(canvases.images)):
+        if drawn == count:
+            break
+        boxes, labels, scores = detect(detector, canvases.images[n:n + 1], anchors)[0]
+        if len(scores) == 0 or scores[0] < min_score:
+            continue
+        trans = learned_offsets(detector, canvases.images[n], boxes[:1])[0]
+        before = part_bins(boxes[0], np.zeros_like(trans), pool.pooled_size, pool.trans_std, pool.spatial_scale)
+        after = part_bins(boxes[0], trans, pool.pooled_size, pool.trans_std, pool.spatial_scale)
+        shifts.append(np.abs(after[..., :2] - before[..., :2]).mean())
+        axis = axes.flat[drawn]
+        axis.imshow(canvases.images[n, 0], cmap="gray", extent=(0, 64, 64, 0))
+        draw_bins(axis, before, "tab:cyan", "--")
+        draw_bins(axis, after, "tab:red", "-")
+        axis.set_title(f"'{labels[0]}' score {scores[0]:.2f}", fontsize=9)
+        axis.axis("off")
+        drawn += 1
+    figure.suptitle("deformable PS RoI pooling: 3×3 bins before (dashed) and after (solid) their offsets")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return float(np.mean(shifts)) if shifts else 0.0
+
+
+def draw_bins(axis, bins, colour, style):
+    import matplotlib.pyplot as plt
+
+    for x1, y1, x2, y2 in bins.reshape(-1, 4):
+        axis.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=colour, ls=style, lw=1))

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -228,7 +229,8 @@ def markdown_table(runs, command):
 
     lines = [
         "<!-- Written by dcn_numba.detect; do not edit by hand: rerun the command below. -->",
-        f"Measured by `{command}`: seeds {', '.join(str(s) for s in runs)}, on the CPU ({os.cpu_count()} cores). "
+        f"Measured by `{command}`: seeds {', '.join(str(s) for s in runs)}, on the CPU ({os.cpu_count()} cores, "
+        f"{numba.get_num_threads()} Numba thread{'s' if numba.get_num_threads() > 1 else ''}). "
         f"Each seed trains every variant for {settings['steps']} steps of {settings['batch_size']} canvases "
         f"({settings['rois_per_image']} sampled RoIs each; Adam, peak learning rate {settings['lr']}, cosine decay) "
         f"drawn from {settings['train_canvases']:,} training canvases, and tests it on "

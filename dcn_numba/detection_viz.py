@@ -6,8 +6,6 @@ and height h. Drawing each bin before and after its shift, on test detections, s
 of a digit the detector moved its bins to.
 """
 
-import matplotlib
-
 import numpy as np
 
 from .autograd import Tensor, no_grad
@@ -49,18 +47,17 @@ def learned_offsets(detector, image, boxes):
     return np.asarray(head.pools[0].last_trans)
 
 
-def plot_part_offsets(detector, canvases, anchors, path, count=6, min_score=0.5):
-    """Draw, on the first `count` test canvases with a detection scoring at least min_score, the
-    best detection's k×k bins before (dashed) and after (solid) their learned offsets; save to
-    `path`. Returns the figure's mean bin shift in pixels."""
-    matplotlib.use("Agg", force=False)
+def part_offsets_figure(detector, canvases, anchors, count=6, min_score=0.5):
+    """On the first `count` canvases with a detection scoring at least min_score, the best
+    detection (yellow) and its k×k bins before (dashed) and after (solid) their learned offsets.
+    Returns (figure, the mean shift of a bin corner in pixels, one value per detection drawn)."""
     import matplotlib.pyplot as plt
 
     pool = detector.head.pools[0]
     figure, axes = plt.subplots(2, count // 2, figsize=(3 * (count // 2), 6.4))
-    shifts, drawn = [], 0
+    shifts = []
     for n in range(len(canvases.images)):
-        if drawn == count:
+        if len(shifts) == count:
             break
         boxes, labels, scores = detect(detector, canvases.images[n:n + 1], anchors)[0]
         if len(scores) == 0 or scores[0] < min_score:
@@ -68,16 +65,27 @@ def plot_part_offsets(detector, canvases, anchors, path, count=6, min_score=0.5)
         trans = learned_offsets(detector, canvases.images[n], boxes[:1])[0]
         before = part_bins(boxes[0], np.zeros_like(trans), pool.pooled_size, pool.trans_std, pool.spatial_scale)
         after = part_bins(boxes[0], trans, pool.pooled_size, pool.trans_std, pool.spatial_scale)
-        shifts.append(np.abs(after[..., :2] - before[..., :2]).mean())
-        axis = axes.flat[drawn]
-        axis.imshow(canvases.images[n, 0], cmap="gray", extent=(0, 64, 64, 0))
+        axis = axes.flat[len(shifts)]
+        shifts.append(float(np.abs(after[..., :2] - before[..., :2]).mean()))
+        size = canvases.images.shape[-1]
+        axis.imshow(canvases.images[n, 0], cmap="gray", extent=(0, size, size, 0))
+        draw_bins(axis, boxes[:1], "gold", "-")
         draw_bins(axis, before, "tab:cyan", "--")
         draw_bins(axis, after, "tab:red", "-")
+        axis.set(xlim=(0, size), ylim=(size, 0))
         axis.set_title(f"'{labels[0]}' score {scores[0]:.2f}", fontsize=9)
         axis.axis("off")
-        drawn += 1
-    figure.suptitle("deformable PS RoI pooling: 3×3 bins before (dashed) and after (solid) their offsets")
+    figure.suptitle(f"deformable PS RoI pooling: {pool.pooled_size}×{pool.pooled_size} bins before (dashed) "
+                    "and after (solid) their offsets")
     figure.tight_layout()
+    return figure, shifts
+
+
+def plot_part_offsets(detector, canvases, anchors, path, count=6, min_score=0.5):
+    """`part_offsets_figure` saved to `path`; returns the mean bin shift in pixels."""
+    import matplotlib.pyplot as plt
+
+    figure, shifts = part_offsets_figure(detector, canvases, anchors, count, min_score)
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return float(np.mean(shifts)) if shifts else 0.0

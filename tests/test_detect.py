@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dcn_numba import detect
+from dcn_numba.detection_viz import part_bins
 from dcn_numba.evaluation import detection_metrics
 
 
@@ -77,3 +78,13 @@ def test_markdown_table_reports_mean_std_and_each_seed():
     assert row["both"].count("–") == 4  # not trained: dashes, not numbers
     assert "| 2fc_droi | 1,500 | 2.0 |" in table
     assert np.isclose(float(row["none"].split(" | ")[2].split(" ")[0]), 61.0)
+
+
+def test_part_bins_by_hand():
+    """A 12×12 RoI at stride 4 is 3 feature cells wide: 3×3 bins of 4×4 pixels; a normalised
+    offset of 1 in x at bin (0, 0) moves it by trans_std·1·(RoI width 3 cells) = 0.3 cells = 1.2 px."""
+    trans = np.zeros((2, 3, 3))
+    trans[0, 0, 0] = 1.0
+    bins = part_bins([0, 0, 12, 12], trans, 3, 0.1, 0.25)
+    np.testing.assert_allclose(bins[1, 2], [8, 4, 12, 8])
+    np.testing.assert_allclose(bins[0, 0], [1.2, 0, 5.2, 4])

@@ -13,6 +13,10 @@ A run writes to --out: per variant its weights (<variant>.npz) and test detectio
 count; seconds per test image; settings and the loss history); and, when a deformable R-FCN variant
 was trained, the part-offsets figure (part_offsets.png). With --seeds, each seed runs into
 <out>/seed<n> and --table gets the mean ± standard deviation over the seeds.
+
+It runs on the CPU kernels (RoI sampling and NMS are NumPy on the host). `make detect` runs it with
+one Numba and one BLAS thread (NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1), which on the shared
+2-core machine was five times faster than two threads each (see the Makefile).
 """
 
 import argparse
@@ -85,8 +89,6 @@ def parse_args(argv=None):
                         help="run once per seed into <out>/seed<n> and tabulate mean ± std")
     parser.add_argument("--table", default=None, help="markdown file for the table (with --seeds)")
     parser.add_argument("--data", default=None, help="folder of MNIST IDX files (default: the embedded digits)")
-    parser.add_argument("--device", choices=["cpu"], default="cpu",
-                        help="the detector's host-side RoI sampling and NMS run on NumPy arrays")
     parser.add_argument("--out", default="runs/detect", help="output folder")
     args = parser.parse_args(argv)
     if "all" in args.variants:

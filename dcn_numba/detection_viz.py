@@ -1,15 +1,25 @@
 """The paper's part-offsets picture, from a trained deformable R-FCN detector.
 
+    python -m dcn_numba.detection_viz --run runs/detect --variant rfcn_droi --out docs/part_offsets.png
+
+draws it from the weights a `dcn_numba.detect` run saved, on that run's test canvases.
+
 Deformable position-sensitive RoI pooling splits a RoI into k×k bins; bin (i, j) pools the
 (i, j)-th score map of each class, after a learned shift of (Δx·γ·w, Δy·γ·h) for a RoI of width w
 and height h. Drawing each bin before and after its shift, on test detections, shows which parts
 of a digit the detector moved its bins to.
 """
 
+import argparse
+import json
+from pathlib import Path
+
 import numpy as np
 
 from .autograd import Tensor, no_grad
-from .detector import batch_rois, detect, inclusive_rois
+from .canvases import make_canvases
+from .data import load_mnist
+from .detector import Detector, anchor_grid, batch_rois, detect, inclusive_rois
 
 
 def part_bins(roi, trans, pooled_size, trans_std, spatial_scale):
@@ -96,3 +106,25 @@ def draw_bins(axis, bins, colour, style):
 
     for x1, y1, x2, y2 in bins.reshape(-1, 4):
         axis.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=colour, ls=style, lw=1))
+
+
+def main(argv=None):
+    from . import detect as command  # the command imports this module: import it only here
+
+    parser = argparse.ArgumentParser(prog="python -m dcn_numba.detection_viz",
+                                     description="Draw the part-offsets figure from a detect run's weights.")
+    parser.add_argument("--run", default="runs/detect", help="output folder of python -m dcn_numba.detect")
+    parser.add_argument("--variant", default="rfcn_droi", choices=[v for v, s in command.VARIANTS.items()
+                                                                    if s["head"] == "rfcn" and s["deformable_roi"]])
+    parser.add_argument("--out", default="docs/part_offsets.png", help="PNG file to write")
+    args = parser.parse_args(argv)
+    settings = json.loads((Path(args.run) / "metrics.json").read_text())[args.variant]
+    detector = Detector(**command.VARIANTS[args.variant], seed=settings["seed"])
+    detector.load(Path(args.run) / f"{args.variant}.npz")
+    test = make_canvases(load_mnist().test, settings["test_canvases"], command.TEST_CANVAS_SEED, command.CANVAS_SIZE)
+    shift = plot_part_offsets(detector, test, anchor_grid(command.CANVAS_SIZE), args.out)
+    print(f"{args.out}: mean bin shift {shift:.2f} px")
+
+
+if __name__ == "__main__":
+    main()

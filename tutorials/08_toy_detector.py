@@ -37,7 +37,7 @@
 # are then only a rough sketch.
 
 # %%
-import dcn_numba  # noqa: F401  (first: it sets a BLAS thread setting that must precede NumPy)
+import dcn_numba  # noqa: F401  (first, as in every notebook)
 
 import json
 import os
@@ -52,6 +52,11 @@ from dcn_numba.data import load_mnist
 from dcn_numba.detection_viz import learned_offsets, part_bins, part_offsets_figure
 from dcn_numba.detector import Detector, anchor_grid, detect
 from dcn_numba.evaluation import detection_metrics
+
+import exercises
+from exercises import check
+
+exercise = exercises.exercises_of("08_toy_detector")
 
 SMOKE = os.environ.get("DCN_NUMBA_TUTORIAL_SMOKE") == "1"
 RUN = Path("..") / "runs" / "detect"  # where `make detect` writes, seen from tutorials/
@@ -93,6 +98,34 @@ plt.show()
 # **Figure 1.** The first four test canvases with their ground-truth boxes (gold) and labels. Look
 # at the clutter: broken strokes that could pass for a 1 or part of a 0 sit beside the digits,
 # and a detector has to tell them from digits.
+
+# %% [markdown]
+# ## Exercise 8.1: the overlap of two boxes
+#
+# Everything a detector is judged by rests on one number, the intersection over union (IoU) of a
+# detected box and a ground-truth box: the area they share divided by the area they cover
+# together. Boxes here are `[x1, y1, x2, y2)` in pixels, x2 and y2 excluded, so a box is
+# `x2 − x1` wide. Write it for two boxes; boxes that do not touch overlap by 0.
+
+# %%
+@exercise
+def iou(box_a, box_b):
+    """IoU of two boxes [x1, y1, x2, y2)."""
+    raise NotImplementedError("write the intersection over union")
+
+
+def matches_box_iou(f):
+    rng = np.random.default_rng(8)
+    for _ in range(200):
+        corners = rng.uniform(0, 64, (2, 2, 2))
+        box_a, box_b = (np.concatenate([c.min(axis=0), c.max(axis=0)]) for c in corners)
+        expected = box_iou(box_a, box_b)[0, 0]
+        assert np.isclose(f(box_a, box_b), expected), \
+            f"iou({box_a.round(1)}, {box_b.round(1)}) = {f(box_a, box_b)}, expected {expected}"
+    assert f([0, 0, 2, 2], [2, 0, 4, 2]) == 0, "boxes that only share an edge overlap by 0"
+
+
+check(iou, matches_box_iou)
 
 # %% [markdown]
 # ## Proposals without ground truth: a grid of anchors

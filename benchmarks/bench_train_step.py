@@ -7,7 +7,7 @@ and the CPU deformable kernels). When torch and torchvision are installed, the s
 is built in PyTorch, with torchvision.ops.deform_conv2d for the deformable layers, loaded with the
 same weights, and checked first: logits and every parameter gradient must match ours (the offset
 branches are perturbed away from zero for the check, so that no sample sits on an integer
-position, where the two libraries' boundary conventions differ; SPEC.md §1). Then both are timed
+position, where the two libraries' boundary conventions differ; docs/specification.md §1). Then both are timed
 in the same run, in turns, PyTorch with as many threads as there are cores.
 
 Both libraries run in this one process under the same malloc settings: by default those of

@@ -1,7 +1,7 @@
 """dcn_numba: Deformable ConvNets as readable Numba CUDA and CPU kernels, with a NumPy reference.
 
 Every op runs on one of three backends that must agree: "reference" (NumPy, a transcription of
-SPEC.md), "cpu" (Numba @njit(parallel=True) kernels) and "cuda" (Numba CUDA kernels over CuPy
+docs/specification.md), "cpu" (Numba @njit(parallel=True) kernels) and "cuda" (Numba CUDA kernels over CuPy
 arrays). backend=None picks "cuda" for CuPy arrays and "cpu" for NumPy arrays.
 """
 

@@ -1,4 +1,4 @@
-"""Deformable convolution v1 and v2 (modulated): the public functions (SPEC.md §1).
+"""Deformable convolution v1 and v2 (modulated): the public functions (docs/specification.md §1).
 
     deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None)
 
@@ -21,7 +21,7 @@ def output_size(size, kernel, stride, padding, dilation):
 
 
 def _validate(input, offset, weight, bias, stride, padding, dilation, mask, grad_output=None):
-    """Check every argument against SPEC.md §1; return the array module and the (h, w) pairs."""
+    """Check every argument against docs/specification.md §1; return the array module and the (h, w) pairs."""
     check_ndim(input, "input", 4, "(B, C_in, H, W)")
     check_ndim(offset, "offset", 4, "(B, 2·offset_groups·kh·kw, H_out, W_out)")
     check_ndim(weight, "weight", 4, "(C_out, C_in / groups, kh, kw)")

@@ -1,4 +1,4 @@
-"""Position-sensitive deformable RoI pooling: the public functions (SPEC.md §2b).
+"""Position-sensitive deformable RoI pooling: the public functions (docs/specification.md §2.2).
 
     deform_psroi_pool(input, rois, trans=None, spatial_scale=1.0, output_dim=None, group_size=1,
                       pooled_size=7, part_size=None, sample_per_part=4, trans_std=0.1)
@@ -19,7 +19,7 @@ from .reference import deform_psroi_pool as reference
 
 def _validate(input, rois, trans, spatial_scale, output_dim, group_size, pooled_size, part_size,
               sample_per_part, trans_std, grad_output=None):
-    """Check every argument against SPEC.md §2b; return the array module and the parameters
+    """Check every argument against docs/specification.md §2.2; return the array module and the parameters
     (spatial_scale, output_dim, group_size, pooled_size, part_size, sample_per_part, trans_std),
     with output_dim and part_size resolved."""
     check_ndim(input, "input", 4, "(B, output_dim·group_size², H, W)")

@@ -1,4 +1,4 @@
-"""Deformable RoI pooling: the public functions (SPEC.md §2a).
+"""Deformable RoI pooling: the public functions (docs/specification.md §2.1).
 
     deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0, sampling_ratio=0, gamma=0.1)
 
@@ -18,7 +18,7 @@ from .reference import deform_roi_pool as reference
 
 def _validate(input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma,
               grad_output=None):
-    """Check every argument against SPEC.md §2a; return the array module and the parameters."""
+    """Check every argument against docs/specification.md §2.1; return the array module and the parameters."""
     check_ndim(input, "input", 4, "(B, C, H, W)")
     check_ndim(rois, "rois", 2, "(N, 5)")
     if offset is not None:

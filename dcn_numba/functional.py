@@ -311,7 +311,7 @@ def leave_the_cores_to_the_cpu_kernels(x, backend):
 
 
 class DeformConv2d(Function):
-    """Deformable convolution (SPEC.md §1): `deform_conv2d` forward, `deform_conv2d_backward`
+    """Deformable convolution (docs/specification.md §1): `deform_conv2d` forward, `deform_conv2d_backward`
     for the gradients of input, offset, weight, bias and mask."""
 
     def forward(self, x, offset, weight, bias, mask, stride, padding, dilation):
@@ -332,7 +332,7 @@ def deform_conv2d(x, offset, weight, bias=None, stride=1, padding=0, dilation=1,
 
 
 class DeformRoIPool(Function):
-    """Deformable RoI pooling (SPEC.md §2a); the RoIs get no gradient."""
+    """Deformable RoI pooling (docs/specification.md §2.1); the RoIs get no gradient."""
 
     def forward(self, x, offset, rois, **params):
         self.rois, self.params = rois, dict(params, backend=_BACKEND)
@@ -354,7 +354,7 @@ def deform_roi_pool(x, rois, offset=None, output_size=7, spatial_scale=1.0, samp
 
 
 class DeformPSRoIPool(Function):
-    """Position-sensitive deformable RoI pooling (SPEC.md §2b); the RoIs get no gradient."""
+    """Position-sensitive deformable RoI pooling (docs/specification.md §2.2); the RoIs get no gradient."""
 
     def forward(self, x, trans, rois, **params):
         self.rois, self.params = rois, dict(params, backend=_BACKEND)

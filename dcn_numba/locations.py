@@ -4,7 +4,7 @@ Output position (i, j), tap k = ki·kw + kj of offset group g samples the input 
 
     p = p0 + p_k + Δp_k,   p0 + p_k = (i·stride_h − pad_h + ki·dil_h,  j·stride_w − pad_w + kj·dil_w)
 
-(SPEC.md §1), with Δp_k = (offset[b, g·2K + 2k], offset[b, g·2K + 2k + 1]), y first. With zero
+(docs/specification.md §1), with Δp_k = (offset[b, g·2K + 2k], offset[b, g·2K + 2k + 1]), y first. With zero
 offsets this is the regular (dilated) grid of an ordinary convolution.
 """
 

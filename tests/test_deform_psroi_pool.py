@@ -1,4 +1,4 @@
-"""Position-sensitive deformable RoI pooling (SPEC.md §2b): the reference against an independent
+"""Position-sensitive deformable RoI pooling (docs/specification.md §2.2): the reference against an independent
 position-sensitive average pooling and hand-computed cases, its gradients against finite
 differences, and the CPU and CUDA kernels (simulated without a GPU) against the reference."""
 

@@ -1,4 +1,4 @@
-"""Deformable RoI pooling (SPEC.md §2a): the reference against an independent brute-force RoIAlign
+"""Deformable RoI pooling (docs/specification.md §2.1): the reference against an independent brute-force RoIAlign
 and hand-computed cases, its gradients against finite differences, and the CPU and CUDA kernels
 (simulated without a GPU) against the reference."""
 

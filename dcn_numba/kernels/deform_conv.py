@@ -1,4 +1,4 @@
-"""Deformable convolution v1/v2 kernels (SPEC.md §1) for the CPU and CUDA, and their launchers.
+"""Deformable convolution v1/v2 kernels (docs/specification.md §1) for the CPU and CUDA, and their launchers.
 
 A deformable convolution is an ordinary convolution whose im2col step samples the input at
 learned fractional positions. Per batch chunk, with K = kh·kw taps and G weight groups:

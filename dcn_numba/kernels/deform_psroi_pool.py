@@ -1,4 +1,4 @@
-"""Position-sensitive deformable RoI pooling kernels (SPEC.md §2b) for the CPU and CUDA, and
+"""Position-sensitive deformable RoI pooling kernels (docs/specification.md §2.2) for the CPU and CUDA, and
 their launchers.
 
 The original R-FCN operator. For RoI n, output channel ctop and bin (ph, pw), reading input

@@ -1,4 +1,4 @@
-"""Deformable RoI pooling kernels (SPEC.md §2a) for the CPU and CUDA, and their launchers.
+"""Deformable RoI pooling kernels (docs/specification.md §2.1) for the CPU and CUDA, and their launchers.
 
 RoIAlign (aligned) with a learned shift per bin. For RoI n, channel c and bin (ph, pw):
 

@@ -1,4 +1,4 @@
-"""Scalar sampling mathematics shared by the CPU and CUDA kernels (SPEC.md §1 and §2).
+"""Scalar sampling mathematics shared by the CPU and CUDA kernels (docs/specification.md §1 and §2).
 
 Each function is one formula, compiled once by `shared` for both targets. Images are read
 from flat arrays: `plane` is the flat index of pixel (0, 0) of one (H, W) channel plane, so
@@ -20,7 +20,7 @@ import numpy as np
 from ._targets import shared
 
 # ---------------------------------------------------------------------------------------------
-# Deformable convolution (SPEC.md §1): bilinear interpolation on an image zero-padded by one pixel
+# Deformable convolution (docs/specification.md §1): bilinear interpolation on an image zero-padded by one pixel
 # ---------------------------------------------------------------------------------------------
 #
 # A sample at p = (p_y, p_x) blends the four pixels around it, v00 = x(y0, x0), v01 = x(y0, x0+1),
@@ -221,7 +221,7 @@ def padded_corners(padded, plane, top_left, W):
 
 
 # ---------------------------------------------------------------------------------------------
-# Deformable RoI pooling (SPEC.md §2): bin geometry, and the two bilinear rules of the RoI ops
+# Deformable RoI pooling (docs/specification.md §2): bin geometry, and the two bilinear rules of the RoI ops
 # ---------------------------------------------------------------------------------------------
 #
 # Both ops average samples of (H, W) planes over the bins of a RoI and read four corners

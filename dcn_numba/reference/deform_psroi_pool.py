@@ -1,4 +1,4 @@
-"""Position-sensitive deformable RoI pooling (SPEC.md §2b) in plain NumPy, with the rules of the
+"""Position-sensitive deformable RoI pooling (docs/specification.md §2.2) in plain NumPy, with the rules of the
 original R-FCN operator. Read it next to the specification; it is written for clarity, not speed.
 
 A RoI is cut into P×P bins. Bin (ph, pw) of output channel ctop reads the score map of its

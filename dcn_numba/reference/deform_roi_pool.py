@@ -1,4 +1,4 @@
-"""Deformable RoI pooling (SPEC.md §2a) in plain NumPy: RoIAlign (aligned) plus a learned shift
+"""Deformable RoI pooling (docs/specification.md §2.1) in plain NumPy: RoIAlign (aligned) plus a learned shift
 per bin. Read it next to the specification; it is written for clarity, not speed.
 
 For RoI n with batch index b and bin (ph, pw), every channel c averages a grid of bilinear samples:

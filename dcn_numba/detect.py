@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from . import detection_viz
 from .autograd import Tensor
 from .canvases import make_canvases
-from .cpu_runtime import keep_freed_memory
+from .speed.runtime import keep_freed_memory
 from .data import load_mnist
 from .detector import Detector, anchor_grid, batch_rois, detect, detection_loss, sample_rois
 from .evaluation import detection_metrics

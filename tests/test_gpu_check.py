@@ -46,7 +46,7 @@ def test_the_rehearsal_runs_every_part_and_writes_one_report(tmp_path):
 def test_every_cuda_kernel_is_found_and_one_never_launched_is_named():
     kernels = sorted(gpu_check.cuda_kernels()[0].values())
     assert "deform_conv.deformable_col2im_cuda" in kernels
-    assert "deform_roi_pool.deform_roi_pool_backward_cuda" in kernels
+    assert "deform_roi_pool.deform_roi_pool_grad_offset_cuda" in kernels
     kernel_type = gpu_check.cuda_kernels()[1]
     unpatched = kernel_type.__getitem__
     input, offset, weight, _, _, _ = map(gpu_check.on_device, gpu_check.conv_problem(1, 2, 2, 4, 4, np.float32))

@@ -13,7 +13,7 @@ from dcn_numba import deform_conv2d, deform_conv2d_backward
 from dcn_numba._arrays import array_module
 from dcn_numba.gradcheck import assert_close, check_gradients
 from dcn_numba.kernels import deform_conv as kernels
-from helpers import KERNEL_BACKENDS, to_backend, to_numpy, assert_gradients_match
+from helpers import KERNEL_BACKENDS, to_backend, to_numpy, assert_op_matches_reference
 
 GRADIENT_NAMES = ["grad_input", "grad_offset", "grad_weight", "grad_bias", "grad_mask"]
 TOLERANCE = {np.float64: 1e-10, np.float32: 2e-4}
@@ -81,19 +81,9 @@ def on_backend(backend, arrays):
 
 def assert_matches_reference(backend, case):
     """Forward and all five gradients of `backend` against the reference computed in float64."""
-    arrays = make_arrays(case)
-    exact = {name: None if a is None else a.astype(np.float64) for name, a in arrays.items()}
-    tolerance = TOLERANCE[case["dtype"]]
-    moved = on_backend(backend, arrays)
-
-    output = deform_conv2d(*forward_args(moved, case), backend=backend)
-    expected = deform_conv2d(*forward_args(exact, case), backend="reference")
-    assert output.dtype == case["dtype"]
-    assert_close(to_numpy(output), expected, rtol=tolerance, atol=tolerance, what=f"{backend} output")
-
-    gradients = deform_conv2d_backward(moved["grad_output"], *forward_args(moved, case), backend=backend)
-    expected = deform_conv2d_backward(exact["grad_output"], *forward_args(exact, case), backend="reference")
-    assert_gradients_match(backend, GRADIENT_NAMES, gradients, expected, case["dtype"], tolerance)
+    params = {k: case[k] for k in ("stride", "padding", "dilation")}
+    assert_op_matches_reference(backend, deform_conv2d, deform_conv2d_backward, make_arrays(case),
+                                params, GRADIENT_NAMES, TOLERANCE[case["dtype"]])
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

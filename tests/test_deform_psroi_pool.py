@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from dcn_numba import deform_psroi_pool, deform_psroi_pool_backward
 from dcn_numba.gradcheck import assert_close, check_gradients
 from roi_helpers import linear_image, random_rois, tent
-from helpers import BACKENDS, KERNEL_BACKENDS, to_backend, to_numpy, assert_gradients_match
+from helpers import BACKENDS, KERNEL_BACKENDS, to_backend, to_numpy, assert_op_matches_reference
 
 TOLERANCE = {np.float64: 1e-10, np.float32: 2e-4}
 
@@ -253,23 +253,8 @@ def parameters(case):
 
 def assert_matches_reference(backend, case):
     """Forward and both gradients of `backend` against the reference computed in float64."""
-    arrays = make_arrays(case)
-    exact = {name: None if a is None else a.astype(np.float64) for name, a in arrays.items()}
-    moved = {name: to_backend(backend, a) for name, a in arrays.items()}
-    params = parameters(case)
-    tolerance = TOLERANCE[case["dtype"]]
-
-    output = deform_psroi_pool(moved["input"], moved["rois"], moved["trans"], **params, backend=backend)
-    expected = deform_psroi_pool(exact["input"], exact["rois"], exact["trans"], **params,
-                                 backend="reference")
-    assert output.dtype == case["dtype"]
-    assert_close(to_numpy(output), expected, rtol=tolerance, atol=tolerance, what=f"{backend} output")
-
-    gradients = deform_psroi_pool_backward(moved["grad_output"], moved["input"], moved["rois"],
-                                           moved["trans"], **params, backend=backend)
-    expected = deform_psroi_pool_backward(exact["grad_output"], exact["input"], exact["rois"],
-                                          exact["trans"], **params, backend="reference")
-    assert_gradients_match(backend, ["grad_input", "grad_trans"], gradients, expected, case["dtype"], tolerance)
+    assert_op_matches_reference(backend, deform_psroi_pool, deform_psroi_pool_backward, make_arrays(case),
+                                parameters(case), ["grad_input", "grad_trans"], TOLERANCE[case["dtype"]])
 
 
 @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

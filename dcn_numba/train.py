@@ -56,8 +56,9 @@ VARIANTS = {
     "dilated2": dict(dilation=2),
     "dilated3": dict(dilation=3),
 }
-# A 28-pixel MNIST image scaled by 2 about its centre spans 56 pixels, but its ink (at most about
-# 20 pixels across, centred by mass) spans at most about 40: a 48-pixel canvas holds it.
+# A 28-pixel MNIST image scaled by 2 about its centre spans 56 pixels, but its ink (about 20
+# pixels across, centred by mass) about 40: a 48-pixel canvas holds nearly all of it (the scales
+# table states how much falls off at the largest factor).
 CANVAS_SIZE = 48
 SCALE_RANGE = (0.5, 2.0)
 TEST_FACTORS = (0.5, 0.6, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)

@@ -50,32 +50,37 @@ def panel_units(net, images, kinds):
     return np.stack([chosen[kind][b] for b, kind in enumerate(kinds)])
 
 
+def draw_sampling_points(axes, net, images, kinds, device):
+    """Draw, on one row of axes, each panel's digit, its unit (green cross) and the 9, 81 and 729
+    points (navy, orange, red; darker where several coincide) that the unit reads through the
+    third, second and first layer of `net`, in image pixels. Returns the points per panel, first
+    layer first."""
+    units = panel_units(net, images, kinds)
+    traces = unit_traces(net, images, units, device)
+    for ax, image, unit, (levels, _) in zip(axes, images, units, traces):
+        ax.imshow(image[0], cmap="gray_r", vmin=0, vmax=1)
+        for level, style in LEVEL_STYLES:
+            ax.scatter(levels[level - 1][:, 1], levels[level - 1][:, 0], linewidths=0, **style)
+        centre = feature_to_image(unit, net.deform_layers_input_stride)
+        ax.scatter([centre[1]], [centre[0]], s=80, c="limegreen", marker="+", linewidths=2)
+        ax.set_xlim(-0.5, image.shape[-1] - 0.5)
+        ax.set_ylim(image.shape[-2] - 0.5, -0.5)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return [levels for levels, _ in traces]
+
+
 def plot_sampling_locations(nets, digits, device, path):
-    """Write the figure for the nets `nets` ({name: MnistNet}), one row per net, three panels
-    (`figure_panels`) per row. The green cross is the unit; navy, orange and red dots are the 9,
-    81 and 729 points that it reads through the third, second and first layer, in image pixels,
-    darker where several coincide."""
+    """Write the figure for the nets `nets` ({name: MnistNet}): one row per net
+    (`draw_sampling_points`), three panels (`figure_panels`) per row."""
     titles, images, kinds = figure_panels(digits)
     figure = Figure(figsize=(2.6 * len(images), 2.7 * len(nets)), layout="constrained")
     axes = figure.subplots(len(nets), len(images), squeeze=False)
     for row, (name, net) in enumerate(nets.items()):
-        units = panel_units(net, images, kinds)
-        traces = unit_traces(net, images, units, device)
-        for column, (image, (levels, _)) in enumerate(zip(images, traces)):
-            ax = axes[row, column]
-            ax.imshow(image[0], cmap="gray_r", vmin=0, vmax=1)
-            for level, style in LEVEL_STYLES:
-                points = levels[level - 1]
-                ax.scatter(points[:, 1], points[:, 0], linewidths=0, **style)
-            unit = feature_to_image(units[column], net.deform_layers_input_stride)
-            ax.scatter([unit[1]], [unit[0]], s=80, c="limegreen", marker="+", linewidths=2)
-            ax.set_xlim(-0.5, image.shape[-1] - 0.5)
-            ax.set_ylim(image.shape[-2] - 0.5, -0.5)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(titles[column], fontsize=9)
+        draw_sampling_points(axes[row], net, images, kinds, device)
         axes[row, 0].set_ylabel(name, fontsize=9)
+    for ax, title in zip(axes[0], titles):
+        ax.set_title(title, fontsize=9)
     figure.suptitle("Sampling points of three stacked 3×3 layers (9, 81 and 729) for one unit")
     figure.savefig(path, dpi=110)
 

@@ -5,6 +5,8 @@ import io
 import pathlib
 import re
 
+import pytest
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -19,10 +21,20 @@ def test_readme_example_prints_what_it_claims():
     assert printed.getvalue() == expected
 
 
-def test_readme_embeds_the_measured_mnist_table():
-    """The README's results block is docs/results_mnist.md as the experiment command wrote it."""
-    measured = (README.parent / "docs" / "results_mnist.md").read_text().split("\n", 1)[1].strip()
+RESULTS = sorted((README.parent / "docs").glob("results_*.md"))
+
+
+@pytest.mark.parametrize("results", RESULTS, ids=lambda path: path.name)
+def test_readme_embeds_every_measured_table(results):
+    """Each README results block is its docs/results_*.md as the experiment command wrote it
+    (figure links re-rooted at the README)."""
+    measured = results.read_text().split("\n", 1)[1].strip().replace("](", "](docs/")
     text = README.read_text()
-    block = re.search(r"<!-- BEGIN docs/results_mnist.md -->\n(.*?)\n<!-- END docs/results_mnist.md -->", text, re.S)
-    assert block, "README.md should embed docs/results_mnist.md between BEGIN/END markers"
+    name = f"docs/{results.name}"
+    block = re.search(rf"<!-- BEGIN {name} -->\n(.*?)\n<!-- END {name} -->", text, re.S)
+    assert block, f"README.md should embed {name} between BEGIN/END markers"
     assert block.group(1).strip() == measured
+
+
+def test_the_main_table_is_there():
+    assert "results_mnist.md" in [path.name for path in RESULTS]

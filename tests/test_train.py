@@ -203,13 +203,21 @@ def test_scales_table_reports_mean_spread_and_seed_by_seed_gain():
                                       1: fake_metrics(0.99, [0.92, 0.99, 0.93], [8, 8, 8])}
         runs[(setting, "deformable")] = {0: fake_metrics(0.98, [0.91, 0.98, 0.99], [8, 9, 10]),
                                          1: fake_metrics(0.98, [0.95, 0.98, 0.97], [8, 9, 11])}
-    table = experiment.scales_table(runs, "python -m dcn_numba.experiment scales --seeds 0 1")
+    blocks = np.zeros((2, 1, 28, 28), dtype=np.float32)
+    blocks[0, 0, 10:18, 10:18] = 1.0  # stays on the canvas at ×2
+    blocks[1, 0, 10:18, 0:4] = 1.0  # about its left half falls off at ×2
+    table = experiment.scales_table(runs, "python -m dcn_numba.experiment scales --seeds 0 1",
+                                    Digits(blocks, np.array([0, 1])))
     assert "`python -m dcn_numba.experiment scales --seeds 0 1`" in table
     # mean 98.0, sample standard deviation √2·1.0 ≈ 1.4; at ×0.5 91.0 ± 1.4.
     assert "| regular | 98.0 ± 1.4 | 91.0 ± 1.4 | 98.0 ± 1.4 | 94.0 ± 1.4 |" in table
     # Gains seed by seed: test +1, −1 → 0.0 ± 1.4; ×0.5: +1, +3 → 2.0 ± 1.4; ×2.0: +4, +4 → 4.0 ± 0.0.
     assert "| gain (points) | 0.0 ± 1.4 | 2.0 ± 1.4 | 0.0 ± 1.4 | 4.0 ± 0.0 |" in table
     assert table.count("| gain (points) |") == 2
+    cut = experiment.ink_cut_off(Digits(blocks, np.array([0, 1])), 2.0)
+    assert cut[0] == pytest.approx(0.0, abs=1e-6)
+    assert 0.2 < cut[1] < 0.6
+    assert f"cuts off {100 * cut.mean():.2f}% of a test digit's ink on average (50.0% of the digits" in table
 
 
 def test_ablation_and_receptive_field_tables():

@@ -9,11 +9,13 @@ padding of a convolution and the zeros a deformable layer samples outside the im
 background), labels (N,) int64.
 
 The transforms scale, rotate and translate whole batches at once, one affine map per digit, drawn
-from a seeded generator: the same seed always gives the same digits. They are how the "scaled
-MNIST" test of deformable networks is made: digits whose size the network never saw in training.
+from a seeded generator: the same seed always gives the same digits. `scaled_digits` makes the
+scaled-MNIST experiment's digits: each one scaled about the image centre onto a larger canvas, by
+a fixed factor or by one drawn from a range, where factor 1 returns the digit unchanged (padded).
 """
 
 import gzip
+import zlib
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -21,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 ENVIRONMENT_VARIABLE = "DCN_NUMBA_MNIST"
+CLASSES = 10
 EMBEDDED_TEST_EVERY = 5  # every fifth digit of each class is a test digit: 4,000 train, 1,000 test
 
 # IDX type codes (third byte of the magic number) and the big-endian dtype each one stores.
@@ -61,7 +64,10 @@ def read_idx(path):
     """
     raw = Path(path).read_bytes()
     if raw[:2] == GZIP_MAGIC:
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as error:
+            raise ValueError(f"{path} is a damaged gzip file ({error}); expected a gzipped IDX file") from None
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in IDX_DTYPES:
         raise ValueError(
             f"{path} is not an IDX file: its magic number is {raw[:4].hex() or 'missing'}, "
@@ -70,6 +76,9 @@ def read_idx(path):
         )
     dtype, ndim = IDX_DTYPES[raw[2]], raw[3]
     header_size = 4 + 4 * ndim
+    if len(raw) < header_size:
+        raise ValueError(f"{path} holds {len(raw)} bytes, fewer than the {header_size} of the header "
+                         f"of an IDX array of {ndim} dimensions (is the file truncated?)")
     shape = tuple(int(n) for n in np.frombuffer(raw[4:header_size], dtype=">u4"))
     expected_size = header_size + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(shape) != ndim or len(raw) != expected_size:
@@ -92,13 +101,19 @@ def _find_idx_file(folder, name):
     )
 
 
-def _digits_from_idx(images, labels, source):
-    """Digits from the raw uint8 arrays of an IDX image file (N, H, W) and label file (N,)."""
+def _digits_from_idx(images, labels, image_file, label_file):
+    """Digits from the raw arrays of an IDX image file (N, H, W) and label file (N,), both uint8,
+    the labels digits 0–9."""
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise ValueError(
-            f"{source}: images have shape {images.shape} and labels {labels.shape}, "
-            "expected (N, H, W) and (N,) with the same N"
+            f"{image_file} holds images of shape {images.shape} and {label_file} labels of shape "
+            f"{labels.shape}, expected (N, H, W) and (N,) with the same N"
         )
+    for path, array in ((image_file, images), (label_file, labels)):
+        if array.dtype != np.uint8:
+            raise ValueError(f"{path} holds {array.dtype} values, expected unsigned bytes (IDX type 0x08)")
+    if labels.size and labels.max() >= CLASSES:
+        raise ValueError(f"{label_file} holds the label {labels.max()}, expected digits 0 to {CLASSES - 1}")
     return Digits(
         (images[:, None] / np.float32(255)).astype(np.float32), labels.astype(np.int64)
     )
@@ -113,7 +128,7 @@ def load_idx_folder(folder):
     for part, (image_name, label_name) in IDX_FILES.items():
         image_file = _find_idx_file(folder, image_name)
         label_file = _find_idx_file(folder, label_name)
-        parts[part] = _digits_from_idx(read_idx(image_file), read_idx(label_file), image_file)
+        parts[part] = _digits_from_idx(read_idx(image_file), read_idx(label_file), image_file, label_file)
     return Mnist(**parts)
 
 
@@ -280,6 +295,42 @@ def random_transform(images, seed, scale=(1.0, 1.0), max_rotation=0.0, translate
     return affine_transform(images, affine, canvas_size)
 
 
-def scaled_digits(digits, seed, scale):
-    """The same digits, each scaled by a factor uniform in `scale` about the centre of its ink."""
-    return Digits(random_transform(digits.images, seed, scale=scale), digits.labels)
+def scale_about_centre(images, factors, canvas_size=None):
+    """Each image of (B, 1, H, W) scaled by factors[b] about its centre, on an S×S canvas.
+
+    The image centre ((H − 1)/2, (W − 1)/2) lands at the canvas centre ((S − 1)/2, (S − 1)/2),
+    moved by at most half a pixel so that the two differ by whole pixels: then factor 1 reads
+    every input pixel centre exactly and returns the image unchanged, padded with zeros (or
+    cropped) onto the canvas. S = canvas_size, default H.
+    """
+    batch, _, height, width = images.shape
+    size = height if canvas_size is None else int(canvas_size)
+    factors = np.broadcast_to(np.asarray(factors, dtype=np.float64), (batch,))
+    if size < 1 or not np.all(np.isfinite(factors) & (factors > 0)):
+        raise ValueError(f"scale_about_centre: canvas_size must be >= 1 and every factor finite and "
+                         f"> 0, got canvas_size {size} and factors in [{factors.min()}, {factors.max()}]")
+    centre = np.array([(height - 1) / 2, (width - 1) / 2])
+    gap = (size - 1) / 2 - centre  # from the image centre to the canvas centre
+    shift = np.floor(gap) - gap  # 0, or −1/2 along an axis where the gap is a half pixel
+    affine = Affine(factors, np.zeros(batch), np.tile(shift, (batch, 1)), np.tile(centre, (batch, 1)))
+    return affine_transform(images, affine, size)
+
+
+def scale_factors(count, scale, seed):
+    """`count` scale factors: all equal to `scale` when it is a number, else uniform in the range
+    `scale` = (low, high), drawn from `seed`."""
+    if np.ndim(scale) == 0:
+        return np.full(count, float(scale))
+    low, high = scale
+    if not 0 < low <= high:
+        raise ValueError(f"scale must be a factor > 0 or a range (low, high) with 0 < low <= high, "
+                         f"got {tuple(scale)!r}")
+    return np.random.default_rng(seed).uniform(low, high, size=count)
+
+
+def scaled_digits(digits, scale, seed=0, canvas_size=None):
+    """The same digits, each scaled about the image centre (`scale_about_centre`) onto an S×S
+    canvas, by the factor `scale` or by a factor uniform in the range `scale` = (low, high)
+    drawn from `seed`. Factor 1 returns the digits unchanged on the canvas."""
+    factors = scale_factors(len(digits.labels), scale, seed)
+    return Digits(scale_about_centre(digits.images, factors, canvas_size), digits.labels)

@@ -40,22 +40,39 @@ def sampling_locations(offset, kernel_size, stride=1, padding=0, dilation=1):
     return grid.astype(offset.dtype) + deltas
 
 
-def trace_back(locations, batch_index, y, x, group=0):
-    """The points of the first layer's input that output (y, x) of the last of a stack of
-    deformable layers reads, through every layer: the paper's picture of 9³ = 729 points for
-    three 3×3 layers.
+def trace_back_levels(locations, batch_index, y, x, group=0):
+    """Which samples of each layer of a stack of deformable layers output (y, x) of the last one
+    depends on: the paper's picture of 9, 81 and 729 points for three 3×3 layers.
 
     `locations` holds, first layer first, the `sampling_locations` arrays (B, G_off, K, H_out,
     W_out, 2) of layers that feed each other (each layer's output is the next one's input). From
     the last layer down, every point is rounded to the nearest output position of the layer below
-    (and clipped into its map) and replaced by the K points that position samples. Returns
-    (K^L, 2) (y, x) coordinates on the first layer's input.
+    (and clipped into its map) and replaced by the K points that position samples. Returns, first
+    layer first, one (taps, rows, columns) triple of index arrays (K^(L−l),) per layer l: the
+    samples taps[n] of output positions (rows[n], columns[n]) of that layer.
     """
+    levels = []
     points = np.array([[y, x]])
     for layer in reversed(locations):
         taps = layer[batch_index, group]
-        H_out, W_out = taps.shape[1:3]
-        rows = np.clip(np.rint(points[:, 0]).astype(int), 0, H_out - 1)
-        columns = np.clip(np.rint(points[:, 1]).astype(int), 0, W_out - 1)
-        points = taps[:, rows, columns].transpose(1, 0, 2).reshape(-1, 2)
-    return points
+        K, H_out, W_out = taps.shape[:3]
+        rows = np.repeat(np.clip(np.rint(points[:, 0]).astype(int), 0, H_out - 1), K)
+        columns = np.repeat(np.clip(np.rint(points[:, 1]).astype(int), 0, W_out - 1), K)
+        tap = np.tile(np.arange(K), len(points))
+        levels.append((tap, rows, columns))
+        points = taps[tap, rows, columns]
+    return levels[::-1]
+
+
+def level_points(locations, levels, batch_index, group=0):
+    """The (y, x) sampling points (n, 2) of each level of `trace_back_levels`, first layer first,
+    each in the coordinates of its layer's input."""
+    return [layer[batch_index, group][taps, rows, columns]
+            for layer, (taps, rows, columns) in zip(locations, levels)]
+
+
+def trace_back(locations, batch_index, y, x, group=0):
+    """The K^L points (K^L, 2) of the first layer's input that output (y, x) of the last of a
+    stack of L deformable layers reads, through every layer (`trace_back_levels`)."""
+    levels = trace_back_levels(locations, batch_index, y, x, group)
+    return level_points(locations, levels[:1], batch_index, group)[0]

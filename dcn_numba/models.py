@@ -8,53 +8,74 @@ from .nn import (BatchNorm2d, Conv2d, DeformConv2d, DeformPSRoIPool, DeformRoIPo
                  MaxPool2d, Module)
 
 
-def conv3x3(in_channels, out_channels, deformable, modulated, rng):
-    """A 3×3, padding-1 convolution without bias (a BatchNorm follows): deformable or not."""
+def conv3x3(in_channels, out_channels, deformable, modulated, dilation, rng):
+    """A 3×3 convolution without bias (a BatchNorm follows) that keeps the map size (padding =
+    dilation): deformable or not."""
+    geometry = dict(padding=dilation, dilation=dilation, bias=False, rng=rng)
     if deformable:
-        return DeformConv2d(in_channels, out_channels, 3, padding=1, bias=False,
-                            modulated=modulated, rng=rng)
-    return Conv2d(in_channels, out_channels, 3, padding=1, bias=False, rng=rng)
+        return DeformConv2d(in_channels, out_channels, 3, modulated=modulated, **geometry)
+    return Conv2d(in_channels, out_channels, 3, **geometry)
 
 
 class MnistNet(Module):
-    """An MNIST CNN whose last three 3×3 convolutions are deformable in the deformable variant.
+    """An MNIST CNN whose last three 3×3 convolutions can be deformable, or dilated.
 
-        conv 3×3 (1 → C1) · BN · ReLU · max-pool 2×2           28×28 → 14×14
-        3 × [conv 3×3 (→ C2) · BN · ReLU]                      the `deform_layers`, at 14×14
-        adaptive average pool to 7×7 · linear (C2·7·7 → 10)   2×2 average pooling at 28×28
+        conv 3×3 (1 → C1) · BN · ReLU · max-pool 2×2        48×48 → 24×24
+        conv 3×3 (C1 → C2) · BN · ReLU · max-pool 2×2       24×24 → 12×12
+        3 × [conv 3×3 (→ C2) · BN · ReLU]                   the `deform_layers`, at 12×12
+        adaptive average pool to 6×6 · linear (C2·6·6 → 10)
 
-    The two variants share this definition and differ only by the offset (and, if modulated,
-    mask) branches of the three `deform_layers`, which are consecutive, so that a sampling point
-    of the last one can be traced back through all three (`locations.trace_back`); they work on
-    a map of stride `deform_layers_input_stride` = 2 input pixels. Input (B, 1, H, W), any size
-    at least 2×2 (28×28 for MNIST); output (B, 10) logits. The linear head reads a 7×7 map rather
-    than a global average, which makes the few-epoch training of the toy experiment converge
-    faster. With the same seed both variants draw the same weights, and since the offset branches
-    start at zero, the deformable variant starts out computing exactly what the regular one does.
+    (sizes for the 48×48 canvas of the scaled-digits experiment; any input of at least 4×4
+    works). The `deform_layers` are three consecutive layers on a map of stride
+    `deform_layers_input_stride` = 4 input pixels, as in the paper, where they sit in the last,
+    coarsest stage; a sampling point of the last one can be traced back through all three
+    (`locations.trace_back`). With `deformable`, the last `deformable_layers` of them (1, 2 or 3)
+    are deformable convolutions (modulated ones, DCNv2, with `modulated`); the others, and all
+    three of the regular net, are ordinary convolutions of dilation `dilation` (the atrous
+    baseline for dilation > 1). With the same seed all variants draw the same weights, and since
+    the offset branches start at zero, a deformable variant starts out computing exactly what the
+    regular one does. Input (B, 1, H, W); output (B, 10) logits.
     """
 
-    deform_layers_input_stride = 2
-    head_size = 7
+    deform_layers_input_stride = 4
+    head_size = 6
 
-    def __init__(self, deformable=False, modulated=False, seed=0, channels=(16, 32), classes=10):
+    def __init__(self, deformable=False, modulated=False, deformable_layers=3, dilation=1, seed=0,
+                 channels=(16, 32), classes=10):
+        if deformable and deformable_layers not in (1, 2, 3):
+            raise ValueError(f"MnistNet: deformable_layers must be 1, 2 or 3, got {deformable_layers!r}")
+        if deformable and dilation != 1:
+            raise ValueError(f"MnistNet: dilation must be 1 in a deformable net, got {dilation!r}")
         rng = np.random.default_rng(seed)
         first, width = channels
         self.deformable, self.modulated = deformable, modulated
         self.stem = Conv2d(1, first, 3, padding=1, bias=False, rng=rng)
         self.stem_norm = BatchNorm2d(first)
+        self.stem2 = Conv2d(first, width, 3, padding=1, bias=False, rng=rng)
+        self.stem2_norm = BatchNorm2d(width)
         self.pool = MaxPool2d(2)
-        self.deform_layers = [conv3x3(c, width, deformable, modulated, rng)
-                              for c in (first, width, width)]
+        is_deformable = [deformable and index >= 3 - deformable_layers for index in range(3)]
+        self.deform_layers = [conv3x3(width, width, layer_is_deformable, modulated, dilation, rng)
+                              for layer_is_deformable in is_deformable]
         self.norms = [BatchNorm2d(width) for _ in self.deform_layers]
         self.classifier = Linear(width * self.head_size ** 2, classes, rng=rng)
 
-    def forward(self, images):
+    def trunk(self, images):
+        """The two stem stages: images (B, 1, H, W) → the input of the `deform_layers`."""
         if images.ndim != 4 or images.shape[1] != 1:
             raise ValueError(f"MnistNet: images must be (B, 1, H, W), got shape {tuple(images.shape)}")
         x = self.pool(F.relu(self.stem_norm(self.stem(images))))
+        return self.pool(F.relu(self.stem2_norm(self.stem2(x))))
+
+    def head(self, x):
+        """The output of the `deform_layers` → (B, classes) logits."""
+        return self.classifier(F.flatten(F.adaptive_avg_pool2d(x, self.head_size)))
+
+    def forward(self, images):
+        x = self.trunk(images)
         for conv, norm in zip(self.deform_layers, self.norms):
             x = F.relu(norm(conv(x)))
-        return self.classifier(F.flatten(F.adaptive_avg_pool2d(x, self.head_size)))
+        return self.head(x)
 
 
 class RoIClassifier(Module):

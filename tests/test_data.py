@@ -6,6 +6,8 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dcn_numba import data
 
@@ -49,6 +51,20 @@ def test_read_idx_rejects_a_truncated_file(tmp_path):
         data.read_idx(path)
 
 
+def test_read_idx_rejects_a_damaged_gzip_file(tmp_path):
+    path = write_idx(tmp_path / "cut.idx.gz", np.arange(200).reshape(10, 20), compress=True)
+    path.write_bytes(path.read_bytes()[:-12])
+    with pytest.raises(ValueError, match=r"cut.idx.gz is a damaged gzip file"):
+        data.read_idx(path)
+
+
+def test_read_idx_rejects_a_file_cut_inside_its_header(tmp_path):
+    path = tmp_path / "header.idx"
+    path.write_bytes(b"\x00\x00\x08\x03\x00\x00\x00\x02\x00")
+    with pytest.raises(ValueError, match="holds 9 bytes, fewer than the 16 of the header"):
+        data.read_idx(path)
+
+
 def fake_mnist_folder(folder, compress):
     """The four standard IDX files holding a few random 'digits' of 5×6 pixels."""
     rng = np.random.default_rng(0)
@@ -79,6 +95,25 @@ def test_environment_variable_points_to_the_idx_folder(tmp_path, monkeypatch):
     written = fake_mnist_folder(tmp_path, compress=True)
     monkeypatch.setenv(data.ENVIRONMENT_VARIABLE, str(tmp_path))
     np.testing.assert_array_equal(data.load_mnist().test.labels, written["test"][1])
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("label 10", r"t10k-labels-idx1-ubyte holds the label 10, expected digits 0 to 9"),
+    ("count", r"t10k-images-idx3-ubyte holds images of shape \(3, 5, 6\) and .*t10k-labels-idx1-ubyte "
+              r"labels of shape \(2,\)"),
+    ("dtype", r"t10k-images-idx3-ubyte holds int16 values, expected unsigned bytes"),
+])
+def test_bad_folders_name_the_file(tmp_path, damage, message):
+    fake_mnist_folder(tmp_path, compress=False)
+    labels = tmp_path / data.IDX_FILES["test"][1]
+    if damage == "label 10":
+        write_idx(labels, np.array([1, 10, 2]))
+    elif damage == "count":
+        write_idx(labels, np.array([1, 2]))
+    else:
+        write_idx(tmp_path / data.IDX_FILES["test"][0], np.zeros((3, 5, 6)), type_code=0x0B)
+    with pytest.raises(ValueError, match=message):
+        data.load_mnist(tmp_path)
 
 
 def test_a_missing_idx_file_is_named(tmp_path):
@@ -181,15 +216,75 @@ def test_whole_pixel_shifts_move_digits_without_resampling(some_digits):
     np.testing.assert_allclose(moved.sum(axis=(1, 2, 3)), some_digits.sum(axis=(1, 2, 3)), rtol=1e-5)
 
 
-def test_scaled_digits_change_the_size_of_the_ink(some_digits):
+def test_factor_one_returns_the_digits_unchanged_on_the_canvas(embedded):
+    digits = embedded.test
+    on_canvas = data.scaled_digits(digits, 1.0, canvas_size=48)
+    assert on_canvas.images.shape == (1000, 1, 48, 48)
+    # The 28×28 image sits 10 pixels in from every side, read exactly: not one pixel changes.
+    np.testing.assert_array_equal(on_canvas.images[:, :, 10:38, 10:38], digits.images)
+    assert on_canvas.images.sum() == digits.images.sum()
+    np.testing.assert_array_equal(on_canvas.labels, digits.labels)
+    np.testing.assert_array_equal(data.scaled_digits(digits, 1.0).images, digits.images)
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 9), st.integers(0, 7))
+def test_factor_one_is_the_identity_for_any_image_and_canvas_size(height, width, margin):
+    """Odd and even gaps alike: the image centre lands at most half a pixel from the canvas
+    centre, on whole pixels."""
+    rng = np.random.default_rng(height * 100 + width * 10 + margin)
+    images = rng.random((2, 1, height, width)).astype(np.float32)
+    size = max(height, width) + margin
+    canvas = data.scale_about_centre(images, 1.0, size)
+    top, left = int(np.floor((size - height) / 2)), int(np.floor((size - width) / 2))
+    np.testing.assert_array_equal(canvas[:, :, top:top + height, left:left + width], images)
+    assert canvas.sum() == pytest.approx(images.sum(), rel=1e-6)
+
+
+@pytest.mark.parametrize("factor", [0.5, 1.25, 2.0])
+def test_scaling_about_the_centre_scales_ink_and_its_distance_from_the_centre(some_digits, factor):
     labels = np.arange(len(some_digits))
-    small = data.scaled_digits(data.Digits(some_digits, labels), seed=0, scale=(0.5, 0.5))
-    large = data.scaled_digits(data.Digits(some_digits, labels), seed=0, scale=(1.25, 1.25))
-    np.testing.assert_array_equal(small.labels, labels)
+    scaled = data.scaled_digits(data.Digits(some_digits, labels), factor, canvas_size=60)
+    np.testing.assert_array_equal(scaled.labels, labels)
+    # Bilinear resampling keeps ink ≈ factor² · ink (ink spreads or shrinks with the area).
     ink = some_digits.sum(axis=(1, 2, 3))
-    # Bilinear resampling keeps ink ≈ scale² · ink (ink spreads or shrinks with the area).
-    np.testing.assert_allclose(small.images.sum(axis=(1, 2, 3)) / ink, 0.25, rtol=0.1)
-    np.testing.assert_allclose(large.images.sum(axis=(1, 2, 3)) / ink, 1.5625, rtol=0.1)
+    np.testing.assert_allclose(scaled.images.sum(axis=(1, 2, 3)) / ink, factor ** 2, rtol=0.1)
+    # The ink's centre of mass keeps its direction from the centre, its distance × factor.
+    before = centre_of_mass(some_digits) - 13.5
+    after = centre_of_mass(scaled.images) - 29.5
+    np.testing.assert_allclose(after, factor * before, atol=0.3)
+
+
+def centre_of_mass(images):
+    ink = images[:, 0].astype(np.float64)
+    total = ink.sum(axis=(1, 2))
+    return np.stack([ink.sum(axis=2) @ np.arange(ink.shape[1]), ink.sum(axis=1) @ np.arange(ink.shape[2])],
+                    axis=1) / total[:, None]
+
+
+def test_random_factors_come_from_the_range_and_the_seed():
+    factors = data.scale_factors(500, (0.5, 2.0), seed=4)
+    assert factors.min() >= 0.5
+    assert factors.max() <= 2.0
+    assert factors.max() - factors.min() > 1.4
+    np.testing.assert_array_equal(factors, data.scale_factors(500, (0.5, 2.0), seed=4))
+    np.testing.assert_array_equal(data.scale_factors(3, 1.5, seed=4), [1.5, 1.5, 1.5])
+
+
+@pytest.mark.parametrize("scale, message", [
+    ((2.0, 0.5), r"range \(low, high\) with 0 < low <= high, got \(2.0, 0.5\)"),
+    ((0.0, 1.0), r"got \(0.0, 1.0\)"),
+])
+def test_bad_scale_ranges_are_named(scale, message):
+    with pytest.raises(ValueError, match=message):
+        data.scale_factors(4, scale, seed=0)
+
+
+def test_bad_factors_and_canvas_are_named(some_digits):
+    with pytest.raises(ValueError, match=r"every factor finite and > 0, got canvas_size 48 and factors in \[nan"):
+        data.scale_about_centre(some_digits, np.nan, 48)
+    with pytest.raises(ValueError, match="canvas_size must be >= 1"):
+        data.scale_about_centre(some_digits, 1.0, 0)
 
 
 @pytest.mark.parametrize("options, message", [

@@ -136,10 +136,10 @@ def training_losses(model, images, labels, steps, lr=0.05, rois=()):
 @pytest.mark.parametrize("deformable", [False, True])
 def test_a_few_training_steps_reduce_the_loss(deformable):
     rng = np.random.default_rng(12)
-    images = rng.random((16, 1, 12, 12), dtype=np.float32)
+    images = rng.random((16, 1, 16, 16), dtype=np.float32)
     labels = rng.integers(0, 10, 16)
     losses = training_losses(MnistNet(deformable=deformable, seed=1, channels=(4, 8)), images,
-                             labels, steps=15, lr=0.1)
+                             labels, steps=15, lr=0.05)
     assert losses[-1] < 0.7 * losses[0], losses
 
 
@@ -165,7 +165,7 @@ def test_saved_model_reloads_to_identical_outputs(tmp_path):
 def test_variants_differ_only_by_the_offset_branches():
     regular, deformable = MnistNet(), MnistNet(deformable=True)
     modulated = MnistNet(deformable=True, modulated=True)
-    widths = [(16, 32), (32, 32), (32, 32)]  # (C_in, C_out) of the three deform_layers
+    widths = [(32, 32), (32, 32), (32, 32)]  # (C_in, C_out) of the three deform_layers
     offsets = sum(18 * c_in * 9 + 18 for c_in, _ in widths)
     masks = sum(9 * c_in * 9 + 9 for c_in, _ in widths)
     assert deformable.num_parameters() - regular.num_parameters() == offsets
@@ -186,19 +186,48 @@ def test_both_variants_start_from_the_same_function():
             assert_close(deformable, regular, rtol=1e-4, atol=1e-4)
 
 
-def test_deform_layers_work_on_the_stride_two_map_of_a_digit():
+def test_deform_layers_work_on_the_stride_four_map_of_the_canvas():
     net = MnistNet(deformable=True, seed=0)
     with no_grad():
-        logits = net(Tensor(np.zeros((2, 1, 28, 28), dtype=np.float32)))
-    assert logits.shape == (2, 10) and logits.dtype == np.float32
-    assert net.deform_layers_input_stride == 2
+        logits = net(Tensor(np.zeros((2, 1, 48, 48), dtype=np.float32)))
+    assert logits.shape == (2, 10)
+    assert logits.dtype == np.float32
+    assert net.deform_layers_input_stride == 4
     for layer in net.deform_layers:
-        assert layer.sampling_locations().shape == (2, 1, 9, 14, 14, 2)
-        assert layer.last_offset.shape == (2, 18, 14, 14)
+        assert layer.sampling_locations().shape == (2, 1, 9, 12, 12, 2)
+        assert layer.last_offset.shape == (2, 18, 12, 12)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_the_last_deformable_layers_are_deformable(count):
+    net = MnistNet(deformable=True, deformable_layers=count)
+    kinds = [type(layer) for layer in net.deform_layers]
+    assert kinds == [Conv2d] * (3 - count) + [DeformConv2d] * count
+    # The same seed draws the same main weights whichever layers are deformable.
+    for layer, full in zip(net.deform_layers, MnistNet(deformable=True).deform_layers):
+        np.testing.assert_array_equal(layer.weight.data, full.weight.data)
+
+
+@pytest.mark.parametrize("dilation", [2, 3])
+def test_dilated_variant_keeps_the_map_size_and_spreads_its_taps(dilation):
+    net = MnistNet(dilation=dilation)
+    with no_grad():
+        net(Tensor(np.zeros((1, 1, 48, 48), dtype=np.float32)))
+    for layer in net.deform_layers:
+        locations = layer.sampling_locations()
+        assert locations.shape == (1, 1, 9, 12, 12, 2)
+        # Tap 0 of output (5, 5) reads (5 − d, 5 − d); tap 8 reads (5 + d, 5 + d).
+        np.testing.assert_array_equal(locations[0, 0, 0, 5, 5], (5 - dilation, 5 - dilation))
+        np.testing.assert_array_equal(locations[0, 0, 8, 5, 5], (5 + dilation, 5 + dilation))
+    assert net.num_parameters() == MnistNet().num_parameters()
 
 
 def test_models_reject_bad_input():
     with pytest.raises(ValueError, match=r"MnistNet: images must be \(B, 1, H, W\), got shape \(2, 3, 28, 28\)"):
         MnistNet()(Tensor(np.zeros((2, 3, 28, 28), dtype=np.float32)))
+    with pytest.raises(ValueError, match="deformable_layers must be 1, 2 or 3, got 4"):
+        MnistNet(deformable=True, deformable_layers=4)
+    with pytest.raises(ValueError, match="dilation must be 1 in a deformable net, got 2"):
+        MnistNet(deformable=True, dilation=2)
     with pytest.raises(ValueError, match=r"pooling must be 'roi' or 'psroi', got 'max'"):
         RoIClassifier("max")

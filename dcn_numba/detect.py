@@ -37,7 +37,7 @@ from .speed.runtime import keep_freed_memory
 from .data import load_mnist
 from .detector import Detector, anchor_grid, batch_rois, detect, detection_loss, sample_rois
 from .evaluation import detection_metrics
-from .experiment import percent
+from .experiment import with_seeds
 from .optim import Adam, CosineSchedule
 
 VARIANTS = {
@@ -227,7 +227,7 @@ def markdown_table(runs, command):
     def cell(variant, key):
         if variant not in first:
             return "–"
-        return percent([metrics[variant][key] for metrics in runs.values()])
+        return with_seeds([metrics[variant][key] for metrics in runs.values()])
 
     lines = [
         "<!-- Written by dcn_numba.detect; do not edit by hand: rerun the command below. -->",

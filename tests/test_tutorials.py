@@ -42,9 +42,6 @@ import exercises  # noqa: E402  (the tutorials' own helper module, found in tuto
 # run of notebook 7, and Numba's first compilation of a parallel kernel takes tens of seconds.
 CELL_TIMEOUT_S = 240
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
-# Notebooks whose owners adopt the exercise, import-order and progress-bar conventions on their
-# own branch; strict, so that the marker must go as soon as a notebook follows them.
-ADOPTING = {"07_training_deformable_mnist": "notebook 7 adopts the conventions on its own branch"}
 
 
 def notebook_id(path):
@@ -53,12 +50,6 @@ def notebook_id(path):
 
 def load(source):
     return jupytext.read(source)
-
-
-def adopting(source):
-    """The conventions a notebook in ADOPTING does not follow yet are expected to fail, strictly."""
-    reason = ADOPTING.get(source.stem)
-    return [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
 
 
 def figure_cells(cells):
@@ -133,7 +124,7 @@ def code_of(source):
     return "\n".join(cell.source for cell in load(source).cells if cell.cell_type == "code")
 
 
-@pytest.mark.parametrize("source", [pytest.param(s, marks=adopting(s)) for s in SOURCES], ids=notebook_id)
+@pytest.mark.parametrize("source", SOURCES, ids=notebook_id)
 def test_exercises_have_solutions(source):
     """Every notebook has exercises; each is an @exercise function with a check right after it
     and a solution of the same name in tutorials/solutions/<notebook>.py."""
@@ -150,7 +141,7 @@ def test_exercises_have_solutions(source):
             f"{source.name}: exercise {name} is never checked (check({name}, ...))"
 
 
-@pytest.mark.parametrize("source", [pytest.param(s, marks=adopting(s)) for s in SOURCES], ids=notebook_id)
+@pytest.mark.parametrize("source", SOURCES, ids=notebook_id)
 def test_dcn_numba_is_imported_before_numpy(source):
     """dcn_numba sets the CPU runtime (BLAS threads) on import, which only counts before NumPy loads."""
     code = code_of(source)

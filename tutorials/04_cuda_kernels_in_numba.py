@@ -507,17 +507,18 @@ print("\n".join(line.strip() for line in col2im_ptx.splitlines() if "atom." in l
 
 # %% [markdown]
 # `atom.global.add.f32` is `cuda.atomic.add` on a float32 in global memory. PTX is not yet machine
-# code: `ptxas`, NVIDIA's assembler (shipped in the `nvidia-cuda-nvcc` wheel that numba-cuda's
-# cu12 extra installs), turns it into code for one GPU generation and, with `-v`, reports what each
+# code: `ptxas`, NVIDIA's assembler (shipped in the CUDA compiler wheel that the dev extra installs:
+# `nvidia/cu13/bin` for CUDA 13, `nvidia/cuda_nvcc/bin` for CUDA 12), turns it into code for one GPU generation and, with `-v`, reports what each
 # thread needs: **registers** and **spills**. Registers matter because an SM has a fixed register
 # file (64K 32-bit registers on sm_80 and sm_90): the more registers a thread uses, the fewer
 # threads can be resident to hide memory latency. Spills mean the compiler ran out of registers and
 # went to slow local memory.
 
 # %%
-import nvidia.cuda_nvcc
+import nvidia
 
-ptxas = Path(nvidia.cuda_nvcc.__path__[0]) / "bin" / "ptxas"
+ptxas = next(Path(root) / layout / "bin" / "ptxas" for layout in ("cu13", "cuda_nvcc")
+             for root in nvidia.__path__ if (Path(root) / layout / "bin" / "ptxas").is_file())
 ptxas_output, report = {}, {}
 for ptx_file in ptx_files:
     ptxas_output[ptx_file.stem] = subprocess.run(

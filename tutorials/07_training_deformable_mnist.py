@@ -41,7 +41,7 @@
 # run (the test suite does), whose numbers are then only a rough sketch.
 
 # %%
-import dcn_numba  # noqa: F401  (first: it sets how idle BLAS threads wait before NumPy loads OpenBLAS)
+import dcn_numba  # noqa: F401  (first, as in every notebook)
 
 import json
 import os
@@ -53,6 +53,11 @@ import numpy as np
 from dcn_numba import receptive_field, train, viz
 from dcn_numba.data import load_mnist, scaled_digits, subset
 from dcn_numba.models import MnistNet
+
+import exercises
+from exercises import check
+
+exercise = exercises.exercises_of("07_training_deformable_mnist")
 
 SMOKE = os.environ.get("DCN_NUMBA_TUTORIAL_SMOKE") == "1"
 RUN = Path("..") / "runs" / "latest"  # where `make train` writes, seen from tutorials/
@@ -230,6 +235,37 @@ assert np.allclose(grid_spreads[1:], 8.0), "a fixed grid of three 3×3 layers at
 # centre) is 8.00 px for both units on the digit, as printed and asserted above (a unit near the
 # canvas edge, where points are clipped into the map, can read less). Bottom: the deformable
 # network, whose points move where its offset branches send them.
+
+# %% [markdown]
+# ## Exercise 7.1: the spread of a set of points
+#
+# The one number this notebook measures a receptive field by is the spread σ of N points p_n with
+# weights w_n: their root-mean-square distance from their weighted centre p̄ = Σ w_n p_n / Σ w_n,
+#
+#     σ = sqrt( Σ_n w_n ‖p_n − p̄‖² / Σ_n w_n ).
+#
+# Write it, for points (N, 2) and weights (N,), or None for weights that are all 1.
+
+# %%
+@exercise
+def spread(points, weights=None):
+    """σ of points (N, 2) with weights (N,) (all 1 when None)."""
+    raise NotImplementedError("write the weighted root-mean-square distance from the weighted centre")
+
+
+def matches_receptive_field_spread(f):
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        points = rng.normal(0, 5, (int(rng.integers(1, 50)), 2))
+        weights = rng.random(len(points))
+        assert np.isclose(f(points, weights), receptive_field.spread(points, weights)), \
+            f"weighted spread {f(points, weights)}, expected {receptive_field.spread(points, weights)}"
+        assert np.isclose(f(points), receptive_field.spread(points)), "spread with weights None"
+    grid = np.stack(np.meshgrid(np.arange(3.0), np.arange(3.0)), axis=-1).reshape(-1, 2)
+    assert np.isclose(f(grid), np.sqrt(4 / 3)), "a 3 × 3 grid of unit spacing spreads by sqrt(4/3) px"
+
+
+check(spread, matches_receptive_field_spread)
 
 # %% [markdown]
 # ## Spread against size

@@ -1,4 +1,5 @@
-"""One training step (forward, backward, SGD update) of the MNIST nets at batch 64 on the CPU.
+"""One training step (forward, backward, SGD update) of the MNIST nets at batch 64 on the CPU, on
+the 48×48 canvases of the scaled-digits experiment.
 
     python benchmarks/bench_train_step.py
 
@@ -34,12 +35,13 @@ from dcn_numba.optim import SGD
 from timing import interleaved_best_times, machine_description, row
 
 BATCH = 64
+CANVAS_SIZE = 48  # the scaled-digits experiment's canvas (dcn_numba.train.CANVAS_SIZE)
 RTOL, ATOL = 1e-6, 1e-8  # the check runs in float64
 
 
 def batch(seed=0):
     rng = np.random.default_rng(seed)
-    return rng.random((BATCH, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, BATCH)
+    return rng.random((BATCH, 1, CANVAS_SIZE, CANVAS_SIZE), dtype=np.float32), rng.integers(0, 10, BATCH)
 
 
 def our_step(net, images, labels):
@@ -72,7 +74,7 @@ def torch_twin(net):
 
     def conv(ours):
         layer = torch.nn.Conv2d(*ours.weight.shape[1::-1], ours.kernel_size, padding=ours.padding,
-                                bias=ours.bias is not None)
+                                dilation=ours.dilation, bias=ours.bias is not None)
         layer.weight = tensor(ours.weight.data)
         if ours.bias is not None:
             layer.bias = tensor(ours.bias.data)
@@ -92,8 +94,10 @@ def torch_twin(net):
         def __init__(self):
             super().__init__()
             self.stem, self.stem_norm = conv(net.stem), norm(net.stem_norm)
+            self.stem2, self.stem2_norm = conv(net.stem2), norm(net.stem2_norm)
             self.deform_layers = torch.nn.ModuleList(
-                DeformLayer(layer) if net.deformable else conv(layer) for layer in net.deform_layers)
+                DeformLayer(layer) if hasattr(layer, "offset_conv") else conv(layer)
+                for layer in net.deform_layers)
             self.norms = torch.nn.ModuleList(norm(n) for n in net.norms)
             self.classifier = torch.nn.Linear(*net.classifier.weight.shape[::-1])
             self.classifier.weight = tensor(net.classifier.weight.data)
@@ -101,6 +105,7 @@ def torch_twin(net):
 
         def forward(self, images):
             x = torch.nn.functional.max_pool2d(torch.relu(self.stem_norm(self.stem(images))), 2)
+            x = torch.nn.functional.max_pool2d(torch.relu(self.stem2_norm(self.stem2(x))), 2)
             for layer, batch_norm in zip(self.deform_layers, self.norms):
                 x = torch.relu(batch_norm(layer(x)))
             return self.classifier(torch.nn.functional.adaptive_avg_pool2d(x, net.head_size).flatten(1))

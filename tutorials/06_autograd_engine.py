@@ -493,8 +493,8 @@ plt.show()
 # %% [markdown]
 # ## A whole model
 #
-# The same parts build the toy model of notebook 7, `models.MnistNet`: a convolution, then three
-# 3 × 3 layers that are deformable in the deformable variant. At initialisation its offset
+# The same parts build the toy model of notebook 7, `models.MnistNet`: two convolution stages, then
+# three 3 × 3 layers that are deformable in the deformable variant. At initialisation its offset
 # branches are zero, so it computes exactly what the regular variant computes, but their weights
 # already receive gradients:
 

@@ -39,6 +39,7 @@ from .detector import Detector, anchor_grid, batch_rois, detect, detection_loss,
 from .evaluation import detection_metrics
 from .experiment import with_seeds
 from .optim import Adam, CosineSchedule
+from .train import positive_float, positive_int, seed_int
 
 VARIANTS = {
     f"{head}{suffix}": dict(head=head, deformable_conv=conv, deformable_roi=roi)
@@ -52,20 +53,6 @@ DEFAULT_VARIANTS = ["2fc", "2fc_droi", "rfcn", "rfcn_droi"]
 TRAIN_CANVAS_SEED = 11
 TEST_CANVAS_SEED = 12
 CANVAS_SIZE = 64
-
-
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def positive_float(text):
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
 
 
 def parse_args(argv=None):
@@ -84,8 +71,8 @@ def parse_args(argv=None):
     parser.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate of Adam (cosine decay)")
     parser.add_argument("--train-canvases", type=positive_int, default=4000, help="number of training canvases")
     parser.add_argument("--test-canvases", type=positive_int, default=300, help="number of test canvases")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the weights and the RoI and batch draws")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+    parser.add_argument("--seed", type=seed_int, default=0, help="seeds the weights and the RoI and batch draws")
+    parser.add_argument("--seeds", type=seed_int, nargs="+", default=None,
                         help="run once per seed into <out>/seed<n> and tabulate mean ± std")
     parser.add_argument("--table", default=None, help="markdown file for the table (with --seeds)")
     parser.add_argument("--data", default=None, help="folder of MNIST IDX files (default: the embedded digits)")

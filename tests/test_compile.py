@@ -60,6 +60,7 @@ print(json.dumps(results))
 # Every CUDA kernel of the package: a kernel added without declaring its types, or left out of
 # this list, fails the test.
 EVERY_CUDA_KERNEL = [
+    ("deform_conv", "channels_last_copy_cuda"),
     ("deform_conv", "locate_samples_cuda"), ("deform_conv", "deformable_im2col_cuda"),
     ("deform_conv", "deformable_col2im_cuda"), ("deform_conv", "offset_mask_gradient_cuda"),
     ("deform_roi_pool", "deform_roi_pool_forward_cuda"),

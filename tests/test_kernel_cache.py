@@ -22,12 +22,12 @@ import dcn_numba
 x = np.arange(16.0).reshape(1, 1, 4, 4)
 offset = np.full((1, 2, 4, 4), 0.25)
 output = dcn_numba.deform_conv2d(x, offset, np.ones((1, 1, 1, 1)), backend="cpu")
-print(float(np.abs(output).sum()), len(deform_conv.deformable_im2col_cpu.stats.cache_hits))
+print(float(np.abs(output).sum()), len(deform_conv.deformable_conv_tiles_cpu.stats.cache_hits))
 """
 
 
 def run_in(root):
-    """(Σ|output|, cache hits of the im2col kernel) of a fresh process importing the copy at root."""
+    """(Σ|output|, cache hits of the forward kernel) of a fresh process importing the copy at root."""
     environment = {name: value for name, value in os.environ.items()
                    if name not in ("NUMBA_CACHE_DIR", "PYTHONPATH")}
     finished = subprocess.run([sys.executable, "-c", RUN_A_KERNEL], cwd=root, capture_output=True,

@@ -51,7 +51,7 @@ def kernels_path(image, H, W, p_y, p_x):
     zero-padded by one pixel, read its corners there, blend (or take the unlocated value)."""
     padded = np.pad(image.reshape(H, W), 1).ravel()
     top_left, l_y, l_x = sampling.dcn_locate(p_y, p_x, H, W)
-    corners = sampling.padded_corners(padded, 0, top_left, W)
+    corners = sampling.padded_corners(padded, 0, top_left, W, 1)
     value = sampling.dcn_located_or_not(sampling.bilinear_blend(*corners, l_y, l_x), top_left)
     slopes = [sampling.dcn_located_or_not(slope, top_left)
               for slope in sampling.bilinear_slopes(*corners, l_y, l_x)]

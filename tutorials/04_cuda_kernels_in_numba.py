@@ -30,7 +30,7 @@
 #   against the reference;
 # * to write col2im, why its scatter needs atomic adds (lost updates, shown), and how the CPU
 #   version avoids them (exercise 4.2);
-# * what the package's kernels add, precomputed sample locations and zero-padded planes, and
+# * what the package's kernels add, precomputed sample locations and a zero-padded channels-last input, and
 #   what each saves;
 # * how to run CUDA kernels on a machine without a GPU, in Numba's CUDA simulator, which also
 #   catches out-of-bounds accesses;
@@ -362,34 +362,42 @@ check(naive_col2im, matches_the_package_backward)
 # %% [markdown]
 # Atomics cost throughput and make floating-point sums order-dependent (the last bits vary from
 # run to run). The CPU kernel avoids them by choosing a different owner, as the two threads above
-# did: one `prange` iteration per input *plane* (b, c), which walks every sample that reads that
-# plane and is the only writer of it. No two iterations touch the same memory, so plain `+=` is
-# safe and the result is deterministic.
+# did: one `prange` iteration per block of *channels* of one image, which walks every sample of
+# that image and is the only writer of those channels. No two iterations touch the same memory,
+# so plain `+=` is safe and the result is deterministic.
 #
 # ## What the package's kernels do differently
 #
-# Your kernels work, and they are what the package's kernels compute. Two things make the
-# package's faster, both found by asking what the naive kernels compute more than once.
+# Your kernels work, and they are what the package's kernels compute. Three things make the
+# package's faster, the first two found by asking what the naive kernels compute more than once,
+# the third by asking how they read memory.
 #
 # **1. Precomputed sample locations.** Your im2col computes the sampling position p, its
 # validity, ⌊p⌋ and the fractions for every element (c, k, i, j), but p does not depend on c:
 # all the channels of an offset group read the same positions. The package runs a first kernel,
 # `locate_samples`, once per *sample* (b, g, k, i, j), and stores three arrays of that size:
 #
-# * `top_left`: where the sample's cell starts, as a flat index into a padded plane (below), or a
+# * `top_left`: where the sample's cell starts, as a flat pixel index into the padded image (below), or a
 #   negative code for a sample that reads no pixel (`OUTSIDE`, or `NOT_A_NUMBER` for a NaN
 #   position);
 # * `l_y`, `l_x`: the fractions p − ⌊p⌋ of notebook 1, the bilinear weights' inputs.
 #
-# `dcn_sample_index(image_channel, k, geometry)` maps a col element's channel and tap to its
-# sample, s = (b·G_off + g)·K + k, and every channel of the group reuses the same location.
+# `dcn_table_index(b, position, g, k, geometry)` says where sample (b, g, k) at an output
+# position is kept, and every channel of offset group g reuses that location.
 #
-# **2. Padded planes.** Your kernels test each corner against the image border. The package
-# copies the input once into `padded`, each plane zero-padded by one pixel, (B·C_in, H + 2, W + 2):
-# then every corner of every valid sample lies inside its padded plane, and the four reads,
-# `padded_corners(padded, plane, top_left, W)`, need no test at all; `bilinear_blend` mixes
-# them with the weights from `l_y`, `l_x`. A sample that reads no pixel takes
+# **2. A padded input.** Your kernels test each corner against the image border. The package
+# copies the input once into `padded`, zero-padded by one pixel: then every corner of every valid
+# sample lies inside the padded image, and the four reads need no test at all; `bilinear_blend`
+# mixes them with the weights from `l_y`, `l_x`. A sample that reads no pixel takes
 # `dcn_unlocated_value(top_left)` instead: 0, or NaN for a NaN position, so that bad offsets show.
+#
+# **3. Channels last.** The padded copy is laid out (B, H + 2, W + 2, C_in), the channels of a
+# pixel side by side, and col is laid out (B, G, H_out·W_out, K, C_in/G), channel last too. All the
+# channels of an offset group share a sample's four corners and weights, so neighbouring GPU
+# threads (neighbouring channels) read neighbouring addresses, which the GPU serves in one memory
+# transaction (a *coalesced* load), and a CPU loop over channels reads four contiguous rows. With
+# `padded_corners(padded, base, top_left, W, pixel_stride)` a thread reads channel c's corners at
+# `base` = the image's start + c, one pixel every `pixel_stride` = C_in values.
 #
 # What that saves, counted for a layer of realistic size:
 
@@ -399,22 +407,24 @@ col_elements = layer["B"] * layer["C_in"] * layer["K"] * layer["H_out"] * layer[
 samples = layer["B"] * layer["G_off"] * layer["K"] * layer["H_out"] * layer["W_out"]
 print(f"positions, floors and validity tests: naive {col_elements:,}, precomputed {samples:,} "
       f"({col_elements // samples}× fewer, C_in / G_off)")
-print(f"corner bounds tests: naive {4 * col_elements:,}, with padded planes 0")
+print(f"corner bounds tests: naive {4 * col_elements:,}, with a padded input 0")
 assert col_elements // samples == layer["C_in"] // layer["G_off"]
 
 # %% [markdown]
 # The price is memory: three arrays of the sample count (small next to col, C_in/G_off times
 # larger) and one padded copy of the input. Here is the package's im2col kernel; every name in it
-# is now yours: the grid-stride loop of exercise 4.1, `dcn_sample_index` and `top_left`, `l_y`,
-# `l_x` for the precomputed location, `padded_corners` on the padded plane, `bilinear_blend`,
-# `dcn_unlocated_value` for a sample outside, and the mask m of v2:
+# is now yours: the grid-stride loop of exercise 4.1, the element's coordinates
+# (`dcn_column_coordinates`), `dcn_table_index` and `top_left`, `l_y`, `l_x` for the precomputed
+# location, `padded_corners` on the channels-last input, and `dcn_column_from_corners`, which blends
+# and takes `dcn_unlocated_value` for a sample outside, times the mask m of v2:
 
 # %%
 print(inspect.getsource(conv_kernels.deformable_im2col_cuda))
 
 # %% [markdown]
 # Its col2im is your exercise 4.2 on the same precomputed locations, with the one atomic,
-# `cuda.atomic.add`, and the CPU version gives each plane to one `prange` iteration instead:
+# `cuda.atomic.add`, and the CPU version gives each block of channels of an image to one `prange`
+# iteration instead:
 
 # %%
 print(inspect.getsource(conv_kernels.deformable_col2im_cuda))
@@ -592,23 +602,35 @@ plt.show()
 #
 # The CPU kernels are not a port: they call the very same scalar functions. `sampling.py` compiles
 # each of them with `@njit(inline="always")`, so Numba pastes it into whichever kernel calls it,
-# CPU or CUDA. A CPU kernel is `@njit(parallel=True)` over the same index space, with `prange`
-# splitting the outer loop among the cores. Which shared functions does each im2col kernel call?
+# CPU or CUDA. A CPU kernel is `@njit(parallel=True)`, with `prange` splitting its outer loop among
+# the cores. Which shared functions does each im2col kernel call? The CPU kernel hands each row of
+# col to `fill_columns`, so we read both:
 
 # %%
 shared_functions = {name for name, value in vars(sampling).items() if hasattr(value, "py_func")}
 
 
-def shared_calls(kernel):
-    """The shared sampling functions a kernel's source calls."""
-    return sorted(name for name in shared_functions if re.search(rf"\b{name}\(", inspect.getsource(kernel)))
+def shared_calls(*functions):
+    """The shared sampling functions that the sources of `functions` call."""
+    source = "".join(inspect.getsource(function) for function in functions)
+    return {name for name in shared_functions if re.search(rf"\b{name}\(", source)}
 
 
-for kernel in (conv_kernels.deformable_im2col_cpu, conv_kernels.deformable_im2col_cuda):
-    print(f"{kernel.__name__:24s} calls {shared_calls(kernel)}")
-assert shared_calls(conv_kernels.deformable_im2col_cpu) == shared_calls(conv_kernels.deformable_im2col_cuda)
+cpu_calls = shared_calls(conv_kernels.deformable_im2col_cpu, conv_kernels.fill_columns)
+cuda_calls = shared_calls(conv_kernels.deformable_im2col_cuda)
+print("both call        ", sorted(cpu_calls & cuda_calls))
+print("only the CPU     ", sorted(cpu_calls - cuda_calls))
+print("only the GPU     ", sorted(cuda_calls - cpu_calls))
+assert "dcn_column_from_corners" in cpu_calls & cuda_calls
 
 # %% [markdown]
+# The formula, `dcn_column_from_corners` (m · S from the four corners), and the layouts
+# (`dcn_table_index`, `dcn_padded_image`, `dcn_sample_number`) are common. What only one side calls
+# is the walk: a GPU thread finds its element's coordinates (`dcn_column_coordinates`) and reads its
+# four corners one value each (`padded_corners`); a CPU iteration takes a run of channels at once,
+# four contiguous rows of the channels-last input (`corner_rows`, in the kernel module), and loops
+# over them, a loop the compiler turns into vector instructions.
+#
 # Only the walk over the index space differs: a `prange` over rows on the CPU, a grid-stride loop
 # over elements on the GPU. Three executions of one truth, which must agree:
 
@@ -629,9 +651,9 @@ print("reference, cpu and cuda agree:", to_host(results["cuda"])[0, 0, 0].round(
 #   any size, and keep neighbouring threads on neighbouring memory.
 # * A naive im2col is a grid-stride loop over col calling the shared sampler; col2im is its
 #   adjoint, a scatter, where threads collide on the same pixel and lose updates unless the add
-#   is atomic (`cuda.atomic.add`) or each pixel has one owner (the CPU kernel's planes).
+#   is atomic (`cuda.atomic.add`) or each pixel has one owner (the CPU kernel's blocks of channels).
 # * The package's kernels locate each sample once per offset group (`top_left`, `l_y`, `l_x`),
-#   C_in/G_off times fewer than per col element, and read corners from zero-padded planes with
+#   C_in/G_off times fewer than per col element, and read corners from a zero-padded channels-last input with
 #   no bounds tests.
 # * Occupancy comes in whole blocks: with 256-thread blocks a 68-register kernel keeps 768
 #   threads per SM, not the 896 a count of warps suggests.

@@ -49,9 +49,12 @@ def shared(func):
     return njit(func, inline="always", **CPU_OPTIONS)
 
 
-def cpu_kernel(func):
-    """A CPU kernel: a parallel loop over an output index space (`numba.prange`)."""
-    return njit(func, parallel=True, **CPU_OPTIONS)
+def cpu_kernel(func=None, *, reassociate=False):
+    """A CPU kernel: a parallel loop over an output index space (`numba.prange`).
+    reassociate: as for `serial_kernel`, for a kernel whose owned sums should vectorise."""
+    if func is None:
+        return lambda func: cpu_kernel(func, reassociate=reassociate)
+    return njit(func, parallel=True, fastmath={"reassoc"} if reassociate else False, **CPU_OPTIONS)
 
 
 def serial_kernel(func=None, *, reassociate=False):
@@ -133,6 +136,24 @@ def run(backend, kernels, cpu_items, cuda_items, *args):
             kernels.cpu(cpu_items, *args)
     else:
         launch(kernels.cuda, cuda_items, cuda_stream(), *args)
+
+
+_blas_threads = []  # the threadpoolctl controller of the process's BLAS libraries, made once
+
+
+def run_cpu_calling_blas(kernel, cpu_items, *args):
+    """Run a CPU kernel whose parallel iterations call BLAS (a GEMM per iteration): BLAS is held
+    to the calling thread for the kernel's duration, since each core already runs an iteration
+    of its own and BLAS's worker threads would only compete with them. The previous limits are
+    restored afterwards; nothing else in the process changes."""
+    if not _blas_threads:
+        # Load the BLAS that compiled kernels call (Numba reaches it through SciPy) before the
+        # controller lists the libraries to limit.
+        import scipy.linalg.cython_blas  # noqa: F401  (loaded for its side effect)
+        from threadpoolctl import ThreadpoolController
+        _blas_threads.append(ThreadpoolController())
+    with CPU_KERNEL_LOCK, _blas_threads[0].limit(limits=1, user_api="blas"):
+        kernel(cpu_items, *args)
 
 
 # Argument kinds of the CUDA kernels, each a function of the data's Numba type (float32 or

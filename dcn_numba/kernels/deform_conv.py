@@ -1,41 +1,55 @@
 """Deformable convolution v1/v2 kernels (docs/specification.md §1) for the CPU and CUDA, and their launchers.
 
 A deformable convolution is an ordinary convolution whose im2col step samples the input at
-learned fractional positions. Per batch chunk, with K = kh·kw taps and G weight groups:
+learned fractional positions. With K = kh·kw taps, G weight groups and G_off offset groups:
 
-    locate     for every sample s = (b, g, k) and output (i, j): where p = p0 + p_k + Δp falls on
-               the input zero-padded by one pixel (top_left corner, l_y, l_x), once for all the
-               channels of offset group g
-    forward    col[b, c, k, i, j] = m · S(x[b, c], p)                         (deformable im2col)
-               out[b, g] = weight_g · col[b, g]        weight_g (C_out/G, C_in/G·K), col[b, g] (C_in/G·K, H_out·W_out)
-    backward   grad_weight_g += Σ_b grad_out[b, g] · col[b, g]ᵀ
-               gcol[b, g] = weight_gᵀ · grad_out[b, g]                         (∂L/∂col)
+    layout     padded[b, y, x, c]: the input zero-padded by one pixel, channels last
+    locate     for every sample (b, g, k) at every output position: where p = p0 + p_k + Δp falls
+               on the padded input (top_left corner, l_y, l_x), once for all the channels of
+               offset group g
+    forward    col[b, group, position, k, c'] = m · S(x[b, c], p)              (deformable im2col)
+               out[b, group] = weight_group · col[b, group]ᵀ
+                   weight_group (C_out/G, K·C_in/G), col[b, group] (H_out·W_out, K·C_in/G)
+    backward   grad_weight_group += Σ_b grad_out[b, group] · col[b, group]
+               gcol[b, group] = grad_out[b, group]ᵀ · weight_group              (∂L/∂col)
                grad_input  += m · gcol · w_ab at each corner                   (deformable col2im)
                grad_offset  = Σ_{c in offset group} m · gcol · ∂S/∂p           (offset/mask gradient)
                grad_mask    = Σ_{c in offset group} gcol · S
 
-S, ∂S/∂p and w_ab are the shared scalar functions of `sampling`. Reading a padded input makes
-every corner of a valid sample an in-bounds read that is 0 in the padding, and grad_input is
-accumulated on padded planes whose border is then dropped. The GEMMs run on the array module's
-matmul (NumPy → BLAS, CuPy → cuBLAS), batched over the images of a chunk; a chunk holds as many
-images as `max_col_buffer_bytes` allows for the column buffer, which never changes the results.
+S, ∂S/∂p and w_ab are the shared scalar functions of `sampling`, and so are the layouts
+(`dcn_table_index`, `dcn_column_index`, `dcn_padded_image`). Why channels last: every channel of
+an offset group shares a sample's corners and weights, so with the channels of a pixel side by
+side the innermost loops stream contiguous channels through fixed weights (vector loads on the
+CPU, coalesced loads on a GPU). The channels of one weight group and one offset group form runs
+of `channel_run` = gcd(C_in/G, C_in/G_off) consecutive channels, the innermost loops' length.
+Reading a padded input makes every corner of a valid sample an in-bounds read that is 0 in the
+padding, and grad_input is accumulated on padded images whose border is then dropped.
 
-Shapes, every array flat and C-contiguous inside a kernel:
-    padded (B, C_in, H + 2, W + 2), offset (B, 2·G_off·K, H_out, W_out), mask (B, G_off·K, H_out, W_out),
-    top_left, l_y, l_x (B_chunk, G_off·K, H_out, W_out), col and gcol (B_chunk, C_in, K, H_out, W_out).
-    A sample s = (b·G_off + g)·K + k numbers one (Δy, Δx) pair (offset channels 2s, 2s + 1 of
-    the flat batch) and one mask channel.
+The forward differs between the targets only in where the GEMM runs. On the CPU one parallel
+kernel samples a tile of output positions into a column block private to its iteration and
+multiplies it by the weights while the block is still in the core's cache (BLAS on that core's
+thread); the column buffer of the whole layer never exists. On a GPU im2col fills the column
+buffer of a batch chunk and cuBLAS multiplies it. The backward runs the same chunked pipeline on
+both: im2col, the two GEMMs on the array module's matmul (NumPy → BLAS, CuPy → cuBLAS), col2im
+and the offset/mask gradient. Tile and chunk sizes never change the results.
+
+Flat shapes inside the kernels (b counts the images of the chunk a kernel is given):
+    padded (B, H + 2, W + 2, C_in), offset (B, 2·G_off·K, H_out, W_out), mask (B, G_off·K, H_out, W_out),
+    top_left, l_y, l_x (B, H_out·W_out, G_off, K), col and gcol (B, G, H_out·W_out, K, C_in/G).
 
 Must match dcn_numba.reference.deform_conv (tests/test_deform_conv_kernels.py checks it).
 
 Who owns which output:
-    locate            CPU: one prange iteration per sample row (b, g, k)   CUDA: one thread per (b, g, k, i, j)
-    im2col            CPU: one iteration per col row (b, c, k)             CUDA: one thread per col element
-    col2im            CPU: one iteration per input plane (b, c): it alone writes that plane, so no races
+    layout, locate    CPU: one prange iteration per row (b, y) of the image    CUDA: one thread per element
+    forward tiles     CPU: one iteration per tile of output positions of one image
+    im2col            CPU: one iteration per (b, group, output row)            CUDA: one thread per col element
+    col2im            CPU: one iteration per block of channels of one image: it alone writes those
+                      channels of that image, so no races
                       CUDA: one thread per gcol element, atomic adds into its four corners
-    offset/mask grad  CPU: one iteration per sample row (b, g, k)          CUDA: one thread per (b, g, k, i, j)
+    offset/mask grad  CPU: one iteration per (b, output row)                   CUDA: one thread per sample (b, position, g, k)
 """
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -44,15 +58,21 @@ from numba import cuda, prange
 from .._arrays import array_module
 from . import sampling
 from ._targets import (COUNT, FLAG, FLAT, INDICES, KernelPair, cpu_kernel, cuda_kernel, for_cuda,
-                       geometry_of, optional_argument, run)
-from .sampling import (ONE, bilinear_blend, bilinear_slopes, corner_weight, dcn_column_value,
-                       dcn_locate, dcn_located_or_not, dcn_offset_gradient_term, dcn_sample_index,
-                       dcn_tap_position, padded_corner, padded_corners)
+                       geometry_of, optional_argument, run, run_cpu_calling_blas, shared)
+from .sampling import (ONE, dcn_column_from_corners, dcn_column_index, dcn_input_gradient_term, dcn_locate,
+                       dcn_offset_mask_terms, dcn_padded_image, dcn_padded_pixel, dcn_sample_number,
+                       dcn_store_sample_gradient, dcn_table_index, dcn_tap_position, padded_corner)
 
-# How many bytes the column buffer of a batch chunk may take: a memory knob, results do not depend
-# on it. On the CPU a chunk that fits the last-level cache is still there when its GEMM reads it;
-# on a GPU bigger chunks make bigger GEMMs.
+# How many bytes the column buffer of a batch chunk may take (the backward, and the forward on a
+# GPU): a memory knob, results do not depend on it. On a GPU bigger chunks make bigger GEMMs.
 MAX_COL_BUFFER_BYTES = {"cpu": 1 << 24, "cuda": 1 << 28}
+# The column block of one CPU forward tile: small enough to stay in a core's 1–2 MB cache between
+# its sampling and its GEMM, big enough for an efficient GEMM (measured: 64 to 512 positions of
+# the benchmark layer run alike; benchmarks/bench_deform_conv.py).
+CPU_TILE_BYTES = 1 << 19
+# The longest channel block one col2im iteration owns: short enough to give every core blocks
+# to work on, one SIMD register or more wide.
+COL2IM_CHANNELS = 64
 
 
 class DeformConvGeometry(NamedTuple):
@@ -72,6 +92,14 @@ class DeformConvGeometry(NamedTuple):
     pad_w: int
     dil_h: int
     dil_w: int
+    groups: int
+    channel_run: int  # gcd(C_in/G, C_in/G_off): consecutive channels of one weight and one offset group
+    channel_block: int  # the channels one col2im iteration owns: the largest divisor of channel_run ≤ COL2IM_CHANNELS
+
+
+def largest_divisor_at_most(n, limit):
+    """The largest divisor of n that is ≤ limit."""
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
 def conv_geometry(input, offset, weight, stride, padding, dilation):
@@ -79,8 +107,11 @@ def conv_geometry(input, offset, weight, stride, padding, dilation):
     _, C_in, H, W = input.shape
     _, offset_channels, H_out, W_out = offset.shape
     kh, kw = weight.shape[2:]
-    return DeformConvGeometry(C_in, H, W, offset_channels // (2 * kh * kw), kh, kw, H_out, W_out,
-                              *stride, *padding, *dilation)
+    offset_groups = offset_channels // (2 * kh * kw)
+    groups = C_in // weight.shape[1]
+    run = math.gcd(C_in // groups, C_in // offset_groups)
+    return DeformConvGeometry(C_in, H, W, offset_groups, kh, kw, H_out, W_out, *stride, *padding,
+                              *dilation, groups, run, largest_divisor_at_most(run, COL2IM_CHANNELS))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,108 +120,201 @@ def conv_geometry(input, offset, weight, stride, padding, dilation):
 
 
 @cpu_kernel
-def locate_samples_cpu(n_samples, offset, top_left, l_y, l_x, geometry):
-    """(top_left, l_y, l_x) of every sample: one iteration per sample row s = (b, g, k)."""
+def channels_last_copy_cpu(n_rows, planes, padded, to_padded, geometry):
+    """padded[b, y + 1, x + 1, c] = planes[b, c, y, x] when to_padded (the border of `padded` is
+    left as it is: zeros), else planes[b, c, y, x] = padded[b, y + 1, x + 1, c] (the adjoint,
+    without the border: the gradient of the padding is dropped); per row (b, y), n_rows = B·H."""
+    C, H, W = geometry.C_in, geometry.H, geometry.W
+    for row in prange(n_rows):
+        b, y = row // H, row % H
+        image = dcn_padded_image(b, geometry)
+        for c in range(C):
+            plane_row = ((b * C + c) * H + y) * W
+            for x in range(W):
+                pixel = image + dcn_padded_pixel(y, x, W) * C + c
+                if to_padded:
+                    padded[pixel] = planes[plane_row + x]
+                else:
+                    planes[plane_row + x] = padded[pixel]
+
+
+@cpu_kernel
+def locate_samples_cpu(n_rows, offset, top_left, l_y, l_x, geometry):
+    """(top_left, l_y, l_x) of every sample, for the n_rows = B·H_out output rows (b, i)."""
+    K = geometry.kh * geometry.kw
+    for row in prange(n_rows):
+        b, i = row // geometry.H_out, row % geometry.H_out
+        for j in range(geometry.W_out):
+            for g in range(geometry.offset_groups):
+                for k in range(K):
+                    p_y, p_x = dcn_tap_position(offset, dcn_sample_number(b, g, k, geometry), i, j, geometry)
+                    here = dcn_table_index(b, i * geometry.W_out + j, g, k, geometry)
+                    top_left[here], l_y[here], l_x[here] = dcn_locate(p_y, p_x, geometry.H, geometry.W)
+
+
+@shared
+def corner_rows(padded, image, top_left, W, C, first_channel, length):
+    """The four corners' values of channels first_channel..first_channel + length − 1 of a
+    located sample, as four contiguous rows of the channels-last padded input (see
+    `sampling.padded_corners` for a sample that reads no pixel)."""
+    top_left = max(top_left, 0)
+    start = image + first_channel
+    v00 = start + padded_corner(top_left, W, 0) * C
+    v01 = start + padded_corner(top_left, W, 1) * C
+    v10 = start + padded_corner(top_left, W, 2) * C
+    v11 = start + padded_corner(top_left, W, 3) * C
+    return (padded[v00:v00 + length], padded[v01:v01 + length], padded[v10:v10 + length],
+            padded[v11:v11 + length])
+
+
+@shared
+def fill_columns(padded, top_left, l_y, l_x, mask, use_mask, b, group, first, stop, columns, start,
+                 geometry):
+    """columns[start + (position − first)·K·C_in/G + k·C_in/G + c'] = m · S for the output
+    positions first..stop−1 of image b and weight group `group`: rows of col laid out as in
+    `dcn_column_index`. The CPU's walk of im2col: per sample, its run of channels shares the
+    corners' places and weights, and the innermost loop streams those contiguous channels (over
+    row views, whose indices start at 0, so that Numba adds no negative-index wraparound and the
+    loop vectorises)."""
+    K = geometry.kh * geometry.kw
     HW_out = geometry.H_out * geometry.W_out
-    for sample in prange(n_samples):
-        for i in range(geometry.H_out):
-            for j in range(geometry.W_out):
-                p_y, p_x = dcn_tap_position(offset, sample, i, j, geometry)
-                here = sample * HW_out + i * geometry.W_out + j
-                top_left[here], l_y[here], l_x[here] = dcn_locate(p_y, p_x, geometry.H, geometry.W)
+    run_length = geometry.channel_run
+    channels_per_group = geometry.C_in // geometry.groups
+    channels_per_offset_group = geometry.C_in // geometry.offset_groups
+    image = dcn_padded_image(b, geometry)
+    for position in range(first, stop):
+        for k in range(K):
+            row = start + ((position - first) * K + k) * channels_per_group
+            for channel_run in range(channels_per_group // run_length):
+                first_channel = group * channels_per_group + channel_run * run_length
+                g = first_channel // channels_per_offset_group
+                here = dcn_table_index(b, position, g, k, geometry)
+                corner, fraction_y, fraction_x = top_left[here], l_y[here], l_x[here]
+                m = mask[dcn_sample_number(b, g, k, geometry) * HW_out + position] if use_mask else ONE
+                v00, v01, v10, v11 = corner_rows(padded, image, corner, geometry.W, geometry.C_in,
+                                                 first_channel, run_length)
+                out = columns[row + channel_run * run_length:row + (channel_run + 1) * run_length]
+                for c in range(run_length):
+                    out[c] = dcn_column_from_corners(v00[c], v01[c], v10[c], v11[c], fraction_y, fraction_x,
+                                                     corner, m)
 
 
 @cpu_kernel
 def deformable_im2col_cpu(n_rows, padded, top_left, l_y, l_x, mask, use_mask, col, geometry):
-    """col[b, c, k, i, j] = m · S(x[b, c], p) for the n_rows = B·C_in·K rows (b, c, k) of col.
-
-    The inner loop blends every sample and then keeps the value of those that read no pixel
-    (see `padded_corners`): without branches, over row slices, it vectorises."""
-    K = geometry.kh * geometry.kw
-    HW_out = geometry.H_out * geometry.W_out
-    plane_size = (geometry.H + 2) * (geometry.W + 2)
+    """col[b, group, position, k, c'] = m · S for the n_rows = B·G·H_out rows (b, group, i),
+    each the W_out positions of output row i."""
     for row in prange(n_rows):
-        image_channel = row // K  # b·C_in + c
-        samples = dcn_sample_index(image_channel, row % K, geometry) * HW_out
-        image = padded[image_channel * plane_size:(image_channel + 1) * plane_size]
-        corners = top_left[samples:samples + HW_out]
-        fraction_y = l_y[samples:samples + HW_out]
-        fraction_x = l_x[samples:samples + HW_out]
-        modulation = mask[samples:samples + HW_out] if use_mask else mask[:0]
-        out = col[row * HW_out:(row + 1) * HW_out]
-        for position in range(HW_out):
-            v00, v01, v10, v11 = padded_corners(image, 0, corners[position], geometry.W)
-            value = bilinear_blend(v00, v01, v10, v11, fraction_y[position], fraction_x[position])
-            out[position] = dcn_column_value(value, corners[position],
-                                             modulation[position] if use_mask else ONE)
+        b = row // (geometry.groups * geometry.H_out)
+        group = row // geometry.H_out % geometry.groups
+        first = row % geometry.H_out * geometry.W_out
+        fill_columns(padded, top_left, l_y, l_x, mask, use_mask, b, group, first, first + geometry.W_out, col,
+                     dcn_column_index(b, group, first, 0, 0, geometry), geometry)
 
 
 @cpu_kernel
-def deformable_col2im_cpu(n_planes, gcol, top_left, l_y, l_x, mask, use_mask, grad_padded, geometry):
-    """grad_padded[b, c] += m · gcol · w_ab at the four corners of each valid sample, for the
-    n_planes = B·C_in planes (b, c); each iteration accumulates into its own plane only."""
+def deformable_conv_tiles_cpu(n_tiles, padded, top_left, l_y, l_x, mask, use_mask, weights, bias, use_bias,
+                              output, positions_per_tile, geometry):
+    """The forward, out[b, o, position] = Σ weight_group[o] · col[b, group, position] + bias[o],
+    for n_tiles tiles of `positions_per_tile` output positions of one image each: every
+    iteration samples its tile's column block (G, positions, K·C_in/G) into memory of its own and
+    multiplies it (BLAS, on the iteration's thread) while it is still in cache.
+    weights (G, C_out/G, K·C_in/G), laid out like the column rows (see `weight_rows`)."""
+    HW_out = geometry.H_out * geometry.W_out
+    G, group_outputs, group_taps = weights.shape
+    tiles_per_image = (HW_out + positions_per_tile - 1) // positions_per_tile
+    for tile in prange(n_tiles):
+        b = tile // tiles_per_image
+        first = tile % tiles_per_image * positions_per_tile
+        stop = min(first + positions_per_tile, HW_out)
+        n = stop - first
+        columns = np.empty(n * group_taps, dtype=weights.dtype)
+        for group in range(G):
+            fill_columns(padded, top_left, l_y, l_x, mask, use_mask, b, group, first, stop, columns, 0, geometry)
+            product = np.dot(weights[group], columns.reshape((n, group_taps)).T)  # (C_out/G, n)
+            for o in range(group_outputs):
+                channel = group * group_outputs + o
+                out = (b * G * group_outputs + channel) * HW_out + first
+                shift = bias[channel] if use_bias else product.dtype.type(0)
+                for position in range(n):
+                    output[out + position] = product[o, position] + shift
+
+
+@cpu_kernel
+def deformable_col2im_cpu(n_blocks, gcol, top_left, l_y, l_x, mask, use_mask, grad_padded, geometry):
+    """grad_padded[b, ·, ·, c] += m · gcol · w_ab at the four corners of each valid sample, for the
+    n_blocks = B·C_in/channel_block blocks of `channel_block` channels of one image; each
+    iteration accumulates into its own channels of its own image only."""
     K = geometry.kh * geometry.kw
     HW_out = geometry.H_out * geometry.W_out
-    plane_size = (geometry.H + 2) * (geometry.W + 2)
-    for image_channel in prange(n_planes):
-        grad_image = grad_padded[image_channel * plane_size:(image_channel + 1) * plane_size]
-        for k in range(K):
-            samples = dcn_sample_index(image_channel, k, geometry) * HW_out
-            row = (image_channel * K + k) * HW_out
-            for position in range(HW_out):
-                here = samples + position
-                corner = top_left[here]
+    block = geometry.channel_block
+    blocks_per_image = geometry.C_in // block
+    channels_per_group = geometry.C_in // geometry.groups
+    channels_per_offset_group = geometry.C_in // geometry.offset_groups
+    for index in prange(n_blocks):
+        b = index // blocks_per_image
+        first_channel = index % blocks_per_image * block
+        group = first_channel // channels_per_group
+        g = first_channel // channels_per_offset_group
+        image = dcn_padded_image(b, geometry) + first_channel
+        for position in range(HW_out):
+            for k in range(K):
+                here = dcn_table_index(b, position, g, k, geometry)
+                corner, fraction_y, fraction_x = top_left[here], l_y[here], l_x[here]
                 if corner < 0:
                     continue
-                grad_sample = gcol[row + position]
-                if use_mask:
-                    grad_sample *= mask[here]
+                m = mask[dcn_sample_number(b, g, k, geometry) * HW_out + position] if use_mask else ONE
+                source = dcn_column_index(b, group, position, k, first_channel - group * channels_per_group,
+                                          geometry)
+                grad_samples = gcol[source:source + block]
                 for which in range(4):
-                    grad_image[padded_corner(corner, geometry.W, which)] += \
-                        grad_sample * corner_weight(l_y[here], l_x[here], which)
+                    target = image + padded_corner(corner, geometry.W, which) * geometry.C_in
+                    grad_pixel = grad_padded[target:target + block]
+                    for c in range(block):
+                        grad_pixel[c] += dcn_input_gradient_term(grad_samples[c], m, fraction_y, fraction_x, which)
 
 
-@cpu_kernel
-def offset_mask_gradient_cpu(n_samples, padded, gcol, top_left, l_y, l_x, mask, use_mask,
+@cpu_kernel(reassociate=True)
+def offset_mask_gradient_cpu(n_rows, padded, gcol, top_left, l_y, l_x, mask, use_mask,
                              grad_offset, grad_mask, geometry):
-    """grad_offset[b, g·2K + 2k + d] = Σ_c m · gcol · ∂S/∂p_d and grad_mask[b, g·K + k] = Σ_c gcol · S
-    over the channels c of offset group g, for the n_samples = B·G_off·K rows (b, g, k); each
-    iteration accumulates its own rows in float64 and stores them once. Branch-free inner loop,
-    as in im2col."""
+    """grad_offset[b, 2s + d, i, j] = Σ_c m · gcol · ∂S/∂p_d and grad_mask[b, s, i, j] = Σ_c gcol · S
+    over the channels c of each sample's offset group, for the n_rows = B·H_out output rows
+    (b, i); each iteration owns its rows and sums in float64, a run of channels at a time. The
+    sums may be reassociated (`cpu_kernel`) so that they vectorise."""
     K = geometry.kh * geometry.kw
     HW_out = geometry.H_out * geometry.W_out
-    channels_per_group = geometry.C_in // geometry.offset_groups
-    plane_size = (geometry.H + 2) * (geometry.W + 2)
-    for sample in prange(n_samples):
-        image_group = sample // K  # b·G_off + g
-        first_channel = (image_group // geometry.offset_groups) * geometry.C_in \
-            + (image_group % geometry.offset_groups) * channels_per_group
-        samples = sample * HW_out
-        corners = top_left[samples:samples + HW_out]
-        fraction_y = l_y[samples:samples + HW_out]
-        fraction_x = l_x[samples:samples + HW_out]
-        modulation = mask[samples:samples + HW_out] if use_mask else mask[:0]
-        grad_p_y = np.zeros(HW_out, dtype=np.float64)
-        grad_p_x = np.zeros(HW_out, dtype=np.float64)
-        grad_m = np.zeros(HW_out, dtype=np.float64)
-        for image_channel in range(first_channel, first_channel + channels_per_group):
-            image = padded[image_channel * plane_size:(image_channel + 1) * plane_size]
-            row = (image_channel * K + sample % K) * HW_out
-            grad_samples = gcol[row:row + HW_out]
-            for position in range(HW_out):
-                corner = corners[position]
-                m = modulation[position] if use_mask else ONE
-                v00, v01, v10, v11 = padded_corners(image, 0, corner, geometry.W)
-                d_y, d_x = bilinear_slopes(v00, v01, v10, v11, fraction_y[position], fraction_x[position])
-                grad_p_y[position] += dcn_offset_gradient_term(grad_samples[position], m, d_y, corner)
-                grad_p_x[position] += dcn_offset_gradient_term(grad_samples[position], m, d_x, corner)
-                if use_mask:
-                    value = bilinear_blend(v00, v01, v10, v11, fraction_y[position], fraction_x[position])
-                    grad_m[position] += grad_samples[position] * dcn_located_or_not(value, corner)
-        grad_offset[2 * samples:2 * samples + HW_out] = grad_p_y
-        grad_offset[2 * samples + HW_out:2 * samples + 2 * HW_out] = grad_p_x
-        if use_mask:
-            grad_mask[samples:samples + HW_out] = grad_m
+    run_length = geometry.channel_run
+    channels_per_group = geometry.C_in // geometry.groups
+    channels_per_offset_group = geometry.C_in // geometry.offset_groups
+    for row in prange(n_rows):
+        b, i = row // geometry.H_out, row % geometry.H_out
+        image = dcn_padded_image(b, geometry)
+        for j in range(geometry.W_out):
+            position = i * geometry.W_out + j
+            for g in range(geometry.offset_groups):
+                for k in range(K):
+                    s = dcn_sample_number(b, g, k, geometry)
+                    here = dcn_table_index(b, position, g, k, geometry)
+                    corner, fraction_y, fraction_x = top_left[here], l_y[here], l_x[here]
+                    m = mask[s * HW_out + position] if use_mask else ONE
+                    grad_p_y = 0.0
+                    grad_p_x = 0.0
+                    grad_m = 0.0
+                    for channel_run in range(channels_per_offset_group // run_length):
+                        first_channel = g * channels_per_offset_group + channel_run * run_length
+                        group = first_channel // channels_per_group
+                        source = dcn_column_index(b, group, position, k, first_channel - group * channels_per_group,
+                                                  geometry)
+                        grad_samples = gcol[source:source + run_length]
+                        v00, v01, v10, v11 = corner_rows(padded, image, corner, geometry.W, geometry.C_in,
+                                                         first_channel, run_length)
+                        for c in range(run_length):
+                            term_y, term_x, term_m = dcn_offset_mask_terms(
+                                v00[c], v01[c], v10[c], v11[c], fraction_y, fraction_x, corner, m, grad_samples[c])
+                            grad_p_y += term_y
+                            grad_p_x += term_x
+                            grad_m += term_m
+                    dcn_store_sample_gradient(grad_offset, grad_mask, use_mask, s, position, HW_out,
+                                              grad_p_y, grad_p_x, grad_m)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,93 +325,106 @@ gpu = for_cuda(sampling)
 GEOMETRY = geometry_of(DeformConvGeometry)
 
 
+@cuda_kernel(COUNT, FLAT, FLAT, FLAG, GEOMETRY)
+def channels_last_copy_cuda(n_items, planes, padded, to_padded, geometry):
+    """padded[b, y + 1, x + 1, c] = planes[b, c, y, x] when to_padded, else the reverse; one
+    thread per element of planes."""
+    C, H, W = geometry.C_in, geometry.H, geometry.W
+    for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
+        b, c, y, x = index // (C * H * W), index // (H * W) % C, index // W % H, index % W
+        pixel = gpu.dcn_padded_image(b, geometry) + gpu.dcn_padded_pixel(y, x, W) * C + c
+        if to_padded:
+            padded[pixel] = planes[index]
+        else:
+            planes[index] = padded[pixel]
+
+
 @cuda_kernel(COUNT, FLAT, INDICES, FLAT, FLAT, GEOMETRY)
 def locate_samples_cuda(n_items, offset, top_left, l_y, l_x, geometry):
-    """(top_left, l_y, l_x) of every sample; one thread per (b, g, k, i, j)."""
+    """(top_left, l_y, l_x) of every sample; one thread per table entry (b, position, g, k)."""
+    K = geometry.kh * geometry.kw
     HW_out = geometry.H_out * geometry.W_out
     for here in range(cuda.grid(1), n_items, cuda.gridsize(1)):
-        position = here % HW_out
-        p_y, p_x = gpu.dcn_tap_position(offset, here // HW_out, position // geometry.W_out,
-                                        position % geometry.W_out, geometry)
+        k = here % K
+        g = here // K % geometry.offset_groups
+        position = here // (K * geometry.offset_groups) % HW_out
+        b = here // (K * geometry.offset_groups * HW_out)
+        p_y, p_x = gpu.dcn_tap_position(offset, gpu.dcn_sample_number(b, g, k, geometry),
+                                        position // geometry.W_out, position % geometry.W_out, geometry)
         top_left[here], l_y[here], l_x[here] = gpu.dcn_locate(p_y, p_x, geometry.H, geometry.W)
 
 
 @cuda_kernel(COUNT, FLAT, INDICES, FLAT, FLAT, FLAT, FLAG, FLAT, GEOMETRY)
 def deformable_im2col_cuda(n_items, padded, top_left, l_y, l_x, mask, use_mask, col, geometry):
-    """col[b, c, k, i, j] = m · S(x[b, c], p); one thread per element of col."""
-    K = geometry.kh * geometry.kw
+    """col[b, group, position, k, c'] = m · S(x[b, c], p); one thread per element of col, the
+    threads of a warp reading neighbouring channels of the same corners."""
     HW_out = geometry.H_out * geometry.W_out
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
-        image_channel = index // HW_out // K
-        sample = gpu.dcn_sample_index(image_channel, index // HW_out % K, geometry)
-        here = sample * HW_out + index % HW_out
+        b, group, position, k, channel_in_group, c, g = gpu.dcn_column_coordinates(index, geometry)
+        here = gpu.dcn_table_index(b, position, g, k, geometry)
+        m = mask[gpu.dcn_sample_number(b, g, k, geometry) * HW_out + position] if use_mask else gpu.ONE
         corner = top_left[here]
-        v00, v01, v10, v11 = gpu.padded_corners(
-            padded, image_channel * (geometry.H + 2) * (geometry.W + 2), corner, geometry.W)
-        value = gpu.bilinear_blend(v00, v01, v10, v11, l_y[here], l_x[here])
-        col[index] = gpu.dcn_column_value(value, corner, mask[here] if use_mask else gpu.ONE)
+        v00, v01, v10, v11 = gpu.padded_corners(padded, gpu.dcn_padded_image(b, geometry) + c, corner, geometry.W,
+                                                geometry.C_in)
+        col[index] = gpu.dcn_column_from_corners(v00, v01, v10, v11, l_y[here], l_x[here], corner, m)
 
 
 @cuda_kernel(COUNT, FLAT, INDICES, FLAT, FLAT, FLAT, FLAG, FLAT, GEOMETRY)
 def deformable_col2im_cuda(n_items, gcol, top_left, l_y, l_x, mask, use_mask, grad_padded, geometry):
-    """grad_padded[b, c] += m · gcol · w_ab at the four corners; one thread per gcol element."""
-    K = geometry.kh * geometry.kw
+    """grad_padded[b, ·, ·, c] += m · gcol · w_ab at the four corners; one thread per gcol element."""
     HW_out = geometry.H_out * geometry.W_out
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
-        image_channel = index // HW_out // K
-        sample = gpu.dcn_sample_index(image_channel, index // HW_out % K, geometry)
-        here = sample * HW_out + index % HW_out
+        b, group, position, k, channel_in_group, c, g = gpu.dcn_column_coordinates(index, geometry)
+        here = gpu.dcn_table_index(b, position, g, k, geometry)
         corner = top_left[here]
         if corner < 0:
             continue
-        grad_sample = gcol[index]
-        if use_mask:
-            grad_sample *= mask[here]
-        plane = image_channel * (geometry.H + 2) * (geometry.W + 2)
+        m = mask[gpu.dcn_sample_number(b, g, k, geometry) * HW_out + position] if use_mask else gpu.ONE
+        image = gpu.dcn_padded_image(b, geometry) + c
         for which in range(4):
             # Atomic: the samples of other taps and outputs may share this pixel.
-            cuda.atomic.add(grad_padded, plane + gpu.padded_corner(corner, geometry.W, which),
-                            grad_sample * gpu.corner_weight(l_y[here], l_x[here], which))
+            cuda.atomic.add(grad_padded, image + gpu.padded_corner(corner, geometry.W, which) * geometry.C_in,
+                            gpu.dcn_input_gradient_term(gcol[index], m, l_y[here], l_x[here], which))
 
 
 @cuda_kernel(COUNT, FLAT, FLAT, INDICES, FLAT, FLAT, FLAT, FLAG, FLAT, FLAT, GEOMETRY)
 def offset_mask_gradient_cuda(n_items, padded, gcol, top_left, l_y, l_x, mask, use_mask,
                               grad_offset, grad_mask, geometry):
-    """grad_offset and grad_mask of one sample (b, g, k) at one output (i, j) per thread, summed
+    """grad_offset and grad_mask of one sample (b, g, k) at one output position per thread, summed
     in float64 registers over the channels of offset group g: each thread owns its three outputs."""
     K = geometry.kh * geometry.kw
     HW_out = geometry.H_out * geometry.W_out
-    channels_per_group = geometry.C_in // geometry.offset_groups
+    channels_per_group = geometry.C_in // geometry.groups
+    channels_per_offset_group = geometry.C_in // geometry.offset_groups
     for here in range(cuda.grid(1), n_items, cuda.gridsize(1)):
-        sample = here // HW_out
-        position = here % HW_out
-        image_group = sample // K  # b·G_off + g
-        first_channel = (image_group // geometry.offset_groups) * geometry.C_in \
-            + (image_group % geometry.offset_groups) * channels_per_group
-        corner = top_left[here]
-        m = mask[here] if use_mask else gpu.ONE
+        k = here % K
+        g = here // K % geometry.offset_groups
+        position = here // (K * geometry.offset_groups) % HW_out
+        b = here // (K * geometry.offset_groups * HW_out)
+        s = gpu.dcn_sample_number(b, g, k, geometry)
+        m = mask[s * HW_out + position] if use_mask else gpu.ONE
+        corner, fraction_y, fraction_x = top_left[here], l_y[here], l_x[here]
+        image = gpu.dcn_padded_image(b, geometry)
         grad_p_y = 0.0
         grad_p_x = 0.0
         grad_m = 0.0
-        for image_channel in range(first_channel, first_channel + channels_per_group):
-            v00, v01, v10, v11 = gpu.padded_corners(
-                padded, image_channel * (geometry.H + 2) * (geometry.W + 2), corner, geometry.W)
-            d_y, d_x = gpu.bilinear_slopes(v00, v01, v10, v11, l_y[here], l_x[here])
-            value = gpu.bilinear_blend(v00, v01, v10, v11, l_y[here], l_x[here])
-            grad_sample = gcol[(image_channel * K + sample % K) * HW_out + position]
-            grad_p_y += gpu.dcn_offset_gradient_term(grad_sample, m, d_y, corner)
-            grad_p_x += gpu.dcn_offset_gradient_term(grad_sample, m, d_x, corner)
-            grad_m += grad_sample * gpu.dcn_located_or_not(value, corner)
-        grad_offset[2 * sample * HW_out + position] = grad_p_y
-        grad_offset[(2 * sample + 1) * HW_out + position] = grad_p_x
-        if use_mask:
-            grad_mask[here] = grad_m
+        for c in range(g * channels_per_offset_group, (g + 1) * channels_per_offset_group):
+            group = c // channels_per_group
+            v00, v01, v10, v11 = gpu.padded_corners(padded, image + c, corner, geometry.W, geometry.C_in)
+            term_y, term_x, term_m = gpu.dcn_offset_mask_terms(
+                v00, v01, v10, v11, fraction_y, fraction_x, corner, m,
+                gcol[gpu.dcn_column_index(b, group, position, k, c - group * channels_per_group, geometry)])
+            grad_p_y += term_y
+            grad_p_x += term_x
+            grad_m += term_m
+        gpu.dcn_store_sample_gradient(grad_offset, grad_mask, use_mask, s, position, HW_out, grad_p_y, grad_p_x, grad_m)
 
 
 # ---------------------------------------------------------------------------------------------
-# Launchers: the same chunked GEMM pipeline on either backend
+# Launchers: the layout, the located samples, then the forward or the chunked backward
 # ---------------------------------------------------------------------------------------------
 
+CHANNELS_LAST_COPY = KernelPair(channels_last_copy_cpu, channels_last_copy_cuda)
 LOCATE = KernelPair(locate_samples_cpu, locate_samples_cuda)
 IM2COL = KernelPair(deformable_im2col_cpu, deformable_im2col_cuda)
 COL2IM = KernelPair(deformable_col2im_cpu, deformable_col2im_cuda)
@@ -300,17 +437,44 @@ def batch_chunks(batch, bytes_per_image, max_col_buffer_bytes):
     return [(start, min(start + size, batch)) for start in range(0, batch, size)]
 
 
-def zero_padded(xp, input):
-    """input (B, C, H, W) → (B, C, H + 2, W + 2) with a border of zeros: the image the DCNv2
-    rule interpolates."""
-    return xp.pad(input, ((0, 0), (0, 0), (1, 1), (1, 1)))
+def channels_last_padded(backend, geometry, input):
+    """input (B, C_in, H, W) → (B, H + 2, W + 2, C_in), channels last with a border of zeros: the
+    image the DCNv2 rule interpolates, flat."""
+    xp = array_module(input)
+    B = input.shape[0]
+    padded = xp.zeros(B * (geometry.H + 2) * (geometry.W + 2) * geometry.C_in, dtype=input.dtype)
+    run(backend, CHANNELS_LAST_COPY, B * geometry.H, input.size, input.reshape(-1), padded, True, geometry)
+    return padded
 
 
-def weight_groups(weight, C_in):
-    """weight (C_out, C_in/G, kh, kw) → (G, C_out/G, C_in/G·K): the GEMM matrix of each group."""
+def weight_rows(weight, groups):
+    """weight (C_out, C_in/G, kh, kw) → (G, C_out/G, K·C_in/G) laid out (tap, channel), as the rows
+    of col: the GEMM matrix of each group."""
+    xp = array_module(weight)
     C_out, group_channels, kh, kw = weight.shape
-    G = C_in // group_channels
-    return weight.reshape(G, C_out // G, group_channels * kh * kw)
+    rows = weight.reshape(groups, C_out // groups, group_channels, kh * kw).transpose(0, 1, 3, 2)
+    return xp.ascontiguousarray(rows).reshape(groups, C_out // groups, kh * kw * group_channels)
+
+
+def weight_from_rows(rows, weight_shape):
+    """The inverse of `weight_rows`: (G, C_out/G, K·C_in/G) → (C_out, C_in/G, kh, kw)."""
+    xp = array_module(rows)
+    C_out, group_channels, kh, kw = weight_shape
+    G = rows.shape[0]
+    return xp.ascontiguousarray(
+        rows.reshape(G, C_out // G, kh * kw, group_channels).transpose(0, 1, 3, 2)).reshape(weight_shape)
+
+
+def located_samples(backend, geometry, offset, start, stop, tables=None):
+    """(top_left, l_y, l_x) of the images start:stop, in `tables` (buffers big enough) when given."""
+    xp = array_module(offset)
+    size = (stop - start) * geometry.H_out * geometry.W_out * geometry.offset_groups * geometry.kh * geometry.kw
+    if tables is None:
+        tables = (xp.empty(size, dtype=np.int64), xp.empty(size, dtype=offset.dtype),
+                  xp.empty(size, dtype=offset.dtype))
+    located = tuple(table[:size] for table in tables)
+    run(backend, LOCATE, (stop - start) * geometry.H_out, size, offset[start:stop].reshape(-1), *located, geometry)
+    return located
 
 
 class Chunk(NamedTuple):
@@ -332,51 +496,83 @@ def chunks(backend, geometry, offset, mask, max_col_buffer_bytes):
     xp = array_module(offset)
     HW_out = geometry.H_out * geometry.W_out
     K = geometry.kh * geometry.kw
-    samples_per_image = geometry.offset_groups * K  # rows (g, k) of H_out·W_out samples each
     col_per_image = geometry.C_in * K * HW_out
     budget = MAX_COL_BUFFER_BYTES[backend] if max_col_buffer_bytes is None else max_col_buffer_bytes
     ranges = batch_chunks(offset.shape[0], col_per_image * offset.itemsize, budget)
     largest = max((stop - start for start, stop in ranges), default=0)
-    top_left = xp.empty(largest * samples_per_image * HW_out, dtype=np.int64)
-    l_y = xp.empty(largest * samples_per_image * HW_out, dtype=offset.dtype)
-    l_x = xp.empty(largest * samples_per_image * HW_out, dtype=offset.dtype)
+    table_size = largest * HW_out * geometry.offset_groups * K
+    tables = (xp.empty(table_size, dtype=np.int64), xp.empty(table_size, dtype=offset.dtype),
+              xp.empty(table_size, dtype=offset.dtype))
     col = xp.empty(largest * col_per_image, dtype=offset.dtype)
     for start, stop in ranges:
-        n_samples = (stop - start) * samples_per_image
-        located = [table[:n_samples * HW_out] for table in (top_left, l_y, l_x)]
-        run(backend, LOCATE, n_samples, n_samples * HW_out, offset[start:stop].reshape(-1), *located, geometry)
+        located = located_samples(backend, geometry, offset, start, stop, tables)
         mask_chunk, use_mask = optional_argument(
             xp, None if mask is None else mask[start:stop].reshape(-1), 1, offset.dtype)
         yield Chunk(start, stop, *located, mask_chunk, use_mask, col[:(stop - start) * col_per_image])
 
 
+def padded_images(padded, geometry, start, stop):
+    """The flat channels-last padded images start:stop."""
+    per_image = (geometry.H + 2) * (geometry.W + 2) * geometry.C_in
+    return padded[start * per_image:stop * per_image]
+
+
 def deformable_im2col(backend, geometry, padded, chunk):
-    """Fill chunk.col (B_chunk·C_in·K·H_out·W_out,) with m · S for the images of the chunk."""
-    K = geometry.kh * geometry.kw
-    n_rows = (chunk.stop - chunk.start) * geometry.C_in * K
-    run(backend, IM2COL, n_rows, n_rows * geometry.H_out * geometry.W_out,
-        padded[chunk.start:chunk.stop].reshape(-1), chunk.top_left, chunk.l_y, chunk.l_x, chunk.mask,
-        chunk.use_mask, chunk.col, geometry)
+    """Fill chunk.col (B_chunk·G·H_out·W_out·K·C_in/G,) with m · S for the images of the chunk."""
+    n = chunk.stop - chunk.start
+    run(backend, IM2COL, n * geometry.groups * geometry.H_out, chunk.col.size,
+        padded_images(padded, geometry, chunk.start, chunk.stop), chunk.top_left, chunk.l_y, chunk.l_x,
+        chunk.mask, chunk.use_mask, chunk.col, geometry)
+
+
+def positions_per_tile(geometry, itemsize, max_col_buffer_bytes):
+    """How many output positions one CPU forward tile samples: its column block (K·C_in values
+    per position) within CPU_TILE_BYTES, or within the given budget when that is smaller."""
+    budget = CPU_TILE_BYTES if max_col_buffer_bytes is None else min(CPU_TILE_BYTES, max_col_buffer_bytes)
+    per_position = geometry.kh * geometry.kw * geometry.C_in * itemsize
+    return max(1, min(geometry.H_out * geometry.W_out, budget // per_position))
+
+
+def forward_in_tiles(geometry, padded, offset, weights, bias, mask, output, max_col_buffer_bytes):
+    """The CPU forward: locate every sample, then sample and multiply tile by tile in one kernel."""
+    B = offset.shape[0]
+    tile = positions_per_tile(geometry, offset.itemsize, max_col_buffer_bytes)
+    tiles_per_image = -(-geometry.H_out * geometry.W_out // tile)
+    located = located_samples("cpu", geometry, offset, 0, B)
+    mask, use_mask = optional_argument(np, None if mask is None else mask.reshape(-1), 1, offset.dtype)
+    bias, use_bias = optional_argument(np, bias, 1, offset.dtype)
+    run_cpu_calling_blas(deformable_conv_tiles_cpu, B * tiles_per_image, padded, *located, mask, use_mask,
+                         weights, bias, use_bias, output.reshape(-1), tile, geometry)
+
+
+def forward_in_chunks(backend, geometry, padded, offset, weights, bias, mask, output, max_col_buffer_bytes):
+    """The GPU forward: im2col of a batch chunk, then one batched GEMM (cuBLAS) per chunk."""
+    xp = array_module(offset)
+    G, group_outputs, group_taps = weights.shape
+    HW_out = geometry.H_out * geometry.W_out
+    for chunk in chunks(backend, geometry, offset, mask, max_col_buffer_bytes):
+        n = chunk.stop - chunk.start
+        deformable_im2col(backend, geometry, padded, chunk)
+        xp.matmul(weights, chunk.col.reshape(n, G, HW_out, group_taps).swapaxes(2, 3),
+                  out=output[chunk.start:chunk.stop].reshape(n, G, group_outputs, HW_out))
+    if bias is not None:
+        output += bias.reshape(1, -1, 1, 1)
 
 
 def deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask, backend,
                   max_col_buffer_bytes=None):
     """Forward on the "cpu" or "cuda" backend; arguments as dcn_numba.reference.deform_conv.
-    max_col_buffer_bytes: the column buffer's budget, MAX_COL_BUFFER_BYTES[backend] when None."""
+    max_col_buffer_bytes: the column buffer's budget (MAX_COL_BUFFER_BYTES[backend] when None);
+    on the CPU it also caps a tile's column block (CPU_TILE_BYTES)."""
     xp = array_module(input)
     geometry = conv_geometry(input, offset, weight, stride, padding, dilation)
-    weights = weight_groups(weight, geometry.C_in)
-    G, group_outputs, group_taps = weights.shape
-    HW_out = geometry.H_out * geometry.W_out
-    padded = zero_padded(xp, input)
+    weights = weight_rows(weight, geometry.groups)
+    padded = channels_last_padded(backend, geometry, input)
     output = xp.empty((input.shape[0], weight.shape[0], geometry.H_out, geometry.W_out), dtype=input.dtype)
-    for chunk in chunks(backend, geometry, offset, mask, max_col_buffer_bytes):
-        n = chunk.stop - chunk.start
-        deformable_im2col(backend, geometry, padded, chunk)
-        xp.matmul(weights, chunk.col.reshape(n, G, group_taps, HW_out),
-                  out=output[chunk.start:chunk.stop].reshape(n, G, group_outputs, HW_out))
-    if bias is not None:
-        output += bias.reshape(1, -1, 1, 1)
+    if backend == "cpu":
+        forward_in_tiles(geometry, padded, offset, weights, bias, mask, output, max_col_buffer_bytes)
+    else:
+        forward_in_chunks(backend, geometry, padded, offset, weights, bias, mask, output, max_col_buffer_bytes)
     return output
 
 
@@ -386,33 +582,36 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias, stride, pad
 
     Per chunk the column buffer first holds col (for grad_weight), then, overwritten by the second
     GEMM, gcol (for col2im and the offset/mask gradient): one buffer serves both. grad_input is
-    accumulated on zero-padded planes, whose border (the gradient of the padding) is dropped.
+    accumulated on the channels-last padded images, whose border (the gradient of the padding) is
+    dropped when they are laid out back as (B, C_in, H, W).
     """
     xp = array_module(input)
     geometry = conv_geometry(input, offset, weight, stride, padding, dilation)
-    weights = weight_groups(weight, geometry.C_in)
+    weights = weight_rows(weight, geometry.groups)
     G, group_outputs, group_taps = weights.shape
-    K = geometry.kh * geometry.kw
     HW_out = geometry.H_out * geometry.W_out
-    padded = zero_padded(xp, input)
+    padded = channels_last_padded(backend, geometry, input)
     grad_padded = xp.zeros_like(padded)
     grad_offset = xp.zeros_like(offset)
     grad_mask = None if mask is None else xp.zeros_like(mask)
-    grad_weight_groups = xp.zeros_like(weights)
+    grad_weights = xp.zeros_like(weights)
     for chunk in chunks(backend, geometry, offset, mask, max_col_buffer_bytes):
         start, stop, n = chunk.start, chunk.stop, chunk.stop - chunk.start
         deformable_im2col(backend, geometry, padded, chunk)
-        columns = chunk.col.reshape(n, G, group_taps, HW_out)
+        rows = chunk.col.reshape(n, G, HW_out, group_taps)
         grad_out = grad_output[start:stop].reshape(n, G, group_outputs, HW_out)
-        grad_weight_groups += xp.matmul(grad_out, columns.swapaxes(2, 3)).sum(axis=0)
-        xp.matmul(weights.swapaxes(1, 2), grad_out, out=columns)  # the buffer now holds gcol = ∂L/∂col
-        run(backend, COL2IM, n * geometry.C_in, chunk.col.size, chunk.col, chunk.top_left, chunk.l_y,
-            chunk.l_x, chunk.mask, chunk.use_mask, grad_padded[start:stop].reshape(-1), geometry)
+        grad_weights += xp.matmul(grad_out, rows).sum(axis=0)
+        xp.matmul(grad_out.swapaxes(2, 3), weights, out=rows)  # the buffer now holds gcol = ∂L/∂col
+        chunk_padded = padded_images(padded, geometry, start, stop)
+        run(backend, COL2IM, n * geometry.C_in // geometry.channel_block, chunk.col.size, chunk.col,
+            chunk.top_left, chunk.l_y, chunk.l_x, chunk.mask, chunk.use_mask,
+            padded_images(grad_padded, geometry, start, stop), geometry)
         grad_mask_chunk = chunk.mask if mask is None else grad_mask[start:stop].reshape(-1)
-        n_samples = n * geometry.offset_groups * K
-        run(backend, OFFSET_MASK_GRADIENT, n_samples, n_samples * HW_out, padded[start:stop].reshape(-1),
-            chunk.col, chunk.top_left, chunk.l_y, chunk.l_x, chunk.mask, chunk.use_mask,
+        run(backend, OFFSET_MASK_GRADIENT, n * geometry.H_out, chunk.top_left.size, chunk_padded, chunk.col,
+            chunk.top_left, chunk.l_y, chunk.l_x, chunk.mask, chunk.use_mask,
             grad_offset[start:stop].reshape(-1), grad_mask_chunk, geometry)
-    grad_input = xp.ascontiguousarray(grad_padded[:, :, 1:-1, 1:-1])
+    grad_input = xp.empty_like(input)
+    run(backend, CHANNELS_LAST_COPY, input.shape[0] * geometry.H, input.size, grad_input.reshape(-1), grad_padded,
+        False, geometry)
     grad_bias = None if bias is None else grad_output.sum(axis=(0, 2, 3))
-    return grad_input, grad_offset, grad_weight_groups.reshape(weight.shape), grad_bias, grad_mask
+    return grad_input, grad_offset, weight_from_rows(grad_weights, weight.shape), grad_bias, grad_mask

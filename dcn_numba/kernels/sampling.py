@@ -27,8 +27,10 @@ from ._targets import shared
 # v10 = x(y0+1, x0), v11 = x(y0+1, x0+1) with y0 = floor(p_y), x0 = floor(p_x), where pixels
 # outside the image read 0. `dcn_sample` says it for one position of an unpadded plane. The
 # kernels locate each sample once (`dcn_locate`, shared by every channel of its offset group) and
-# then read an input that is actually zero-padded by one pixel, (H+2)×(W+2) planes, so that the
-# four corners need no bounds checks; both paths blend with the same `bilinear_blend`.
+# then read an input that is actually zero-padded by one pixel, (H+2)×(W+2) pixels, so that the
+# four corners need no bounds checks; both paths blend with the same `bilinear_blend`. The
+# kernels' padded input is channels last, (B, H+2, W+2, C_in): the channels of one pixel lie side
+# by side, so that the channels sharing a sample read their corners from contiguous memory.
 
 # Constants typed float32, so that arithmetic keeps the precision of the data: float32 with float32
 # data (a float64 literal would promote every product to float64 and halve the SIMD width of the
@@ -146,12 +148,59 @@ def dcn_sample_gradient(data, plane, H, W, p_y, p_x):
 
 
 @shared
-def dcn_sample_index(image_channel, k, geometry):
-    """The sample s = (b·G_off + g)·K + k read by channel image_channel = b·C_in + c at tap k,
-    where g = c // (C_in / G_off) is the offset group of channel c."""
-    b = image_channel // geometry.C_in
-    g = image_channel % geometry.C_in // (geometry.C_in // geometry.offset_groups)
+def dcn_sample_number(b, g, k, geometry):
+    """s = (b·G_off + g)·K + k, the sample (tap k of offset group g of image b) whose (Δy, Δx) are
+    channels 2s, 2s + 1 of the flat offset array and whose m is channel s of the flat mask."""
     return (b * geometry.offset_groups + g) * geometry.kh * geometry.kw + k
+
+
+# Where the kernels keep things, as flat indices (every array is flat and C-contiguous inside a
+# kernel); `geometry` is a kernels.deform_conv.DeformConvGeometry.
+
+@shared
+def dcn_table_index(b, position, g, k, geometry):
+    """Index of sample (b, g, k) at output position = i·W_out + j in the located tables, laid out
+    (B, H_out·W_out, G_off, K): the samples of one output position side by side."""
+    return ((b * geometry.H_out * geometry.W_out + position) * geometry.offset_groups + g) \
+        * geometry.kh * geometry.kw + k
+
+
+@shared
+def dcn_column_index(b, group, position, k, channel_in_group, geometry):
+    """Index of col[b, group, position, k, c'] in the column buffer (B, G, H_out·W_out, K, C_in/G):
+    for each weight group, one row per output position holding its K taps × C_in/G channels
+    (channel c = group·C_in/G + c'), so that out[b, group] = weight_group · rowsᵀ."""
+    channels_per_group = geometry.C_in // geometry.groups
+    return (((b * geometry.groups + group) * geometry.H_out * geometry.W_out + position)
+            * geometry.kh * geometry.kw + k) * channels_per_group + channel_in_group
+
+
+@shared
+def dcn_column_coordinates(index, geometry):
+    """(b, group, position, k, c', c, g) of col element `index`, the inverse of `dcn_column_index`:
+    image, weight group, output position, tap, channel within the group, channel, offset group."""
+    K = geometry.kh * geometry.kw
+    HW_out = geometry.H_out * geometry.W_out
+    channels_per_group = geometry.C_in // geometry.groups
+    channel_in_group = index % channels_per_group
+    k = index // channels_per_group % K
+    position = index // (channels_per_group * K) % HW_out
+    group = index // (channels_per_group * K * HW_out) % geometry.groups
+    b = index // (channels_per_group * K * HW_out * geometry.groups)
+    c = group * channels_per_group + channel_in_group
+    return b, group, position, k, channel_in_group, c, c // (geometry.C_in // geometry.offset_groups)
+
+
+@shared
+def dcn_padded_image(b, geometry):
+    """Flat index of image b's first value in the channels-last padded input (B, H+2, W+2, C_in)."""
+    return b * (geometry.H + 2) * (geometry.W + 2) * geometry.C_in
+
+
+@shared
+def dcn_padded_pixel(y, x, W):
+    """Flat index, within a padded (H+2)×(W+2) image, of input pixel (y, x)."""
+    return (y + 1) * (W + 2) + x + 1
 
 
 # Where a sample falls on the padded planes: `top_left` ≥ 0 is the flat index of its corner
@@ -208,16 +257,56 @@ def padded_corner(top_left, W, corner):
 
 
 @shared
-def padded_corners(padded, plane, top_left, W):
-    """(v00, v01, v10, v11) read from the padded plane starting at flat index `plane`.
+def padded_corners(padded, base, top_left, W, pixel_stride):
+    """(v00, v01, v10, v11) of a padded image whose pixel q lives at base + q·pixel_stride: base is
+    the image's first value of the channel read and pixel_stride its number of channels on a
+    channels-last image (1 on a single plane).
 
-    A sample that reads no pixel (top_left < 0) reads the plane's first corners instead, in
+    A sample that reads no pixel (top_left < 0) reads the image's first corners instead, in
     bounds and meaningless: kernels blend every sample, then keep `dcn_unlocated_value` for
     those. Reading unconditionally leaves the CPU loops without branches, so that they vectorise.
     """
     top_left = max(top_left, 0)
-    return (padded[plane + padded_corner(top_left, W, 0)], padded[plane + padded_corner(top_left, W, 1)],
-            padded[plane + padded_corner(top_left, W, 2)], padded[plane + padded_corner(top_left, W, 3)])
+    return (padded[base + padded_corner(top_left, W, 0) * pixel_stride],
+            padded[base + padded_corner(top_left, W, 1) * pixel_stride],
+            padded[base + padded_corner(top_left, W, 2) * pixel_stride],
+            padded[base + padded_corner(top_left, W, 3) * pixel_stride])
+
+
+@shared
+def dcn_column_from_corners(v00, v01, v10, v11, l_y, l_x, top_left, m):
+    """col = m · S of one channel of a located sample (top_left, l_y, l_x) from its four corner
+    values: the one formula of the deformable im2col, which every kernel computing col calls."""
+    return dcn_column_value(bilinear_blend(v00, v01, v10, v11, l_y, l_x), top_left, m)
+
+
+@shared
+def dcn_input_gradient_term(grad_sample, m, l_y, l_x, corner):
+    """What one col element adds to corner 0..3 of its sample: ∂L/∂x = m · gcol · w_corner
+    (0 for a sample that reads no pixel, which the kernels skip)."""
+    return m * grad_sample * corner_weight(l_y, l_x, corner)
+
+
+@shared
+def dcn_offset_mask_terms(v00, v01, v10, v11, l_y, l_x, top_left, m, grad_sample):
+    """One channel's terms of the offset and mask gradients of a located sample, from its four
+    corner values and gcol: (m · gcol · ∂S/∂p_y, m · gcol · ∂S/∂p_x, gcol · S), whose sums over
+    the channels of the sample's offset group are ∂L/∂Δp_y, ∂L/∂Δp_x and ∂L/∂m."""
+    d_y, d_x = bilinear_slopes(v00, v01, v10, v11, l_y, l_x)
+    value = bilinear_blend(v00, v01, v10, v11, l_y, l_x)
+    return (dcn_offset_gradient_term(grad_sample, m, d_y, top_left),
+            dcn_offset_gradient_term(grad_sample, m, d_x, top_left),
+            grad_sample * dcn_located_or_not(value, top_left))
+
+
+@shared
+def dcn_store_sample_gradient(grad_offset, grad_mask, use_mask, s, position, HW_out, grad_p_y, grad_p_x, grad_m):
+    """Store sample s's gradients at one output position: ∂L/∂Δp_y and ∂L/∂Δp_x in channels 2s and
+    2s + 1 of the flat offset gradient, ∂L/∂m in channel s of the flat mask gradient (v2 only)."""
+    grad_offset[2 * s * HW_out + position] = grad_p_y
+    grad_offset[(2 * s + 1) * HW_out + position] = grad_p_x
+    if use_mask:
+        grad_mask[s * HW_out + position] = grad_m
 
 
 # ---------------------------------------------------------------------------------------------

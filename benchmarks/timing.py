@@ -54,9 +54,10 @@ def machine_description():
             f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT', 'unset')}")
 
 
-def row(name, seconds, baseline_seconds=None, baseline_name=None):
-    """A printed result line: the time, and the ratio to a baseline measured in the same run."""
-    line = f"{name:<48s} {seconds * 1e3:10.2f} ms"
+def row(name, seconds, baseline_seconds=None, baseline_name=None, width=48):
+    """A printed result line: the name padded to `width`, the time, and the ratio to a baseline
+    measured in the same run."""
+    line = f"{name:<{width}s} {seconds * 1e3:10.2f} ms"
     if baseline_seconds is not None:
         line += f"   {baseline_seconds / seconds:6.2f}x faster than {baseline_name}" if seconds < baseline_seconds \
             else f"   {seconds / baseline_seconds:6.2f}x slower than {baseline_name}"

@@ -4,6 +4,7 @@ sizes, non-contiguous inputs, and finite differences of the CPU kernels on a rea
 
 import math
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -116,7 +117,7 @@ def test_named_cases_match_the_reference(backend, changes):
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
-def test_results_do_not_depend_on_the_chunk_size(backend):
+def test_results_do_not_depend_on_the_chunk_or_tile_size(backend):
     case = {**BASE_CASE, "B": 3}
     arrays = on_backend(backend, make_arrays(case))
     args = forward_args(arrays, case)
@@ -129,7 +130,39 @@ def test_results_do_not_depend_on_the_chunk_size(backend):
         results.append([to_numpy(output)] + [to_numpy(g) for g in gradients])
     for chunked in results[:2]:
         for name, actual, whole in zip(["output"] + GRADIENT_NAMES, chunked, results[2]):
-            assert_close(actual, whole, rtol=1e-13, atol=1e-13, what=f"{name} over chunks")
+            assert_close(actual, whole, rtol=1e-13, atol=1e-13, what=f"{name} over chunks or tiles")
+
+
+def test_cpu_results_do_not_depend_on_the_thread_count():
+    """The CPU's tiles are independent: the forward and every gradient but grad_weight are the
+    same bits with one thread or two; grad_weight, summed per worker, agrees to rounding."""
+    case = {**BASE_CASE, "B": 3}
+    arrays = make_arrays(case)
+    args = forward_args(arrays, case)
+    results = []
+    threads = numba.get_num_threads()
+    try:
+        for count in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(count)
+            results.append([kernels.deform_conv2d(*args, "cpu", max_col_buffer_bytes=1)]
+                           + list(kernels.deform_conv2d_backward(arrays["grad_output"], *args, "cpu",
+                                                                 max_col_buffer_bytes=1)))
+    finally:
+        numba.set_num_threads(threads)
+    for name, one, two in zip(["output"] + GRADIENT_NAMES, *results):
+        if name == "grad_weight":
+            assert_close(one, two, rtol=1e-13, atol=1e-13, what=name)
+        else:
+            np.testing.assert_array_equal(one, two, err_msg=name)
+
+
+def test_cpu_tiles_fit_the_budget():
+    geometry = kernels.conv_geometry(np.empty((1, 4, 5, 6)), np.empty((1, 36, 5, 6)), np.empty((4, 2, 3, 3)),
+                                     (1, 1), (1, 1), (1, 1))
+    per_position = 9 * 4 * 8  # K · C_in values of 8 bytes
+    assert kernels.positions_per_tile(geometry, 8, 7 * per_position + 1) == 7
+    assert kernels.positions_per_tile(geometry, 8, 1) == 1
+    assert kernels.positions_per_tile(geometry, 8, None) == 30  # the whole 5 × 6 image fits CPU_TILE_BYTES
 
 
 def test_chunks_cover_the_batch_within_the_budget():

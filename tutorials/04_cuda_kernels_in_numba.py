@@ -362,9 +362,9 @@ check(naive_col2im, matches_the_package_backward)
 # %% [markdown]
 # Atomics cost throughput and make floating-point sums order-dependent (the last bits vary from
 # run to run). The CPU kernel avoids them by choosing a different owner, as the two threads above
-# did: one `prange` iteration per block of *channels* of one image, which walks every sample of
-# that image and is the only writer of those channels. No two iterations touch the same memory,
-# so plain `+=` is safe and the result is deterministic.
+# did: each `prange` iteration owns whole *images*, walks every sample of them and is the only
+# writer of their gradient. No two iterations touch the same memory, so plain `+=` is safe and the
+# result is deterministic.
 #
 # ## What the package's kernels do differently
 #
@@ -423,12 +423,14 @@ print(inspect.getsource(conv_kernels.deformable_im2col_cuda))
 
 # %% [markdown]
 # Its col2im is your exercise 4.2 on the same precomputed locations, with the one atomic,
-# `cuda.atomic.add`, and the CPU version gives each block of channels of an image to one `prange`
-# iteration instead:
+# `cuda.atomic.add`. The CPU avoids atomics by ownership, as the two threads above did: each
+# `prange` iteration of its backward owns whole images, and `backpropagate_tile` scatters a tile
+# of one image's gcol into that image alone (and, in the same pass over the samples, sums their
+# offset and mask gradients):
 
 # %%
 print(inspect.getsource(conv_kernels.deformable_col2im_cuda))
-print(inspect.getsource(conv_kernels.deformable_col2im_cpu))
+print(inspect.getsource(conv_kernels.backpropagate_tile))
 
 # %% [markdown]
 # The package launches its kernels with `launch(kernel, n_items, stream, *args)`, which picks
@@ -603,8 +605,8 @@ plt.show()
 # The CPU kernels are not a port: they call the very same scalar functions. `sampling.py` compiles
 # each of them with `@njit(inline="always")`, so Numba pastes it into whichever kernel calls it,
 # CPU or CUDA. A CPU kernel is `@njit(parallel=True)`, with `prange` splitting its outer loop among
-# the cores. Which shared functions does each im2col kernel call? The CPU kernel hands each row of
-# col to `fill_columns`, so we read both:
+# the cores. Which shared functions does each im2col call? On the CPU, im2col is `fill_columns`,
+# which the forward kernel (`deformable_conv_tiles_cpu`) calls for each tile, so we read both:
 
 # %%
 shared_functions = {name for name, value in vars(sampling).items() if hasattr(value, "py_func")}
@@ -616,7 +618,7 @@ def shared_calls(*functions):
     return {name for name in shared_functions if re.search(rf"\b{name}\(", source)}
 
 
-cpu_calls = shared_calls(conv_kernels.deformable_im2col_cpu, conv_kernels.fill_columns)
+cpu_calls = shared_calls(conv_kernels.deformable_conv_tiles_cpu, conv_kernels.fill_columns)
 cuda_calls = shared_calls(conv_kernels.deformable_im2col_cuda)
 print("both call        ", sorted(cpu_calls & cuda_calls))
 print("only the CPU     ", sorted(cpu_calls - cuda_calls))
@@ -629,10 +631,13 @@ assert "dcn_column_from_corners" in cpu_calls & cuda_calls
 # is the walk: a GPU thread finds its element's coordinates (`dcn_column_coordinates`) and reads its
 # four corners one value each (`padded_corners`); a CPU iteration takes a run of channels at once,
 # four contiguous rows of the channels-last input (`corner_rows`, in the kernel module), and loops
-# over them, a loop the compiler turns into vector instructions.
+# over them, a loop the compiler turns into vector instructions. The CPU also multiplies each
+# tile of col by the weights as soon as it is sampled, while it is still in the core's cache;
+# the GPU fills the column buffer of many images and hands it to cuBLAS.
 #
-# Only the walk over the index space differs: a `prange` over rows on the CPU, a grid-stride loop
-# over elements on the GPU. Three executions of one truth, which must agree:
+# Only the walk over the index space differs: tiles of output positions in `prange` iterations
+# on the CPU, a grid-stride loop over elements on the GPU. Three executions of one truth, which
+# must agree:
 
 # %%
 results = {backend: dcn_numba.deform_conv2d(**(on_device if backend == "cuda" else arrays), padding=1,
@@ -651,7 +656,7 @@ print("reference, cpu and cuda agree:", to_host(results["cuda"])[0, 0, 0].round(
 #   any size, and keep neighbouring threads on neighbouring memory.
 # * A naive im2col is a grid-stride loop over col calling the shared sampler; col2im is its
 #   adjoint, a scatter, where threads collide on the same pixel and lose updates unless the add
-#   is atomic (`cuda.atomic.add`) or each pixel has one owner (the CPU kernel's blocks of channels).
+#   is atomic (`cuda.atomic.add`) or each pixel has one owner (the CPU kernel's images).
 # * The package's kernels locate each sample once per offset group (`top_left`, `l_y`, `l_x`),
 #   C_in/G_off times fewer than per col element, and read corners from a zero-padded channels-last input with
 #   no bounds tests.

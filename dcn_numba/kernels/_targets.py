@@ -138,6 +138,12 @@ def run(backend, kernels, cpu_items, cuda_items, *args):
         launch(kernels.cuda, cuda_items, cuda_stream(), *args)
 
 
+def run_cuda(kernel, cuda_items, *args):
+    """Launch a CUDA kernel that has no CPU twin (a step of the GPU's GEMM pipeline) over
+    cuda_items threads."""
+    launch(kernel, cuda_items, cuda_stream(), *args)
+
+
 _blas_threads = []  # the threadpoolctl controller of the process's BLAS libraries, made once
 
 

@@ -25,41 +25,45 @@ of `channel_run` = gcd(C_in/G, C_in/G_off) consecutive channels, the innermost l
 Reading a padded input makes every corner of a valid sample an in-bounds read that is 0 in the
 padding, and grad_input is accumulated on padded images whose border is then dropped.
 
-The forward differs between the targets only in where the GEMM runs. On the CPU one parallel
-kernel samples a tile of output positions into a column block private to its iteration and
-multiplies it by the weights while the block is still in the core's cache (BLAS on that core's
-thread); the column buffer of the whole layer never exists. On a GPU im2col fills the column
-buffer of a batch chunk and cuBLAS multiplies it. The backward runs the same chunked pipeline on
-both: im2col, the two GEMMs on the array module's matmul (NumPy → BLAS, CuPy → cuBLAS), col2im
-and the offset/mask gradient. Tile and chunk sizes never change the results.
+The targets differ in how they organise the GEMMs around the sampling. On the CPU one parallel
+kernel runs the forward tile by tile: it samples a tile of output positions into a column block
+private to its iteration and multiplies it by the weights while the block is still in the core's
+cache (BLAS on that core's thread), so the column buffer of the whole layer never exists; the
+backward does the same per tile (im2col, the two GEMMs, then col2im and the offset/mask gradient
+in one pass), each iteration owning whole images and so every gradient of them. On a GPU im2col
+fills the column buffer of a batch chunk, cuBLAS multiplies it, and col2im and the offset/mask
+gradient are kernels of their own. Tile and chunk sizes change no result beyond the rounding of
+grad_weight's sum.
 
 Flat shapes inside the kernels (b counts the images of the chunk a kernel is given):
     padded (B, H + 2, W + 2, C_in), offset (B, 2·G_off·K, H_out, W_out), mask (B, G_off·K, H_out, W_out),
-    top_left, l_y, l_x (B, H_out·W_out, G_off, K), col and gcol (B, G, H_out·W_out, K, C_in/G).
+    top_left, l_y, l_x (B, H_out·W_out, G_off, K), col and gcol (B, G, H_out·W_out, K, C_in/G);
+    a CPU tile holds the (G, positions, K, C_in/G) part of col of one image.
 
 Must match dcn_numba.reference.deform_conv (tests/test_deform_conv_kernels.py checks it).
 
 Who owns which output:
     layout, locate    CPU: one prange iteration per row (b, y) of the image    CUDA: one thread per element
-    forward tiles     CPU: one iteration per tile of output positions of one image
-    im2col            CPU: one iteration per (b, group, output row)            CUDA: one thread per col element
-    col2im            CPU: one iteration per block of channels of one image: it alone writes those
-                      channels of that image, so no races
-                      CUDA: one thread per gcol element, atomic adds into its four corners
-    offset/mask grad  CPU: one iteration per (b, output row)                   CUDA: one thread per sample (b, position, g, k)
+    forward           CPU: one iteration per share of the tiles (positions of one image)
+                      CUDA: im2col one thread per col element, then cuBLAS
+    backward          CPU: one iteration per share of the images, tile by tile: it alone writes
+                      those images' gradients, so no races; grad_weight is summed per iteration
+                      CUDA: col2im one thread per gcol element, atomic adds into its four corners;
+                      offset/mask gradient one thread per sample (b, position, g, k)
 """
 
 import math
 from typing import NamedTuple
 
+import numba
 import numpy as np
 from numba import cuda, prange
 
 from .._arrays import array_module
 from . import sampling
 from ._targets import (COUNT, FLAG, FLAT, INDICES, KernelPair, cpu_kernel, cuda_kernel, for_cuda,
-                       geometry_of, optional_argument, run, run_cpu_calling_blas, shared)
-from .sampling import (ONE, dcn_column_from_corners, dcn_column_index, dcn_input_gradient_term, dcn_locate,
+                       geometry_of, optional_argument, run, run_cpu_calling_blas, run_cuda, shared)
+from .sampling import (ONE, dcn_column_from_corners, dcn_input_gradient_term, dcn_locate,
                        dcn_offset_mask_terms, dcn_padded_image, dcn_padded_pixel, dcn_sample_number,
                        dcn_store_sample_gradient, dcn_table_index, dcn_tap_position, padded_corner)
 
@@ -70,9 +74,6 @@ MAX_COL_BUFFER_BYTES = {"cpu": 1 << 24, "cuda": 1 << 28}
 # its sampling and its GEMM, big enough for an efficient GEMM (measured: 64 to 512 positions of
 # the benchmark layer run alike; benchmarks/bench_deform_conv.py).
 CPU_TILE_BYTES = 1 << 19
-# The longest channel block one col2im iteration owns: short enough to give every core blocks
-# to work on, one SIMD register or more wide.
-COL2IM_CHANNELS = 64
 
 
 class DeformConvGeometry(NamedTuple):
@@ -94,12 +95,6 @@ class DeformConvGeometry(NamedTuple):
     dil_w: int
     groups: int
     channel_run: int  # gcd(C_in/G, C_in/G_off): consecutive channels of one weight and one offset group
-    channel_block: int  # the channels one col2im iteration owns: the largest divisor of channel_run ≤ COL2IM_CHANNELS
-
-
-def largest_divisor_at_most(n, limit):
-    """The largest divisor of n that is ≤ limit."""
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
 def conv_geometry(input, offset, weight, stride, padding, dilation):
@@ -109,9 +104,8 @@ def conv_geometry(input, offset, weight, stride, padding, dilation):
     kh, kw = weight.shape[2:]
     offset_groups = offset_channels // (2 * kh * kw)
     groups = C_in // weight.shape[1]
-    run = math.gcd(C_in // groups, C_in // offset_groups)
     return DeformConvGeometry(C_in, H, W, offset_groups, kh, kw, H_out, W_out, *stride, *padding,
-                              *dilation, groups, run, largest_divisor_at_most(run, COL2IM_CHANNELS))
+                              *dilation, groups, math.gcd(C_in // groups, C_in // offset_groups))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,121 +194,128 @@ def fill_columns(padded, top_left, l_y, l_x, mask, use_mask, b, group, first, st
 
 
 @cpu_kernel
-def deformable_im2col_cpu(n_rows, padded, top_left, l_y, l_x, mask, use_mask, col, geometry):
-    """col[b, group, position, k, c'] = m · S for the n_rows = B·G·H_out rows (b, group, i),
-    each the W_out positions of output row i."""
-    for row in prange(n_rows):
-        b = row // (geometry.groups * geometry.H_out)
-        group = row // geometry.H_out % geometry.groups
-        first = row % geometry.H_out * geometry.W_out
-        fill_columns(padded, top_left, l_y, l_x, mask, use_mask, b, group, first, first + geometry.W_out, col,
-                     dcn_column_index(b, group, first, 0, 0, geometry), geometry)
-
-
-@cpu_kernel
-def deformable_conv_tiles_cpu(n_tiles, padded, top_left, l_y, l_x, mask, use_mask, weights, bias, use_bias,
-                              output, positions_per_tile, geometry):
+def deformable_conv_tiles_cpu(n_workers, n_tiles, padded, top_left, l_y, l_x, mask, use_mask, weights, bias,
+                              use_bias, output, positions_per_tile, geometry):
     """The forward, out[b, o, position] = Σ weight_group[o] · col[b, group, position] + bias[o],
-    for n_tiles tiles of `positions_per_tile` output positions of one image each: every
-    iteration samples its tile's column block (G, positions, K·C_in/G) into memory of its own and
-    multiplies it (BLAS, on the iteration's thread) while it is still in cache.
-    weights (G, C_out/G, K·C_in/G), laid out like the column rows (see `weight_rows`)."""
+    tile by tile: a tile is `positions_per_tile` output positions of one image, and each of the
+    n_workers parallel iterations takes a contiguous share of the n_tiles tiles. For each tile
+    a worker samples the tile's column block (positions, K·C_in/G) of one group into memory of
+    its own, allocated once for all its tiles, and multiplies it (BLAS, on the worker's thread)
+    while it is still in cache. Tiles are independent, so the results do not depend on
+    n_workers. weights (G, C_out/G, K·C_in/G), laid out like the column rows (`weight_rows`)."""
     HW_out = geometry.H_out * geometry.W_out
     G, group_outputs, group_taps = weights.shape
     tiles_per_image = (HW_out + positions_per_tile - 1) // positions_per_tile
-    for tile in prange(n_tiles):
-        b = tile // tiles_per_image
-        first = tile % tiles_per_image * positions_per_tile
-        stop = min(first + positions_per_tile, HW_out)
-        n = stop - first
-        columns = np.empty(n * group_taps, dtype=weights.dtype)
-        for group in range(G):
-            fill_columns(padded, top_left, l_y, l_x, mask, use_mask, b, group, first, stop, columns, 0, geometry)
-            product = np.dot(weights[group], columns.reshape((n, group_taps)).T)  # (C_out/G, n)
-            for o in range(group_outputs):
-                channel = group * group_outputs + o
-                out = (b * G * group_outputs + channel) * HW_out + first
-                shift = bias[channel] if use_bias else product.dtype.type(0)
-                for position in range(n):
-                    output[out + position] = product[o, position] + shift
+    for worker in prange(n_workers):
+        columns = np.empty(positions_per_tile * group_taps, dtype=weights.dtype)
+        products = np.empty(group_outputs * positions_per_tile, dtype=weights.dtype)
+        for tile in range(worker * n_tiles // n_workers, (worker + 1) * n_tiles // n_workers):
+            b = tile // tiles_per_image
+            first = tile % tiles_per_image * positions_per_tile
+            stop = min(first + positions_per_tile, HW_out)
+            n = stop - first
+            block = columns[:n * group_taps].reshape((n, group_taps))
+            product = products[:group_outputs * n].reshape((group_outputs, n))
+            for group in range(G):
+                fill_columns(padded, top_left, l_y, l_x, mask, use_mask, b, group, first, stop, columns, 0,
+                             geometry)
+                np.dot(weights[group], block.T, product)
+                for o in range(group_outputs):
+                    channel = group * group_outputs + o
+                    out = (b * G * group_outputs + channel) * HW_out + first
+                    shift = bias[channel] if use_bias else product.dtype.type(0)
+                    for position in range(n):
+                        output[out + position] = product[o, position] + shift
 
 
-@cpu_kernel
-def deformable_col2im_cpu(n_blocks, gcol, top_left, l_y, l_x, mask, use_mask, grad_padded, geometry):
-    """grad_padded[b, ·, ·, c] += m · gcol · w_ab at the four corners of each valid sample, for the
-    n_blocks = B·C_in/channel_block blocks of `channel_block` channels of one image; each
-    iteration accumulates into its own channels of its own image only."""
-    K = geometry.kh * geometry.kw
-    HW_out = geometry.H_out * geometry.W_out
-    block = geometry.channel_block
-    blocks_per_image = geometry.C_in // block
-    channels_per_group = geometry.C_in // geometry.groups
-    channels_per_offset_group = geometry.C_in // geometry.offset_groups
-    for index in prange(n_blocks):
-        b = index // blocks_per_image
-        first_channel = index % blocks_per_image * block
-        group = first_channel // channels_per_group
-        g = first_channel // channels_per_offset_group
-        image = dcn_padded_image(b, geometry) + first_channel
-        for position in range(HW_out):
-            for k in range(K):
-                here = dcn_table_index(b, position, g, k, geometry)
-                corner, fraction_y, fraction_x = top_left[here], l_y[here], l_x[here]
-                if corner < 0:
-                    continue
-                m = mask[dcn_sample_number(b, g, k, geometry) * HW_out + position] if use_mask else ONE
-                source = dcn_column_index(b, group, position, k, first_channel - group * channels_per_group,
-                                          geometry)
-                grad_samples = gcol[source:source + block]
-                for which in range(4):
-                    target = image + padded_corner(corner, geometry.W, which) * geometry.C_in
-                    grad_pixel = grad_padded[target:target + block]
-                    for c in range(block):
-                        grad_pixel[c] += dcn_input_gradient_term(grad_samples[c], m, fraction_y, fraction_x, which)
-
-
-@cpu_kernel(reassociate=True)
-def offset_mask_gradient_cpu(n_rows, padded, gcol, top_left, l_y, l_x, mask, use_mask,
-                             grad_offset, grad_mask, geometry):
-    """grad_offset[b, 2s + d, i, j] = Σ_c m · gcol · ∂S/∂p_d and grad_mask[b, s, i, j] = Σ_c gcol · S
-    over the channels c of each sample's offset group, for the n_rows = B·H_out output rows
-    (b, i); each iteration owns its rows and sums in float64, a run of channels at a time. The
-    sums may be reassociated (`cpu_kernel`) so that they vectorise."""
+@shared
+def backpropagate_tile(padded, top_left, l_y, l_x, mask, use_mask, b, first, stop, gcol, grad_padded,
+                       grad_offset, grad_mask, geometry):
+    """col2im and the offset/mask gradient of the output positions first..stop−1 of image b, whose
+    gcol the tile holds as rows (G, positions, K·C_in/G), in one pass over each sample's runs of
+    channels: grad_padded[b] += m · gcol · w_ab at the four corners of a valid sample, and
+    ∂L/∂Δp_d = Σ_c m · gcol · ∂S/∂p_d, ∂L/∂m = Σ_c gcol · S over the channels of its offset group,
+    summed in float64 and stored once."""
     K = geometry.kh * geometry.kw
     HW_out = geometry.H_out * geometry.W_out
     run_length = geometry.channel_run
     channels_per_group = geometry.C_in // geometry.groups
     channels_per_offset_group = geometry.C_in // geometry.offset_groups
-    for row in prange(n_rows):
-        b, i = row // geometry.H_out, row % geometry.H_out
-        image = dcn_padded_image(b, geometry)
-        for j in range(geometry.W_out):
-            position = i * geometry.W_out + j
-            for g in range(geometry.offset_groups):
-                for k in range(K):
-                    s = dcn_sample_number(b, g, k, geometry)
-                    here = dcn_table_index(b, position, g, k, geometry)
-                    corner, fraction_y, fraction_x = top_left[here], l_y[here], l_x[here]
-                    m = mask[s * HW_out + position] if use_mask else ONE
-                    grad_p_y = 0.0
-                    grad_p_x = 0.0
-                    grad_m = 0.0
-                    for channel_run in range(channels_per_offset_group // run_length):
-                        first_channel = g * channels_per_offset_group + channel_run * run_length
-                        group = first_channel // channels_per_group
-                        source = dcn_column_index(b, group, position, k, first_channel - group * channels_per_group,
-                                                  geometry)
-                        grad_samples = gcol[source:source + run_length]
-                        v00, v01, v10, v11 = corner_rows(padded, image, corner, geometry.W, geometry.C_in,
-                                                         first_channel, run_length)
+    n = stop - first
+    image = dcn_padded_image(b, geometry)
+    for position in range(first, stop):
+        for g in range(geometry.offset_groups):
+            for k in range(K):
+                s = dcn_sample_number(b, g, k, geometry)
+                here = dcn_table_index(b, position, g, k, geometry)
+                corner, fraction_y, fraction_x = top_left[here], l_y[here], l_x[here]
+                m = mask[s * HW_out + position] if use_mask else ONE
+                grad_p_y = 0.0
+                grad_p_x = 0.0
+                grad_m = 0.0
+                for channel_run in range(channels_per_offset_group // run_length):
+                    first_channel = g * channels_per_offset_group + channel_run * run_length
+                    group = first_channel // channels_per_group
+                    source = ((group * n + position - first) * K + k) * channels_per_group \
+                        + first_channel - group * channels_per_group
+                    grad_samples = gcol[source:source + run_length]
+                    v00, v01, v10, v11 = corner_rows(padded, image, corner, geometry.W, geometry.C_in,
+                                                     first_channel, run_length)
+                    for c in range(run_length):
+                        term_y, term_x, term_m = dcn_offset_mask_terms(
+                            v00[c], v01[c], v10[c], v11[c], fraction_y, fraction_x, corner, m, grad_samples[c])
+                        grad_p_y += term_y
+                        grad_p_x += term_x
+                        grad_m += term_m
+                    if corner < 0:
+                        continue  # a sample that reads no pixel sends no gradient to the input
+                    for which in range(4):
+                        target = image + padded_corner(corner, geometry.W, which) * geometry.C_in + first_channel
+                        grad_pixel = grad_padded[target:target + run_length]
                         for c in range(run_length):
-                            term_y, term_x, term_m = dcn_offset_mask_terms(
-                                v00[c], v01[c], v10[c], v11[c], fraction_y, fraction_x, corner, m, grad_samples[c])
-                            grad_p_y += term_y
-                            grad_p_x += term_x
-                            grad_m += term_m
-                    dcn_store_sample_gradient(grad_offset, grad_mask, use_mask, s, position, HW_out,
-                                              grad_p_y, grad_p_x, grad_m)
+                            grad_pixel[c] += dcn_input_gradient_term(grad_samples[c], m, fraction_y, fraction_x,
+                                                                     which)
+                dcn_store_sample_gradient(grad_offset, grad_mask, use_mask, s, position, HW_out,
+                                          grad_p_y, grad_p_x, grad_m)
+
+
+@cpu_kernel(reassociate=True)
+def deformable_conv_backward_cpu(n_workers, n_images, padded, top_left, l_y, l_x, mask, use_mask, weights,
+                                 grad_output, grad_padded, grad_offset, grad_mask, grad_weight_workers,
+                                 positions_per_tile, geometry):
+    """The backward, tile by tile as the forward (`deformable_conv_tiles_cpu`): each of the n_workers
+    parallel iterations owns a contiguous share of the n_images images, and so every gradient of
+    them, and for each tile of `positions_per_tile` output positions of its images
+        samples col (G, positions, K·C_in/G) into memory of its own,
+        grad_weight_workers[worker, group] += grad_out_tile[group] · col[group]        (BLAS)
+        gcol[group] = grad_out_tile[group]ᵀ · weight_group, over col                   (BLAS)
+        col2im and the offset/mask gradient of the tile (`backpropagate_tile`),
+    while the tile is in cache. The offset/mask sums may be reassociated (`cpu_kernel`) so that
+    they vectorise."""
+    HW_out = geometry.H_out * geometry.W_out
+    G, group_outputs, group_taps = weights.shape
+    for worker in prange(n_workers):
+        columns = np.empty(G * positions_per_tile * group_taps, dtype=weights.dtype)
+        grads = np.empty(group_outputs * positions_per_tile, dtype=weights.dtype)
+        product = np.empty((group_outputs, group_taps), dtype=weights.dtype)
+        for b in range(worker * n_images // n_workers, (worker + 1) * n_images // n_workers):
+            for first in range(0, HW_out, positions_per_tile):
+                stop = min(first + positions_per_tile, HW_out)
+                n = stop - first
+                grad_block = grads[:group_outputs * n].reshape((group_outputs, n))
+                for group in range(G):
+                    start = group * n * group_taps
+                    fill_columns(padded, top_left, l_y, l_x, mask, use_mask, b, group, first, stop, columns,
+                                 start, geometry)
+                    block = columns[start:start + n * group_taps].reshape((n, group_taps))
+                    for o in range(group_outputs):
+                        row = (b * G * group_outputs + group * group_outputs + o) * HW_out + first
+                        grad_block[o] = grad_output[row:row + n]
+                    np.dot(grad_block, block, product)
+                    grad_weight_workers[worker, group] += product
+                    np.dot(grad_block.T, weights[group], block)  # the tile now holds gcol = ∂L/∂col
+                backpropagate_tile(padded, top_left, l_y, l_x, mask, use_mask, b, first, stop, columns,
+                                   grad_padded, grad_offset, grad_mask, geometry)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,11 +425,10 @@ def offset_mask_gradient_cuda(n_items, padded, gcol, top_left, l_y, l_x, mask, u
 # Launchers: the layout, the located samples, then the forward or the chunked backward
 # ---------------------------------------------------------------------------------------------
 
+# The steps both targets take alike; the GEMM pipelines (tiles on the CPU, chunks on a GPU) have
+# kernels of their own on each target, over the same shared functions.
 CHANNELS_LAST_COPY = KernelPair(channels_last_copy_cpu, channels_last_copy_cuda)
 LOCATE = KernelPair(locate_samples_cpu, locate_samples_cuda)
-IM2COL = KernelPair(deformable_im2col_cpu, deformable_im2col_cuda)
-COL2IM = KernelPair(deformable_col2im_cpu, deformable_col2im_cuda)
-OFFSET_MASK_GRADIENT = KernelPair(offset_mask_gradient_cpu, offset_mask_gradient_cuda)
 
 
 def batch_chunks(batch, bytes_per_image, max_col_buffer_bytes):
@@ -490,14 +490,14 @@ class Chunk(NamedTuple):
     col: object
 
 
-def chunks(backend, geometry, offset, mask, max_col_buffer_bytes):
-    """Yield each Chunk of the batch with its samples located. One set of buffers, sized for the
-    largest chunk, serves every chunk in turn."""
+def chunks(geometry, offset, mask, max_col_buffer_bytes):
+    """Yield each Chunk of the batch (GPU) with its samples located. One set of buffers, sized
+    for the largest chunk, serves every chunk in turn."""
     xp = array_module(offset)
     HW_out = geometry.H_out * geometry.W_out
     K = geometry.kh * geometry.kw
     col_per_image = geometry.C_in * K * HW_out
-    budget = MAX_COL_BUFFER_BYTES[backend] if max_col_buffer_bytes is None else max_col_buffer_bytes
+    budget = MAX_COL_BUFFER_BYTES["cuda"] if max_col_buffer_bytes is None else max_col_buffer_bytes
     ranges = batch_chunks(offset.shape[0], col_per_image * offset.itemsize, budget)
     largest = max((stop - start for start, stop in ranges), default=0)
     table_size = largest * HW_out * geometry.offset_groups * K
@@ -505,7 +505,7 @@ def chunks(backend, geometry, offset, mask, max_col_buffer_bytes):
               xp.empty(table_size, dtype=offset.dtype))
     col = xp.empty(largest * col_per_image, dtype=offset.dtype)
     for start, stop in ranges:
-        located = located_samples(backend, geometry, offset, start, stop, tables)
+        located = located_samples("cuda", geometry, offset, start, stop, tables)
         mask_chunk, use_mask = optional_argument(
             xp, None if mask is None else mask[start:stop].reshape(-1), 1, offset.dtype)
         yield Chunk(start, stop, *located, mask_chunk, use_mask, col[:(stop - start) * col_per_image])
@@ -517,12 +517,10 @@ def padded_images(padded, geometry, start, stop):
     return padded[start * per_image:stop * per_image]
 
 
-def deformable_im2col(backend, geometry, padded, chunk):
-    """Fill chunk.col (B_chunk·G·H_out·W_out·K·C_in/G,) with m · S for the images of the chunk."""
-    n = chunk.stop - chunk.start
-    run(backend, IM2COL, n * geometry.groups * geometry.H_out, chunk.col.size,
-        padded_images(padded, geometry, chunk.start, chunk.stop), chunk.top_left, chunk.l_y, chunk.l_x,
-        chunk.mask, chunk.use_mask, chunk.col, geometry)
+def deformable_im2col(geometry, padded, chunk):
+    """Fill chunk.col (B_chunk·G·H_out·W_out·K·C_in/G,) with m · S for the images of the chunk (GPU)."""
+    run_cuda(deformable_im2col_cuda, chunk.col.size, padded_images(padded, geometry, chunk.start, chunk.stop),
+             chunk.top_left, chunk.l_y, chunk.l_x, chunk.mask, chunk.use_mask, chunk.col, geometry)
 
 
 def positions_per_tile(geometry, itemsize, max_col_buffer_bytes):
@@ -537,22 +535,22 @@ def forward_in_tiles(geometry, padded, offset, weights, bias, mask, output, max_
     """The CPU forward: locate every sample, then sample and multiply tile by tile in one kernel."""
     B = offset.shape[0]
     tile = positions_per_tile(geometry, offset.itemsize, max_col_buffer_bytes)
-    tiles_per_image = -(-geometry.H_out * geometry.W_out // tile)
+    n_tiles = B * -(-geometry.H_out * geometry.W_out // tile)
     located = located_samples("cpu", geometry, offset, 0, B)
     mask, use_mask = optional_argument(np, None if mask is None else mask.reshape(-1), 1, offset.dtype)
     bias, use_bias = optional_argument(np, bias, 1, offset.dtype)
-    run_cpu_calling_blas(deformable_conv_tiles_cpu, B * tiles_per_image, padded, *located, mask, use_mask,
-                         weights, bias, use_bias, output.reshape(-1), tile, geometry)
+    run_cpu_calling_blas(deformable_conv_tiles_cpu, min(n_tiles, numba.get_num_threads()), n_tiles, padded,
+                         *located, mask, use_mask, weights, bias, use_bias, output.reshape(-1), tile, geometry)
 
 
-def forward_in_chunks(backend, geometry, padded, offset, weights, bias, mask, output, max_col_buffer_bytes):
+def forward_in_chunks(geometry, padded, offset, weights, bias, mask, output, max_col_buffer_bytes):
     """The GPU forward: im2col of a batch chunk, then one batched GEMM (cuBLAS) per chunk."""
     xp = array_module(offset)
     G, group_outputs, group_taps = weights.shape
     HW_out = geometry.H_out * geometry.W_out
-    for chunk in chunks(backend, geometry, offset, mask, max_col_buffer_bytes):
+    for chunk in chunks(geometry, offset, mask, max_col_buffer_bytes):
         n = chunk.stop - chunk.start
-        deformable_im2col(backend, geometry, padded, chunk)
+        deformable_im2col(geometry, padded, chunk)
         xp.matmul(weights, chunk.col.reshape(n, G, HW_out, group_taps).swapaxes(2, 3),
                   out=output[chunk.start:chunk.stop].reshape(n, G, group_outputs, HW_out))
     if bias is not None:
@@ -562,8 +560,8 @@ def forward_in_chunks(backend, geometry, padded, offset, weights, bias, mask, ou
 def deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask, backend,
                   max_col_buffer_bytes=None):
     """Forward on the "cpu" or "cuda" backend; arguments as dcn_numba.reference.deform_conv.
-    max_col_buffer_bytes: the column buffer's budget (MAX_COL_BUFFER_BYTES[backend] when None);
-    on the CPU it also caps a tile's column block (CPU_TILE_BYTES)."""
+    max_col_buffer_bytes: on a GPU the column buffer's budget (MAX_COL_BUFFER_BYTES when None);
+    on the CPU a cap on a tile's column block below CPU_TILE_BYTES."""
     xp = array_module(input)
     geometry = conv_geometry(input, offset, weight, stride, padding, dilation)
     weights = weight_rows(weight, geometry.groups)
@@ -572,44 +570,72 @@ def deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask, 
     if backend == "cpu":
         forward_in_tiles(geometry, padded, offset, weights, bias, mask, output, max_col_buffer_bytes)
     else:
-        forward_in_chunks(backend, geometry, padded, offset, weights, bias, mask, output, max_col_buffer_bytes)
+        forward_in_chunks(geometry, padded, offset, weights, bias, mask, output, max_col_buffer_bytes)
     return output
+
+
+def backward_in_tiles(geometry, padded, offset, weights, grad_output, mask, max_col_buffer_bytes):
+    """The CPU backward: (grad_padded, grad_offset, grad_weight rows, grad_mask) from one kernel
+    over tiles. grad_weight is summed by each worker over its images, then over the workers in
+    float64 (rounded once): its last bits depend on the number of threads."""
+    B = offset.shape[0]
+    tile = positions_per_tile(geometry, offset.itemsize, max_col_buffer_bytes)
+    located = located_samples("cpu", geometry, offset, 0, B)
+    grad_padded = np.zeros_like(padded)
+    grad_offset = np.empty_like(offset)  # every entry is written
+    grad_mask = None if mask is None else np.empty_like(mask)
+    mask_flat, use_mask = optional_argument(np, None if mask is None else mask.reshape(-1), 1, offset.dtype)
+    grad_mask_flat = mask_flat if mask is None else grad_mask.reshape(-1)
+    n_workers = min(B, numba.get_num_threads())
+    partials = np.zeros((n_workers,) + weights.shape, dtype=weights.dtype)
+    run_cpu_calling_blas(deformable_conv_backward_cpu, n_workers, B, padded, *located, mask_flat, use_mask, weights,
+                         grad_output.reshape(-1), grad_padded, grad_offset.reshape(-1), grad_mask_flat, partials,
+                         tile, geometry)
+    grad_weights = partials.sum(axis=0, dtype=np.float64).astype(weights.dtype)
+    return grad_padded, grad_offset, grad_weights, grad_mask
+
+
+def backward_in_chunks(geometry, padded, offset, weights, grad_output, mask, max_col_buffer_bytes):
+    """The GPU backward, chunk by chunk: im2col, the two GEMMs (cuBLAS), col2im and the
+    offset/mask gradient. Per chunk the column buffer first holds col (for grad_weight), then,
+    overwritten by the second GEMM, gcol: one buffer serves both."""
+    xp = array_module(offset)
+    G, group_outputs, group_taps = weights.shape
+    HW_out = geometry.H_out * geometry.W_out
+    grad_padded = xp.zeros_like(padded)
+    grad_offset = xp.zeros_like(offset)
+    grad_mask = None if mask is None else xp.zeros_like(mask)
+    grad_weights = xp.zeros_like(weights)
+    for chunk in chunks(geometry, offset, mask, max_col_buffer_bytes):
+        start, stop, n = chunk.start, chunk.stop, chunk.stop - chunk.start
+        deformable_im2col(geometry, padded, chunk)
+        rows = chunk.col.reshape(n, G, HW_out, group_taps)
+        grad_out = grad_output[start:stop].reshape(n, G, group_outputs, HW_out)
+        grad_weights += xp.matmul(grad_out, rows).sum(axis=0)
+        xp.matmul(grad_out.swapaxes(2, 3), weights, out=rows)  # the buffer now holds gcol = ∂L/∂col
+        run_cuda(deformable_col2im_cuda, chunk.col.size, chunk.col, chunk.top_left, chunk.l_y, chunk.l_x,
+                 chunk.mask, chunk.use_mask, padded_images(grad_padded, geometry, start, stop), geometry)
+        grad_mask_chunk = chunk.mask if mask is None else grad_mask[start:stop].reshape(-1)
+        run_cuda(offset_mask_gradient_cuda, chunk.top_left.size, padded_images(padded, geometry, start, stop),
+                 chunk.col, chunk.top_left, chunk.l_y, chunk.l_x, chunk.mask, chunk.use_mask,
+                 grad_offset[start:stop].reshape(-1), grad_mask_chunk, geometry)
+    return grad_padded, grad_offset, grad_weights, grad_mask
 
 
 def deform_conv2d_backward(grad_output, input, offset, weight, bias, stride, padding, dilation, mask,
                            backend, max_col_buffer_bytes=None):
     """(grad_input, grad_offset, grad_weight, grad_bias, grad_mask) on the "cpu" or "cuda" backend.
 
-    Per chunk the column buffer first holds col (for grad_weight), then, overwritten by the second
-    GEMM, gcol (for col2im and the offset/mask gradient): one buffer serves both. grad_input is
-    accumulated on the channels-last padded images, whose border (the gradient of the padding) is
-    dropped when they are laid out back as (B, C_in, H, W).
+    grad_input is accumulated on the channels-last padded images, whose border (the gradient of
+    the padding) is dropped when they are laid out back as (B, C_in, H, W).
     """
     xp = array_module(input)
     geometry = conv_geometry(input, offset, weight, stride, padding, dilation)
     weights = weight_rows(weight, geometry.groups)
-    G, group_outputs, group_taps = weights.shape
-    HW_out = geometry.H_out * geometry.W_out
     padded = channels_last_padded(backend, geometry, input)
-    grad_padded = xp.zeros_like(padded)
-    grad_offset = xp.zeros_like(offset)
-    grad_mask = None if mask is None else xp.zeros_like(mask)
-    grad_weights = xp.zeros_like(weights)
-    for chunk in chunks(backend, geometry, offset, mask, max_col_buffer_bytes):
-        start, stop, n = chunk.start, chunk.stop, chunk.stop - chunk.start
-        deformable_im2col(backend, geometry, padded, chunk)
-        rows = chunk.col.reshape(n, G, HW_out, group_taps)
-        grad_out = grad_output[start:stop].reshape(n, G, group_outputs, HW_out)
-        grad_weights += xp.matmul(grad_out, rows).sum(axis=0)
-        xp.matmul(grad_out.swapaxes(2, 3), weights, out=rows)  # the buffer now holds gcol = ∂L/∂col
-        chunk_padded = padded_images(padded, geometry, start, stop)
-        run(backend, COL2IM, n * geometry.C_in // geometry.channel_block, chunk.col.size, chunk.col,
-            chunk.top_left, chunk.l_y, chunk.l_x, chunk.mask, chunk.use_mask,
-            padded_images(grad_padded, geometry, start, stop), geometry)
-        grad_mask_chunk = chunk.mask if mask is None else grad_mask[start:stop].reshape(-1)
-        run(backend, OFFSET_MASK_GRADIENT, n * geometry.H_out, chunk.top_left.size, chunk_padded, chunk.col,
-            chunk.top_left, chunk.l_y, chunk.l_x, chunk.mask, chunk.use_mask,
-            grad_offset[start:stop].reshape(-1), grad_mask_chunk, geometry)
+    backward = backward_in_tiles if backend == "cpu" else backward_in_chunks
+    grad_padded, grad_offset, grad_weights, grad_mask = backward(
+        geometry, padded, offset, weights, grad_output, mask, max_col_buffer_bytes)
     grad_input = xp.empty_like(input)
     run(backend, CHANNELS_LAST_COPY, input.shape[0] * geometry.H, input.size, grad_input.reshape(-1), grad_padded,
         False, geometry)

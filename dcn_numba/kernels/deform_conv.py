@@ -43,7 +43,8 @@ Flat shapes inside the kernels (b counts the images of the chunk a kernel is giv
 Must match dcn_numba.reference.deform_conv (tests/test_deform_conv_kernels.py checks it).
 
 Who owns which output:
-    layout, locate    CPU: one prange iteration per row (b, y) of the image    CUDA: one thread per element
+    layout            CPU: one prange iteration per row (b, y) of the image    CUDA: one thread per element
+    locate            CPU: each tile its own samples                           CUDA: one thread per sample
     forward           CPU: one iteration per share of the tiles (positions of one image)
                       CUDA: im2col one thread per col element, then cuBLAS
     backward          CPU: one iteration per share of the images, tile by tile: it alone writes
@@ -132,18 +133,18 @@ def channels_last_copy_cpu(n_rows, planes, padded, to_padded, geometry):
                     planes[plane_row + x] = padded[pixel]
 
 
-@cpu_kernel
-def locate_samples_cpu(n_rows, offset, top_left, l_y, l_x, geometry):
-    """(top_left, l_y, l_x) of every sample, for the n_rows = B·H_out output rows (b, i)."""
+@shared
+def locate_positions(offset, b, first, stop, top_left, l_y, l_x, table_start, geometry):
+    """(top_left, l_y, l_x) of every sample of image b at the output positions first..stop−1, kept
+    at `dcn_table_index` − table_start: a CPU tile locates its own samples into tables of its own."""
     K = geometry.kh * geometry.kw
-    for row in prange(n_rows):
-        b, i = row // geometry.H_out, row % geometry.H_out
-        for j in range(geometry.W_out):
-            for g in range(geometry.offset_groups):
-                for k in range(K):
-                    p_y, p_x = dcn_tap_position(offset, dcn_sample_number(b, g, k, geometry), i, j, geometry)
-                    here = dcn_table_index(b, i * geometry.W_out + j, g, k, geometry)
-                    top_left[here], l_y[here], l_x[here] = dcn_locate(p_y, p_x, geometry.H, geometry.W)
+    for position in range(first, stop):
+        i, j = position // geometry.W_out, position % geometry.W_out
+        for g in range(geometry.offset_groups):
+            for k in range(K):
+                p_y, p_x = dcn_tap_position(offset, dcn_sample_number(b, g, k, geometry), i, j, geometry)
+                here = dcn_table_index(b, position, g, k, geometry) - table_start
+                top_left[here], l_y[here], l_x[here] = dcn_locate(p_y, p_x, geometry.H, geometry.W)
 
 
 @shared
@@ -162,11 +163,11 @@ def corner_rows(padded, image, top_left, W, C, first_channel, length):
 
 
 @shared
-def fill_columns(padded, top_left, l_y, l_x, mask, use_mask, b, group, first, stop, columns, start,
-                 geometry):
+def fill_columns(padded, top_left, l_y, l_x, table_start, mask, use_mask, b, group, first, stop, columns,
+                 start, geometry):
     """columns[start + (position − first)·K·C_in/G + k·C_in/G + c'] = m · S for the output
-    positions first..stop−1 of image b and weight group `group`: rows of col laid out as in
-    `dcn_column_index`. The CPU's walk of im2col: per sample, its run of channels shares the
+    positions first..stop−1 of image b and weight group `group` (rows of col laid out as in
+    `dcn_column_index`), their samples located in tables starting at table_start. The CPU's walk of im2col: per sample, its run of channels shares the
     corners' places and weights, and the innermost loop streams those contiguous channels (over
     row views, whose indices start at 0, so that Numba adds no negative-index wraparound and the
     loop vectorises)."""
@@ -182,7 +183,7 @@ def fill_columns(padded, top_left, l_y, l_x, mask, use_mask, b, group, first, st
             for channel_run in range(channels_per_group // run_length):
                 first_channel = group * channels_per_group + channel_run * run_length
                 g = first_channel // channels_per_offset_group
-                here = dcn_table_index(b, position, g, k, geometry)
+                here = dcn_table_index(b, position, g, k, geometry) - table_start
                 corner, fraction_y, fraction_x = top_left[here], l_y[here], l_x[here]
                 m = mask[dcn_sample_number(b, g, k, geometry) * HW_out + position] if use_mask else ONE
                 v00, v01, v10, v11 = corner_rows(padded, image, corner, geometry.W, geometry.C_in,
@@ -194,21 +195,26 @@ def fill_columns(padded, top_left, l_y, l_x, mask, use_mask, b, group, first, st
 
 
 @cpu_kernel
-def deformable_conv_tiles_cpu(n_workers, n_tiles, padded, top_left, l_y, l_x, mask, use_mask, weights, bias,
-                              use_bias, output, positions_per_tile, geometry):
+def deformable_conv_tiles_cpu(n_workers, n_tiles, padded, offset, mask, use_mask, weights, bias, use_bias,
+                              output, positions_per_tile, geometry):
     """The forward, out[b, o, position] = Σ weight_group[o] · col[b, group, position] + bias[o],
     tile by tile: a tile is `positions_per_tile` output positions of one image, and each of the
     n_workers parallel iterations takes a contiguous share of the n_tiles tiles. For each tile
     a worker samples the tile's column block (positions, K·C_in/G) of one group into memory of
     its own, allocated once for all its tiles, and multiplies it (BLAS, on the worker's thread)
     while it is still in cache. Tiles are independent, so the results do not depend on
-    n_workers. weights (G, C_out/G, K·C_in/G), laid out like the column rows (`weight_rows`)."""
+    n_workers. A tile locates its own samples first, into tables of the worker's.
+    weights (G, C_out/G, K·C_in/G), laid out like the column rows (`weight_rows`)."""
     HW_out = geometry.H_out * geometry.W_out
     G, group_outputs, group_taps = weights.shape
     tiles_per_image = (HW_out + positions_per_tile - 1) // positions_per_tile
     for worker in prange(n_workers):
         columns = np.empty(positions_per_tile * group_taps, dtype=weights.dtype)
         products = np.empty(group_outputs * positions_per_tile, dtype=weights.dtype)
+        samples = positions_per_tile * geometry.offset_groups * geometry.kh * geometry.kw
+        top_left = np.empty(samples, dtype=np.int64)
+        l_y = np.empty(samples, dtype=weights.dtype)
+        l_x = np.empty(samples, dtype=weights.dtype)
         for tile in range(worker * n_tiles // n_workers, (worker + 1) * n_tiles // n_workers):
             b = tile // tiles_per_image
             first = tile % tiles_per_image * positions_per_tile
@@ -216,9 +222,11 @@ def deformable_conv_tiles_cpu(n_workers, n_tiles, padded, top_left, l_y, l_x, ma
             n = stop - first
             block = columns[:n * group_taps].reshape((n, group_taps))
             product = products[:group_outputs * n].reshape((group_outputs, n))
+            table_start = dcn_table_index(b, first, 0, 0, geometry)
+            locate_positions(offset, b, first, stop, top_left, l_y, l_x, table_start, geometry)
             for group in range(G):
-                fill_columns(padded, top_left, l_y, l_x, mask, use_mask, b, group, first, stop, columns, 0,
-                             geometry)
+                fill_columns(padded, top_left, l_y, l_x, table_start, mask, use_mask, b, group, first, stop,
+                             columns, 0, geometry)
                 np.dot(weights[group], block.T, product)
                 for o in range(group_outputs):
                     channel = group * group_outputs + o
@@ -229,8 +237,8 @@ def deformable_conv_tiles_cpu(n_workers, n_tiles, padded, top_left, l_y, l_x, ma
 
 
 @shared
-def backpropagate_tile(padded, top_left, l_y, l_x, mask, use_mask, b, first, stop, gcol, grad_padded,
-                       grad_offset, grad_mask, geometry):
+def backpropagate_tile(padded, top_left, l_y, l_x, table_start, mask, use_mask, b, first, stop, gcol,
+                       grad_padded, grad_offset, grad_mask, geometry):
     """col2im and the offset/mask gradient of the output positions first..stop−1 of image b, whose
     gcol the tile holds as rows (G, positions, K·C_in/G), in one pass over each sample's runs of
     channels: grad_padded[b] += m · gcol · w_ab at the four corners of a valid sample, and
@@ -247,7 +255,7 @@ def backpropagate_tile(padded, top_left, l_y, l_x, mask, use_mask, b, first, sto
         for g in range(geometry.offset_groups):
             for k in range(K):
                 s = dcn_sample_number(b, g, k, geometry)
-                here = dcn_table_index(b, position, g, k, geometry)
+                here = dcn_table_index(b, position, g, k, geometry) - table_start
                 corner, fraction_y, fraction_x = top_left[here], l_y[here], l_x[here]
                 m = mask[s * HW_out + position] if use_mask else ONE
                 grad_p_y = 0.0
@@ -280,13 +288,13 @@ def backpropagate_tile(padded, top_left, l_y, l_x, mask, use_mask, b, first, sto
 
 
 @cpu_kernel(reassociate=True)
-def deformable_conv_backward_cpu(n_workers, n_images, padded, top_left, l_y, l_x, mask, use_mask, weights,
-                                 grad_output, grad_padded, grad_offset, grad_mask, grad_weight_workers,
-                                 positions_per_tile, geometry):
+def deformable_conv_backward_cpu(n_workers, n_images, padded, offset, mask, use_mask, weights, grad_output,
+                                 grad_padded, grad_offset, grad_mask, grad_weight_workers, positions_per_tile,
+                                 geometry):
     """The backward, tile by tile as the forward (`deformable_conv_tiles_cpu`): each of the n_workers
     parallel iterations owns a contiguous share of the n_images images, and so every gradient of
     them, and for each tile of `positions_per_tile` output positions of its images
-        samples col (G, positions, K·C_in/G) into memory of its own,
+        locates the tile's samples and samples col (G, positions, K·C_in/G) into memory of its own,
         grad_weight_workers[worker, group] += grad_out_tile[group] · col[group]        (BLAS)
         gcol[group] = grad_out_tile[group]ᵀ · weight_group, over col                   (BLAS)
         col2im and the offset/mask gradient of the tile (`backpropagate_tile`),
@@ -298,15 +306,21 @@ def deformable_conv_backward_cpu(n_workers, n_images, padded, top_left, l_y, l_x
         columns = np.empty(G * positions_per_tile * group_taps, dtype=weights.dtype)
         grads = np.empty(group_outputs * positions_per_tile, dtype=weights.dtype)
         product = np.empty((group_outputs, group_taps), dtype=weights.dtype)
+        samples = positions_per_tile * geometry.offset_groups * geometry.kh * geometry.kw
+        top_left = np.empty(samples, dtype=np.int64)
+        l_y = np.empty(samples, dtype=weights.dtype)
+        l_x = np.empty(samples, dtype=weights.dtype)
         for b in range(worker * n_images // n_workers, (worker + 1) * n_images // n_workers):
             for first in range(0, HW_out, positions_per_tile):
                 stop = min(first + positions_per_tile, HW_out)
                 n = stop - first
                 grad_block = grads[:group_outputs * n].reshape((group_outputs, n))
+                table_start = dcn_table_index(b, first, 0, 0, geometry)
+                locate_positions(offset, b, first, stop, top_left, l_y, l_x, table_start, geometry)
                 for group in range(G):
                     start = group * n * group_taps
-                    fill_columns(padded, top_left, l_y, l_x, mask, use_mask, b, group, first, stop, columns,
-                                 start, geometry)
+                    fill_columns(padded, top_left, l_y, l_x, table_start, mask, use_mask, b, group, first, stop,
+                                 columns, start, geometry)
                     block = columns[start:start + n * group_taps].reshape((n, group_taps))
                     for o in range(group_outputs):
                         row = (b * G * group_outputs + group * group_outputs + o) * HW_out + first
@@ -314,8 +328,8 @@ def deformable_conv_backward_cpu(n_workers, n_images, padded, top_left, l_y, l_x
                     np.dot(grad_block, block, product)
                     grad_weight_workers[worker, group] += product
                     np.dot(grad_block.T, weights[group], block)  # the tile now holds gcol = ∂L/∂col
-                backpropagate_tile(padded, top_left, l_y, l_x, mask, use_mask, b, first, stop, columns,
-                                   grad_padded, grad_offset, grad_mask, geometry)
+                backpropagate_tile(padded, top_left, l_y, l_x, table_start, mask, use_mask, b, first, stop,
+                                   columns, grad_padded, grad_offset, grad_mask, geometry)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,10 +439,9 @@ def offset_mask_gradient_cuda(n_items, padded, gcol, top_left, l_y, l_x, mask, u
 # Launchers: the layout, the located samples, then the forward or the chunked backward
 # ---------------------------------------------------------------------------------------------
 
-# The steps both targets take alike; the GEMM pipelines (tiles on the CPU, chunks on a GPU) have
+# The step both targets take alike; the GEMM pipelines (tiles on the CPU, chunks on a GPU) have
 # kernels of their own on each target, over the same shared functions.
 CHANNELS_LAST_COPY = KernelPair(channels_last_copy_cpu, channels_last_copy_cuda)
-LOCATE = KernelPair(locate_samples_cpu, locate_samples_cuda)
 
 
 def batch_chunks(batch, bytes_per_image, max_col_buffer_bytes):
@@ -465,15 +478,11 @@ def weight_from_rows(rows, weight_shape):
         rows.reshape(G, C_out // G, kh * kw, group_channels).transpose(0, 1, 3, 2)).reshape(weight_shape)
 
 
-def located_samples(backend, geometry, offset, start, stop, tables=None):
-    """(top_left, l_y, l_x) of the images start:stop, in `tables` (buffers big enough) when given."""
-    xp = array_module(offset)
+def located_samples(geometry, offset, start, stop, tables):
+    """(top_left, l_y, l_x) of the images start:stop (GPU), in `tables`, buffers big enough."""
     size = (stop - start) * geometry.H_out * geometry.W_out * geometry.offset_groups * geometry.kh * geometry.kw
-    if tables is None:
-        tables = (xp.empty(size, dtype=np.int64), xp.empty(size, dtype=offset.dtype),
-                  xp.empty(size, dtype=offset.dtype))
     located = tuple(table[:size] for table in tables)
-    run(backend, LOCATE, (stop - start) * geometry.H_out, size, offset[start:stop].reshape(-1), *located, geometry)
+    run_cuda(locate_samples_cuda, size, offset[start:stop].reshape(-1), *located, geometry)
     return located
 
 
@@ -505,7 +514,7 @@ def chunks(geometry, offset, mask, max_col_buffer_bytes):
               xp.empty(table_size, dtype=offset.dtype))
     col = xp.empty(largest * col_per_image, dtype=offset.dtype)
     for start, stop in ranges:
-        located = located_samples("cuda", geometry, offset, start, stop, tables)
+        located = located_samples(geometry, offset, start, stop, tables)
         mask_chunk, use_mask = optional_argument(
             xp, None if mask is None else mask[start:stop].reshape(-1), 1, offset.dtype)
         yield Chunk(start, stop, *located, mask_chunk, use_mask, col[:(stop - start) * col_per_image])
@@ -532,15 +541,15 @@ def positions_per_tile(geometry, itemsize, max_col_buffer_bytes):
 
 
 def forward_in_tiles(geometry, padded, offset, weights, bias, mask, output, max_col_buffer_bytes):
-    """The CPU forward: locate every sample, then sample and multiply tile by tile in one kernel."""
+    """The CPU forward: locate, sample and multiply tile by tile in one kernel."""
     B = offset.shape[0]
     tile = positions_per_tile(geometry, offset.itemsize, max_col_buffer_bytes)
     n_tiles = B * -(-geometry.H_out * geometry.W_out // tile)
-    located = located_samples("cpu", geometry, offset, 0, B)
     mask, use_mask = optional_argument(np, None if mask is None else mask.reshape(-1), 1, offset.dtype)
     bias, use_bias = optional_argument(np, bias, 1, offset.dtype)
     run_cpu_calling_blas(deformable_conv_tiles_cpu, min(n_tiles, numba.get_num_threads()), n_tiles, padded,
-                         *located, mask, use_mask, weights, bias, use_bias, output.reshape(-1), tile, geometry)
+                         offset.reshape(-1), mask, use_mask, weights, bias, use_bias, output.reshape(-1), tile,
+                         geometry)
 
 
 def forward_in_chunks(geometry, padded, offset, weights, bias, mask, output, max_col_buffer_bytes):
@@ -580,7 +589,6 @@ def backward_in_tiles(geometry, padded, offset, weights, grad_output, mask, max_
     float64 (rounded once): its last bits depend on the number of threads."""
     B = offset.shape[0]
     tile = positions_per_tile(geometry, offset.itemsize, max_col_buffer_bytes)
-    located = located_samples("cpu", geometry, offset, 0, B)
     grad_padded = np.zeros_like(padded)
     grad_offset = np.empty_like(offset)  # every entry is written
     grad_mask = None if mask is None else np.empty_like(mask)
@@ -588,9 +596,9 @@ def backward_in_tiles(geometry, padded, offset, weights, grad_output, mask, max_
     grad_mask_flat = mask_flat if mask is None else grad_mask.reshape(-1)
     n_workers = min(B, numba.get_num_threads())
     partials = np.zeros((n_workers,) + weights.shape, dtype=weights.dtype)
-    run_cpu_calling_blas(deformable_conv_backward_cpu, n_workers, B, padded, *located, mask_flat, use_mask, weights,
-                         grad_output.reshape(-1), grad_padded, grad_offset.reshape(-1), grad_mask_flat, partials,
-                         tile, geometry)
+    run_cpu_calling_blas(deformable_conv_backward_cpu, n_workers, B, padded, offset.reshape(-1), mask_flat, use_mask,
+                         weights, grad_output.reshape(-1), grad_padded, grad_offset.reshape(-1), grad_mask_flat,
+                         partials, tile, geometry)
     grad_weights = partials.sum(axis=0, dtype=np.float64).astype(weights.dtype)
     return grad_padded, grad_offset, grad_weights, grad_mask
 

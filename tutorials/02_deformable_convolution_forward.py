@@ -311,9 +311,11 @@ print(f"mask channel k = {tap} scales tap (ki, kj) = {divmod(tap, kw)}")
 #
 # * `"reference"`: NumPy, vectorised over everything, materialising all four corners of every
 #   sample: a transcription of the specification, slow and memory-hungry on purpose;
-# * `"cpu"`: the deformable im2col as a Numba kernel, `@njit(parallel=True)` over the rows of the
-#   column buffer, then NumPy's GEMM, chunked over the batch to bound the buffer's memory;
-# * `"cuda"`: the same pipeline with a CUDA kernel and CuPy's GEMM (notebook 4).
+# * `"cpu"`: one Numba kernel, `@njit(parallel=True)` over tiles of output positions: each tile's
+#   part of the column buffer is sampled and multiplied by the weights (BLAS) while it is still in
+#   the core's cache, so the whole buffer never exists;
+# * `"cuda"`: the deformable im2col as a CUDA kernel filling the column buffer of a chunk of the
+#   batch, then CuPy's GEMM (notebook 4).
 #
 # On a layer of realistic shape, with random offsets and masks, the CPU kernel must agree with the
 # reference to rounding error, in both precisions:

@@ -8,7 +8,10 @@ the pure-Python originals, because the simulator hands arrays to kernels as wrap
 
 Every op runs its kernels the same way: a `KernelPair` (CPU kernel, CUDA kernel) taking the same
 arguments, run by `run(backend, pair, cpu_items, cuda_items, *args)`; each CUDA kernel declares
-its argument types where it is defined (`cuda_kernel`), for ahead-of-time compilation.
+its argument types where it is defined (`cuda_kernel`), for ahead-of-time compilation. Where the
+two targets organise a step differently (the deformable convolution's GEMMs: cache-sized tiles
+inside one CPU kernel, a column buffer and cuBLAS on a GPU), each target's kernels run alone,
+`run_cpu_calling_blas` and `run_cuda`, over the same shared functions.
 
 The CPU kernels run on Numba's "workqueue" threading layer, the one that survives fork(): a
 process that forks after a kernel (multiprocessing, data-loader workers) keeps working, and so do

@@ -203,8 +203,8 @@ def dcn_padded_pixel(y, x, W):
     return (y + 1) * (W + 2) + x + 1
 
 
-# Where a sample falls on the padded planes: `top_left` ≥ 0 is the flat index of its corner
-# (y0, x0) within a padded plane; these two negative values mark samples that read no pixel.
+# Where a sample falls on the padded image: `top_left` ≥ 0 is the flat index of its corner
+# (y0, x0) within a padded (H+2)×(W+2) image (a pixel index: channels-last kernels multiply it by C_in); these two negative values mark samples that read no pixel.
 OUTSIDE = -1  # an invalid sample: S = 0, no gradient
 NOT_A_NUMBER = -2  # a sample at a NaN or infinite position: S = NaN
 
@@ -252,7 +252,7 @@ def dcn_offset_gradient_term(grad_sample, m, slope, top_left):
 
 @shared
 def padded_corner(top_left, W, corner):
-    """Index, within a padded plane of width W + 2, of corner 0..3 (y0|y0+1, x0|x0+1)."""
+    """Index, within a padded image of width W + 2, of corner 0..3 (y0|y0+1, x0|x0+1)."""
     return top_left + (corner // 2) * (W + 2) + corner % 2
 
 

@@ -203,8 +203,9 @@ def dcn_padded_pixel(y, x, W):
     return (y + 1) * (W + 2) + x + 1
 
 
-# Where a sample falls on the padded image: `top_left` ≥ 0 is the flat index of its corner
-# (y0, x0) within a padded (H+2)×(W+2) image (a pixel index: channels-last kernels multiply it by C_in); these two negative values mark samples that read no pixel.
+# Where a sample falls on the padded image: `top_left` ≥ 0 is the flat pixel index of its corner
+# (y0, x0) within a padded (H+2)×(W+2) image (times C_in on the channels-last input); these two
+# negative values mark samples that read no pixel.
 OUTSIDE = -1  # an invalid sample: S = 0, no gradient
 NOT_A_NUMBER = -2  # a sample at a NaN or infinite position: S = NaN
 

@@ -141,6 +141,12 @@ def run(backend, kernels, cpu_items, cuda_items, *args):
         launch(kernels.cuda, cuda_items, cuda_stream(), *args)
 
 
+def run_cpu(kernel, cpu_items, *args):
+    """Run a CPU kernel that has no CUDA twin (a walk of the CPU's own), under the kernels' lock."""
+    with CPU_KERNEL_LOCK:
+        kernel(cpu_items, *args)
+
+
 def run_cuda(kernel, cuda_items, *args):
     """Launch a CUDA kernel that has no CPU twin (a step of the GPU's GEMM pipeline) over
     cuda_items threads."""

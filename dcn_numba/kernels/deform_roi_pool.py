@@ -10,15 +10,19 @@ RoIAlign (aligned) with a learned shift per bin. For RoI n, channel c and bin (p
 where b = rois[n, 0], the bin geometry is `sampling.roi_align_bin` and B, w_ab, ∂B/∂p are the
 shared scalar functions of `sampling`. The offsets are stored x first, then y.
 
-Shapes: input and grad_input flat (B·C·H·W,), rois (N, 5), offset and grad_offset (N, 2, PH, PW)
+Shapes: input and grad_input flat (B·C·H·W,) on a GPU; on the CPU `pixels` and `grad_pixels`
+(B, H·W, C), the same with the channels last, so that one computation of a sample's corners and
+weights serves a contiguous row of channels; rois (N, 5), offset and grad_offset (N, 2, PH, PW)
 (an empty stand-in without offsets, so that both cases share one compiled kernel), output and
 grad_output (N, C, PH, PW). Every array is C-contiguous.
 
 Must match dcn_numba.reference.deform_roi_pool (tests/test_deform_roi_pool.py checks it).
 
 Who owns which output:
-    forward       CPU and CUDA: one prange iteration / one thread per output element (n, c, ph, pw)
-    grad_input    CPU: one iteration per input plane (b, c): it alone writes that plane, so no races
+    forward       CPU: one prange iteration per RoI bin (n, ph, pw), its channels as one row
+                  CUDA: one thread per output element (n, c, ph, pw)
+    grad_input    CPU: one iteration per image b and block of channels: it alone writes those
+                  channels of image b, so no races
                   CUDA: one thread per output element, atomic adds into the corners it read
     grad_offset   CPU and CUDA: one iteration / one thread per RoI bin (n, ph, pw), summing over
                   the channels
@@ -31,11 +35,10 @@ from numba import cuda, prange
 
 from .._arrays import array_module
 from . import sampling
-from ._targets import (BINS, COUNT, FLAG, FLAT, ROWS, KernelPair, cpu_kernel, cuda_kernel, for_cuda,
-                       geometry_of, optional_argument, run)
-from .sampling import (roi_align_average, roi_align_bin, roi_align_bin_index, roi_align_corner,
-                       roi_align_count, roi_align_is_valid, roi_align_offset_gradient,
-                       roi_align_output_index, roi_align_sample_position)
+from ._targets import (BINS, COUNT, FLAG, FLAT, ROWS, cpu_kernel, cuda_kernel, for_cuda, geometry_of,
+                       optional_argument, run_cpu, run_cuda)
+from .sampling import (roi_align_bin, roi_align_bin_index, roi_align_corner, roi_align_corner_gradient,
+                       roi_align_count, roi_align_is_valid, roi_align_outside_value, roi_align_sample_position)
 
 
 class RoIAlignGeometry(NamedTuple):
@@ -57,49 +60,106 @@ class RoIAlignGeometry(NamedTuple):
 
 
 @cpu_kernel
-def deform_roi_pool_forward_cpu(n_items, input, rois, offset, has_offset, output, geometry):
-    """output[n, c, ph, pw] for the n_items = N·C·PH·PW output elements."""
-    for index in prange(n_items):
-        n, c, ph, pw = roi_align_output_index(index, geometry)
+def deform_roi_pool_forward_cpu(n_bins, pixels, rois, offset, has_offset, output, geometry):
+    """output[n, :, ph, pw] for the n_bins = N·PH·PW bins (n, ph, pw), from `pixels`, the input
+    with its channels last (B, H·W, C): a sample's corners and weights, computed once, serve a
+    contiguous row of C channels. The channel totals accumulate in float64, stored once."""
+    H, W, C = geometry.H, geometry.W, geometry.C
+    for roi_bin in prange(n_bins):
+        n, ph, pw = roi_align_bin_index(roi_bin, geometry)
         bin_ = roi_align_bin(rois, offset, has_offset, n, ph, pw, geometry)
-        plane = (bin_.batch * geometry.C + c) * geometry.H * geometry.W
-        output[n, c, ph, pw] = roi_align_average(input, plane, geometry.H, geometry.W, bin_)
+        image = pixels[bin_.batch]
+        totals = np.zeros(C, dtype=np.float64)
+        for iy in range(bin_.grid_h):
+            for ix in range(bin_.grid_w):
+                y, x = roi_align_sample_position(bin_, iy, ix)
+                if not roi_align_is_valid(y, x, H, W):
+                    outside = roi_align_outside_value(y, x)
+                    for c in range(C):
+                        totals[c] += outside
+                    continue
+                for corner in range(4):
+                    pixel, weight = roi_align_corner(0, H, W, y, x, corner)
+                    row = image[pixel]
+                    for c in range(C):
+                        totals[c] += weight * row[c]
+        count = roi_align_count(bin_)
+        for c in range(C):
+            output[n, c, ph, pw] = totals[c] / count
 
 
 @cpu_kernel
-def deform_roi_pool_grad_input_cpu(n_planes, rois, offset, has_offset, grad_output, grad_input,
-                                   geometry):
-    """grad_input[b, c] += grad_out[n, c, ph, pw] / n_ij · w_ab at every corner read, for the
-    n_planes = B·C planes (b, c), over the RoIs of image b; each iteration writes its own plane."""
-    H, W = geometry.H, geometry.W
-    for image_channel in prange(n_planes):
-        b = image_channel // geometry.C
-        c = image_channel % geometry.C
-        plane = image_channel * H * W
+def deform_roi_pool_grad_input_cpu(n_tasks, channels_per_task, rois, offset, has_offset, grad_output,
+                                   grad_pixels, geometry):
+    """grad_pixels[b, pixel, c] += grad_out[n, c, ph, pw] / n_ij · w_ab at every corner read, for
+    the n_tasks = B·ceil(C / channels_per_task) tasks (image b, block of channels), over the RoIs
+    of image b; each task alone writes its channels of image b, so no two tasks collide.
+    grad_pixels (B, H·W, C), channels last like the forward's input."""
+    H, W, C = geometry.H, geometry.W, geometry.C
+    tasks_per_image = -(-C // channels_per_task)
+    for task in prange(n_tasks):
+        b = task // tasks_per_image
+        first = task % tasks_per_image * channels_per_task
+        last = min(first + channels_per_task, C)
+        block = grad_pixels[b, :, first:last]  # (H·W, the task's channels)
+        share = np.empty(last - first, dtype=np.float64)  # grad_out[n, first:last, ph, pw] / n_ij
         for n in range(rois.shape[0]):
             if int(rois[n, 0]) != b:
                 continue
             for ph in range(geometry.PH):
                 for pw in range(geometry.PW):
                     bin_ = roi_align_bin(rois, offset, has_offset, n, ph, pw, geometry)
-                    share = grad_output[n, c, ph, pw] / roi_align_count(bin_)
+                    count = roi_align_count(bin_)
+                    for k in range(last - first):
+                        share[k] = grad_output[n, first + k, ph, pw] / count
                     for iy in range(bin_.grid_h):
                         for ix in range(bin_.grid_w):
                             y, x = roi_align_sample_position(bin_, iy, ix)
                             if not roi_align_is_valid(y, x, H, W):
                                 continue
                             for corner in range(4):
-                                target, weight = roi_align_corner(plane, H, W, y, x, corner)
-                                grad_input[target] += share * weight
+                                pixel, weight = roi_align_corner(0, H, W, y, x, corner)
+                                row = block[pixel]
+                                for k in range(last - first):
+                                    row[k] += share[k] * weight
 
 
 @cpu_kernel
-def deform_roi_pool_grad_offset_cpu(n_bins, input, rois, offset, grad_output, grad_offset, geometry):
-    """grad_offset[n, :, ph, pw] for the n_bins = N·PH·PW bins (n, ph, pw)."""
+def deform_roi_pool_grad_offset_cpu(n_bins, pixels, rois, offset, grad_output, grad_offset, geometry):
+    """grad_offset[n, :, ph, pw] = γ·(roi_width, roi_height)·Σ_c grad_out[n, c, ph, pw]·∂out/∂(x, y)
+    for the n_bins = N·PH·PW bins (n, ph, pw), from the channels-last input as the forward reads
+    it: ∂out/∂y and ∂out/∂x of every channel are gathered as two float64 vectors, then summed
+    against grad_out. Each iteration writes its own two elements."""
+    H, W, C = geometry.H, geometry.W, geometry.C
     for roi_bin in prange(n_bins):
         n, ph, pw = roi_align_bin_index(roi_bin, geometry)
-        grad_offset[n, 0, ph, pw], grad_offset[n, 1, ph, pw] = roi_align_offset_gradient(
-            input, rois, offset, grad_output, n, ph, pw, geometry)
+        bin_ = roi_align_bin(rois, offset, True, n, ph, pw, geometry)
+        image = pixels[bin_.batch]
+        out_d_y = np.zeros(C, dtype=np.float64)  # n_ij · ∂out[n, c, ph, pw]/∂y for every channel c
+        out_d_x = np.zeros(C, dtype=np.float64)
+        for iy in range(bin_.grid_h):
+            for ix in range(bin_.grid_w):
+                y, x = roi_align_sample_position(bin_, iy, ix)
+                if not roi_align_is_valid(y, x, H, W):
+                    outside = roi_align_outside_value(y, x)
+                    for c in range(C):
+                        out_d_y[c] += outside
+                        out_d_x[c] += outside
+                    continue
+                for corner in range(4):
+                    pixel, weight_d_y, weight_d_x = roi_align_corner_gradient(0, H, W, y, x, corner)
+                    row = image[pixel]
+                    for c in range(C):
+                        out_d_y[c] += weight_d_y * row[c]
+                        out_d_x[c] += weight_d_x * row[c]
+        grad_y = 0.0
+        grad_x = 0.0
+        for c in range(C):
+            grad_y += grad_output[n, c, ph, pw] * out_d_y[c]
+            grad_x += grad_output[n, c, ph, pw] * out_d_x[c]
+        count = roi_align_count(bin_)
+        grad_offset[n, 0, ph, pw] = geometry.gamma * bin_.roi_width * grad_x / count
+        grad_offset[n, 1, ph, pw] = geometry.gamma * bin_.roi_height * grad_y / count
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,9 +214,15 @@ def deform_roi_pool_grad_offset_cuda(n_bins, input, rois, offset, grad_output, g
 # Launchers
 # ---------------------------------------------------------------------------------------------
 
-FORWARD = KernelPair(deform_roi_pool_forward_cpu, deform_roi_pool_forward_cuda)
-GRAD_INPUT = KernelPair(deform_roi_pool_grad_input_cpu, deform_roi_pool_grad_input_cuda)
-GRAD_OFFSET = KernelPair(deform_roi_pool_grad_offset_cpu, deform_roi_pool_grad_offset_cuda)
+# The CPU walks bins with the channels last, a GPU thread one output element: each target's
+# kernels run alone (`run_cpu`, `run_cuda`), over the same shared functions.
+CHANNELS_PER_TASK = 64  # the channels one CPU grad_input task owns: a few tasks per image and core
+
+
+def channels_last(input):
+    """input (B, C, H, W) → (B, H·W, C), the CPU kernels' layout."""
+    B, C, H, W = input.shape
+    return np.ascontiguousarray(input.transpose(0, 2, 3, 1)).reshape(B, H * W, C)
 
 
 def roi_align_geometry(input, output_size, spatial_scale, sampling_ratio, gamma):
@@ -174,8 +240,12 @@ def deform_roi_pool(input, rois, offset, output_size, spatial_scale, sampling_ra
     geometry = roi_align_geometry(input, output_size, spatial_scale, sampling_ratio, gamma)
     output = xp.empty((rois.shape[0], geometry.C, geometry.PH, geometry.PW), dtype=input.dtype)
     offset, has_offset = optional_argument(xp, offset, 4, input.dtype)
-    run(backend, FORWARD, output.size, output.size, input.reshape(-1), rois, offset, has_offset,
-        output, geometry)
+    if backend == "cpu":
+        run_cpu(deform_roi_pool_forward_cpu, rois.shape[0] * geometry.PH * geometry.PW, channels_last(input), rois,
+                offset, has_offset, output, geometry)
+    else:
+        run_cuda(deform_roi_pool_forward_cuda, output.size, input.reshape(-1), rois, offset, has_offset, output,
+                 geometry)
     return output
 
 
@@ -184,14 +254,24 @@ def deform_roi_pool_backward(grad_output, input, rois, offset, output_size, spat
     """(grad_input, grad_offset or None) on the "cpu" or "cuda" backend."""
     xp = array_module(input)
     geometry = roi_align_geometry(input, output_size, spatial_scale, sampling_ratio, gamma)
-    grad_input = xp.zeros_like(input)
     grad_offset = None if offset is None else xp.zeros_like(offset)
     offset, has_offset = optional_argument(xp, offset, 4, input.dtype)
-    n_planes = input.shape[0] * geometry.C
-    run(backend, GRAD_INPUT, n_planes, grad_output.size, rois, offset, has_offset, grad_output,
-        grad_input.reshape(-1), geometry)
-    if has_offset:
-        n_bins = rois.shape[0] * geometry.PH * geometry.PW
-        run(backend, GRAD_OFFSET, n_bins, n_bins, input.reshape(-1), rois, offset, grad_output,
-            grad_offset, geometry)
+    n_bins = rois.shape[0] * geometry.PH * geometry.PW
+    if backend == "cpu":
+        B, C, H, W = input.shape
+        grad_pixels = np.zeros((B, H * W, C), dtype=input.dtype)
+        n_tasks = B * -(-C // CHANNELS_PER_TASK)
+        run_cpu(deform_roi_pool_grad_input_cpu, n_tasks, CHANNELS_PER_TASK, rois, offset, has_offset, grad_output,
+                grad_pixels, geometry)
+        grad_input = np.ascontiguousarray(grad_pixels.reshape(B, H, W, C).transpose(0, 3, 1, 2))
+        if has_offset:
+            run_cpu(deform_roi_pool_grad_offset_cpu, n_bins, channels_last(input), rois, offset, grad_output,
+                    grad_offset, geometry)
+    else:
+        grad_input = xp.zeros_like(input)
+        run_cuda(deform_roi_pool_grad_input_cuda, grad_output.size, rois, offset, has_offset, grad_output,
+                 grad_input.reshape(-1), geometry)
+        if has_offset:
+            run_cuda(deform_roi_pool_grad_offset_cuda, n_bins, input.reshape(-1), rois, offset, grad_output,
+                     grad_offset, geometry)
     return grad_input, grad_offset

@@ -471,11 +471,18 @@ def roi_align_corner(plane, H, W, y, x, corner):
 
 
 @shared
+def roi_align_outside_value(y, x):
+    """What a sample at an invalid position contributes (its value, and each slope): 0, or NaN at
+    a NaN or infinite position, so that bad offsets propagate instead of vanishing."""
+    return 0.0 if is_finite_position(y, x) else math.nan
+
+
+@shared
 def roi_align_sample(data, plane, H, W, y, x):
     """B(x_c, y, x): the RoIAlign bilinear value at (y, x); 0 for an invalid position, NaN for a
     NaN or infinite one (so that bad offsets propagate instead of vanishing)."""
     if not roi_align_is_valid(y, x, H, W):
-        return 0.0 if is_finite_position(y, x) else math.nan
+        return roi_align_outside_value(y, x)
     value = 0.0
     for corner in range(4):
         index, weight = roi_align_corner(plane, H, W, y, x, corner)
@@ -502,9 +509,8 @@ def roi_align_sample_gradient(data, plane, H, W, y, x):
     ∂B/∂x = slope_x·[(1−l_y)(v01 − v00) + l_y(v11 − v10)], slope 0 on an axis a clamp holds
     still. (0, 0) for an invalid position, NaN for a non-finite one."""
     if not roi_align_is_valid(y, x, H, W):
-        if is_finite_position(y, x):
-            return 0.0, 0.0
-        return math.nan, math.nan
+        outside = roi_align_outside_value(y, x)
+        return outside, outside
     d_y = 0.0
     d_x = 0.0
     for corner in range(4):

@@ -36,7 +36,7 @@ from numba import cuda, prange
 from .._arrays import array_module
 from . import sampling
 from ._targets import (BINS, COUNT, FLAG, FLAT, ROWS, cpu_kernel, cuda_kernel, for_cuda, geometry_of,
-                       optional_argument, run_cpu, run_cuda)
+                       optional_argument, run_cpu, run_cuda, shared)
 from .sampling import (roi_align_bin, roi_align_bin_index, roi_align_corner, roi_align_corner_gradient,
                        roi_align_count, roi_align_is_valid, roi_align_outside_value, roi_align_sample_position)
 
@@ -59,6 +59,20 @@ class RoIAlignGeometry(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 
 
+@shared
+def add_to_every_channel(totals, value):
+    """totals[c] += value for every channel c (a sample outside the image: 0 or NaN)."""
+    for c in range(totals.size):
+        totals[c] += value
+
+
+@shared
+def add_weighted_row(totals, weight, row):
+    """totals[c] += weight · row[c]: one corner of a sample, for every channel at once."""
+    for c in range(totals.size):
+        totals[c] += weight * row[c]
+
+
 @cpu_kernel
 def deform_roi_pool_forward_cpu(n_bins, pixels, rois, offset, has_offset, output, geometry):
     """output[n, :, ph, pw] for the n_bins = N·PH·PW bins (n, ph, pw), from `pixels`, the input
@@ -74,15 +88,11 @@ def deform_roi_pool_forward_cpu(n_bins, pixels, rois, offset, has_offset, output
             for ix in range(bin_.grid_w):
                 y, x = roi_align_sample_position(bin_, iy, ix)
                 if not roi_align_is_valid(y, x, H, W):
-                    outside = roi_align_outside_value(y, x)
-                    for c in range(C):
-                        totals[c] += outside
+                    add_to_every_channel(totals, roi_align_outside_value(y, x))
                     continue
                 for corner in range(4):
                     pixel, weight = roi_align_corner(0, H, W, y, x, corner)
-                    row = image[pixel]
-                    for c in range(C):
-                        totals[c] += weight * row[c]
+                    add_weighted_row(totals, weight, image[pixel])
         count = roi_align_count(bin_)
         for c in range(C):
             output[n, c, ph, pw] = totals[c] / count
@@ -142,16 +152,13 @@ def deform_roi_pool_grad_offset_cpu(n_bins, pixels, rois, offset, grad_output, g
                 y, x = roi_align_sample_position(bin_, iy, ix)
                 if not roi_align_is_valid(y, x, H, W):
                     outside = roi_align_outside_value(y, x)
-                    for c in range(C):
-                        out_d_y[c] += outside
-                        out_d_x[c] += outside
+                    add_to_every_channel(out_d_y, outside)
+                    add_to_every_channel(out_d_x, outside)
                     continue
                 for corner in range(4):
                     pixel, weight_d_y, weight_d_x = roi_align_corner_gradient(0, H, W, y, x, corner)
-                    row = image[pixel]
-                    for c in range(C):
-                        out_d_y[c] += weight_d_y * row[c]
-                        out_d_x[c] += weight_d_x * row[c]
+                    add_weighted_row(out_d_y, weight_d_y, image[pixel])
+                    add_weighted_row(out_d_x, weight_d_x, image[pixel])
         grad_y = 0.0
         grad_x = 0.0
         for c in range(C):

@@ -248,7 +248,7 @@ class MaxPool2d(Function):
         if self.kernels:
             B, C, H, W = self.windows.input_shape
             grad_input = np.empty((C, H, W, B), dtype=grad_output.dtype)
-            max_pool_scatter(grad_output.transpose(1, 2, 3, 0), self.argmax, self.windows.kernel_size[1],
+            max_pool_scatter(batch_last(np, grad_output), self.argmax, *self.windows.kernel_size,
                              *self.windows.stride, *self.windows.padding, grad_input)
             return (grad_input.transpose(3, 0, 1, 2),)
         grad = batch_last(self.xp, grad_output)

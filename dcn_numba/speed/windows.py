@@ -26,6 +26,13 @@ def tap_coordinate(window, tap, stride, dilation, pad):
     return window * stride + tap * dilation - pad
 
 
+@shared
+def pooling_tap(i, j, tap, kw, stride_h, stride_w, pad_h, pad_w):
+    """(row, column) of the input that tap `tap` = ki·kw + kj of pooling window (i, j) reads."""
+    return (tap_coordinate(i, tap // kw, stride_h, 1, pad_h),
+            tap_coordinate(j, tap % kw, stride_w, 1, pad_w))
+
+
 @serial_kernel
 def unfold_windows(x, first_row, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, columns):
     """im2col: columns[c, ki, kj, i, j, b] = x[c, (first_row + i)·stride_h + ki·dil_h − pad_h,
@@ -90,34 +97,30 @@ def max_pool_windows(x, kh, kw, stride_h, stride_w, pad_h, pad_w, out, argmax):
                 for b in range(B):
                     out[c, i, j, b] = -np.inf
                     argmax[c, i, j, b] = 0
-                for ki in range(kh):
-                    row = tap_coordinate(i, ki, stride_h, 1, pad_h)
-                    if not 0 <= row < H:
+                for tap in range(kh * kw):
+                    row, column = pooling_tap(i, j, tap, kw, stride_h, stride_w, pad_h, pad_w)
+                    if not (0 <= row < H and 0 <= column < W):
                         continue
-                    for kj in range(kw):
-                        column = tap_coordinate(j, kj, stride_w, 1, pad_w)
-                        if not 0 <= column < W:
-                            continue
-                        tap = ki * kw + kj
-                        # Selects instead of branches, so that the batch loop vectorises. A NaN
-                        # is never larger, so once out is NaN it stays NaN.
-                        for b in range(B):
-                            value = x[c, row, column, b]
-                            is_nan = value != value
-                            larger = value > out[c, i, j, b]
-                            out[c, i, j, b] = value if larger or is_nan else out[c, i, j, b]
-                            argmax[c, i, j, b] = tap if larger else (-1 if is_nan else argmax[c, i, j, b])
+                    # Selects instead of branches, so that the batch loop vectorises. A NaN is
+                    # never larger, so once out is NaN it stays NaN.
+                    for b in range(B):
+                        value = x[c, row, column, b]
+                        is_nan = value != value
+                        larger = value > out[c, i, j, b]
+                        out[c, i, j, b] = value if larger or is_nan else out[c, i, j, b]
+                        argmax[c, i, j, b] = tap if larger else (-1 if is_nan else argmax[c, i, j, b])
 
 
 @serial_kernel
-def max_pool_scatter(grad_out, argmax, kw, stride_h, stride_w, pad_h, pad_w, grad_input):
+def max_pool_scatter(grad_out, argmax, kh, kw, stride_h, stride_w, pad_h, pad_w, grad_input):
     """The max-pool backward: grad_input[c, row, column, b] += grad_out[c, i, j, b] for the tap
     argmax[c, i, j, b] = ki·kw + kj of window (i, j), at row = i·stride_h + ki − pad_h and column =
     j·stride_w + kj − pad_w; nothing for argmax −1 (a NaN window) or a tap in the padding.
 
-    grad_out and argmax (C, H_out, W_out, B), grad_out with any strides; grad_input (C, H, W, B)
-    is written whole: each channel is zeroed, then accumulated (overlapping windows can pick the
-    same tap) while it is in cache.
+    grad_out and argmax (C, H_out, W_out, B), contiguous (on a strided grad_out the batch loop
+    does not vectorise: eight times slower than copying it first); grad_input (C, H, W, B) is
+    written whole: each channel is zeroed, then accumulated (overlapping windows can pick the same
+    tap) while it is in cache.
     """
     C, H_out, W_out, B = grad_out.shape
     H, W = grad_input.shape[1:3]
@@ -125,11 +128,14 @@ def max_pool_scatter(grad_out, argmax, kw, stride_h, stride_w, pad_h, pad_w, gra
         grad_input[c] = 0
         for i in range(H_out):
             for j in range(W_out):
-                for b in range(B):
-                    tap = argmax[c, i, j, b]
-                    if tap < 0:
+                # Every tap of the window in turn, each taking the gradients of the windows whose
+                # argmax it is: a select per element instead of a branch and a scattered address
+                # (where the tap lands depends on b), so that the batch loop vectorises. Adding 0
+                # leaves a cell as it is.
+                for tap in range(kh * kw):
+                    row, column = pooling_tap(i, j, tap, kw, stride_h, stride_w, pad_h, pad_w)
+                    if not (0 <= row < H and 0 <= column < W):
                         continue
-                    row = tap_coordinate(i, tap // kw, stride_h, 1, pad_h)
-                    column = tap_coordinate(j, tap % kw, stride_w, 1, pad_w)
-                    if 0 <= row < H and 0 <= column < W:
-                        grad_input[c, row, column, b] += grad_out[c, i, j, b]
+                    for b in range(B):
+                        chosen = argmax[c, i, j, b] == tap
+                        grad_input[c, row, column, b] += grad_out[c, i, j, b] if chosen else 0

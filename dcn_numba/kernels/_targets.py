@@ -10,8 +10,9 @@ Every op runs its kernels the same way: a `KernelPair` (CPU kernel, CUDA kernel)
 arguments, run by `run(backend, pair, cpu_items, cuda_items, *args)`; each CUDA kernel declares
 its argument types where it is defined (`cuda_kernel`), for ahead-of-time compilation. Where the
 two targets organise a step differently (the deformable convolution's GEMMs: cache-sized tiles
-inside one CPU kernel, a column buffer and cuBLAS on a GPU), each target's kernels run alone,
-`run_cpu_calling_blas` and `run_cuda`, over the same shared functions.
+inside one CPU kernel, a column buffer and cuBLAS on a GPU; RoI pooling: channels-last rows per
+bin on the CPU, one output element per GPU thread), each target's kernels run alone, by `run_cpu`
+or `run_cpu_calling_blas` and `run_cuda`, over the same shared functions.
 
 The CPU kernels run on Numba's "workqueue" threading layer, the one that survives fork(): a
 process that forks after a kernel (multiprocessing, data-loader workers) keeps working, and so do

@@ -68,12 +68,12 @@ from .sampling import (ONE, dcn_column_from_corners, dcn_input_gradient_term, dc
                        dcn_offset_mask_terms, dcn_padded_image, dcn_padded_pixel, dcn_sample_number,
                        dcn_store_sample_gradient, dcn_table_index, dcn_tap_position, padded_corner)
 
-# How many bytes the column buffer of a batch chunk may take (the backward, and the forward on a
-# GPU): a memory knob, results do not depend on it. On a GPU bigger chunks make bigger GEMMs.
-MAX_COL_BUFFER_BYTES = {"cpu": 1 << 24, "cuda": 1 << 28}
-# The column block of one CPU forward tile: small enough to stay in a core's 1–2 MB cache between
-# its sampling and its GEMM, big enough for an efficient GEMM (measured: 64 to 512 positions of
-# the benchmark layer run alike; benchmarks/bench_deform_conv.py).
+# How many bytes the column buffer of a batch chunk may take on a GPU: a memory knob (results do
+# not depend on it beyond rounding); bigger chunks make bigger cuBLAS GEMMs.
+MAX_COL_BUFFER_BYTES = 1 << 28
+# The column block of one CPU tile: small enough to stay in a core's cache (1–2 MB of L2 on
+# current x86 server cores) between its sampling and its GEMMs, big enough to give those GEMMs
+# hundreds of positions.
 CPU_TILE_BYTES = 1 << 19
 
 
@@ -506,7 +506,7 @@ def chunks(geometry, offset, mask, max_col_buffer_bytes):
     HW_out = geometry.H_out * geometry.W_out
     K = geometry.kh * geometry.kw
     col_per_image = geometry.C_in * K * HW_out
-    budget = MAX_COL_BUFFER_BYTES["cuda"] if max_col_buffer_bytes is None else max_col_buffer_bytes
+    budget = MAX_COL_BUFFER_BYTES if max_col_buffer_bytes is None else max_col_buffer_bytes
     ranges = batch_chunks(offset.shape[0], col_per_image * offset.itemsize, budget)
     largest = max((stop - start for start, stop in ranges), default=0)
     table_size = largest * HW_out * geometry.offset_groups * K

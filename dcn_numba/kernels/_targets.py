@@ -136,8 +136,7 @@ def run(backend, kernels, cpu_items, cuda_items, *args):
     kernel(cpu_items, *args), its parallel loop over cpu_items iterations, or the CUDA kernel
     launched over cuda_items threads."""
     if backend == "cpu":
-        with CPU_KERNEL_LOCK:
-            kernels.cpu(cpu_items, *args)
+        run_cpu(kernels.cpu, cpu_items, *args)
     else:
         launch(kernels.cuda, cuda_items, cuda_stream(), *args)
 
@@ -168,8 +167,8 @@ def run_cpu_calling_blas(kernel, cpu_items, *args):
         import scipy.linalg.cython_blas  # noqa: F401  (loaded for its side effect)
         from threadpoolctl import ThreadpoolController
         _blas_threads.append(ThreadpoolController())
-    with CPU_KERNEL_LOCK, _blas_threads[0].limit(limits=1, user_api="blas"):
-        kernel(cpu_items, *args)
+    with _blas_threads[0].limit(limits=1, user_api="blas"):
+        run_cpu(kernel, cpu_items, *args)
 
 
 # Argument kinds of the CUDA kernels, each a function of the data's Numba type (float32 or

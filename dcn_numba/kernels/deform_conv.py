@@ -64,7 +64,7 @@ from .._arrays import array_module
 from . import sampling
 from ._targets import (COUNT, FLAG, FLAT, INDICES, KernelPair, cpu_kernel, cuda_kernel, for_cuda,
                        geometry_of, optional_argument, run, run_cpu_calling_blas, run_cuda, shared)
-from .sampling import (ONE, dcn_column_from_corners, dcn_input_gradient_term, dcn_locate,
+from .sampling import (ONE, dcn_column_from_corners, dcn_column_index, dcn_input_gradient_term, dcn_locate,
                        dcn_offset_mask_terms, dcn_padded_image, dcn_padded_pixel, dcn_sample_number,
                        dcn_store_sample_gradient, dcn_table_index, dcn_tap_position, padded_corner)
 
@@ -163,14 +163,22 @@ def corner_rows(padded, image, top_left, W, C, first_channel, length):
 
 
 @shared
+def worker_tables(positions_per_tile, dtype, geometry):
+    """(top_left, l_y, l_x) buffers for the located samples of one tile, a worker's own."""
+    samples = positions_per_tile * geometry.offset_groups * geometry.kh * geometry.kw
+    return (np.empty(samples, dtype=np.int64), np.empty(samples, dtype=dtype),
+            np.empty(samples, dtype=dtype))
+
+
+@shared
 def fill_columns(padded, top_left, l_y, l_x, table_start, mask, use_mask, b, group, first, stop, columns,
-                 start, geometry):
-    """columns[start + (position − first)·K·C_in/G + k·C_in/G + c'] = m · S for the output
-    positions first..stop−1 of image b and weight group `group` (rows of col laid out as in
-    `dcn_column_index`), their samples located in tables starting at table_start. The CPU's walk of im2col: per sample, its run of channels shares the
-    corners' places and weights, and the innermost loop streams those contiguous channels (over
-    row views, whose indices start at 0, so that Numba adds no negative-index wraparound and the
-    loop vectorises)."""
+                 geometry):
+    """The rows of weight group `group` in a tile's column buffer (G, positions, K, C_in/G) (see
+    `dcn_column_index`): m · S for the output positions first..stop−1 of image b, their samples
+    located in tables starting at table_start. The CPU's walk of im2col: per sample, its run of
+    channels shares the corners' places and weights, and the innermost loop streams those
+    contiguous channels (over row views, whose indices start at 0, so that Numba adds no
+    negative-index wraparound and the loop vectorises)."""
     K = geometry.kh * geometry.kw
     HW_out = geometry.H_out * geometry.W_out
     run_length = geometry.channel_run
@@ -179,7 +187,6 @@ def fill_columns(padded, top_left, l_y, l_x, table_start, mask, use_mask, b, gro
     image = dcn_padded_image(b, geometry)
     for position in range(first, stop):
         for k in range(K):
-            row = start + ((position - first) * K + k) * channels_per_group
             for channel_run in range(channels_per_group // run_length):
                 first_channel = group * channels_per_group + channel_run * run_length
                 g = first_channel // channels_per_offset_group
@@ -188,7 +195,9 @@ def fill_columns(padded, top_left, l_y, l_x, table_start, mask, use_mask, b, gro
                 m = mask[dcn_sample_number(b, g, k, geometry) * HW_out + position] if use_mask else ONE
                 v00, v01, v10, v11 = corner_rows(padded, image, corner, geometry.W, geometry.C_in,
                                                  first_channel, run_length)
-                out = columns[row + channel_run * run_length:row + (channel_run + 1) * run_length]
+                row = dcn_column_index(0, group, position - first, k, channel_run * run_length, stop - first,
+                                       geometry)
+                out = columns[row:row + run_length]
                 for c in range(run_length):
                     out[c] = dcn_column_from_corners(v00[c], v01[c], v10[c], v11[c], fraction_y, fraction_x,
                                                      corner, m)
@@ -200,8 +209,8 @@ def deformable_conv_tiles_cpu(n_workers, n_tiles, padded, offset, mask, use_mask
     """The forward, out[b, o, position] = Σ weight_group[o] · col[b, group, position] + bias[o],
     tile by tile: a tile is `positions_per_tile` output positions of one image, and each of the
     n_workers parallel iterations takes a contiguous share of the n_tiles tiles. For each tile
-    a worker samples the tile's column block (positions, K·C_in/G) of one group into memory of
-    its own, allocated once for all its tiles, and multiplies it (BLAS, on the worker's thread)
+    a worker samples the tile's column block (G, positions, K·C_in/G) into memory of its own,
+    allocated once for all its tiles, and multiplies it group by group (BLAS, on the worker's thread)
     while it is still in cache. Tiles are independent, so the results do not depend on
     n_workers. A tile locates its own samples first, into tables of the worker's.
     weights (G, C_out/G, K·C_in/G), laid out like the column rows (`weight_rows`)."""
@@ -209,24 +218,21 @@ def deformable_conv_tiles_cpu(n_workers, n_tiles, padded, offset, mask, use_mask
     G, group_outputs, group_taps = weights.shape
     tiles_per_image = (HW_out + positions_per_tile - 1) // positions_per_tile
     for worker in prange(n_workers):
-        columns = np.empty(positions_per_tile * group_taps, dtype=weights.dtype)
+        columns = np.empty(G * positions_per_tile * group_taps, dtype=weights.dtype)
         products = np.empty(group_outputs * positions_per_tile, dtype=weights.dtype)
-        samples = positions_per_tile * geometry.offset_groups * geometry.kh * geometry.kw
-        top_left = np.empty(samples, dtype=np.int64)
-        l_y = np.empty(samples, dtype=weights.dtype)
-        l_x = np.empty(samples, dtype=weights.dtype)
+        top_left, l_y, l_x = worker_tables(positions_per_tile, weights.dtype, geometry)
         for tile in range(worker * n_tiles // n_workers, (worker + 1) * n_tiles // n_workers):
             b = tile // tiles_per_image
             first = tile % tiles_per_image * positions_per_tile
             stop = min(first + positions_per_tile, HW_out)
             n = stop - first
-            block = columns[:n * group_taps].reshape((n, group_taps))
             product = products[:group_outputs * n].reshape((group_outputs, n))
             table_start = dcn_table_index(b, first, 0, 0, geometry)
             locate_positions(offset, b, first, stop, top_left, l_y, l_x, table_start, geometry)
             for group in range(G):
                 fill_columns(padded, top_left, l_y, l_x, table_start, mask, use_mask, b, group, first, stop,
-                             columns, 0, geometry)
+                             columns, geometry)
+                block = columns[group * n * group_taps:(group + 1) * n * group_taps].reshape((n, group_taps))
                 np.dot(weights[group], block.T, product)
                 for o in range(group_outputs):
                     channel = group * group_outputs + o
@@ -264,8 +270,8 @@ def backpropagate_tile(padded, top_left, l_y, l_x, table_start, mask, use_mask, 
                 for channel_run in range(channels_per_offset_group // run_length):
                     first_channel = g * channels_per_offset_group + channel_run * run_length
                     group = first_channel // channels_per_group
-                    source = ((group * n + position - first) * K + k) * channels_per_group \
-                        + first_channel - group * channels_per_group
+                    source = dcn_column_index(0, group, position - first, k,
+                                              first_channel - group * channels_per_group, n, geometry)
                     grad_samples = gcol[source:source + run_length]
                     v00, v01, v10, v11 = corner_rows(padded, image, corner, geometry.W, geometry.C_in,
                                                      first_channel, run_length)
@@ -306,10 +312,7 @@ def deformable_conv_backward_cpu(n_workers, n_images, padded, offset, mask, use_
         columns = np.empty(G * positions_per_tile * group_taps, dtype=weights.dtype)
         grads = np.empty(group_outputs * positions_per_tile, dtype=weights.dtype)
         product = np.empty((group_outputs, group_taps), dtype=weights.dtype)
-        samples = positions_per_tile * geometry.offset_groups * geometry.kh * geometry.kw
-        top_left = np.empty(samples, dtype=np.int64)
-        l_y = np.empty(samples, dtype=weights.dtype)
-        l_x = np.empty(samples, dtype=weights.dtype)
+        top_left, l_y, l_x = worker_tables(positions_per_tile, weights.dtype, geometry)
         for b in range(worker * n_images // n_workers, (worker + 1) * n_images // n_workers):
             for first in range(0, HW_out, positions_per_tile):
                 stop = min(first + positions_per_tile, HW_out)
@@ -318,10 +321,9 @@ def deformable_conv_backward_cpu(n_workers, n_images, padded, offset, mask, use_
                 table_start = dcn_table_index(b, first, 0, 0, geometry)
                 locate_positions(offset, b, first, stop, top_left, l_y, l_x, table_start, geometry)
                 for group in range(G):
-                    start = group * n * group_taps
                     fill_columns(padded, top_left, l_y, l_x, table_start, mask, use_mask, b, group, first, stop,
-                                 columns, start, geometry)
-                    block = columns[start:start + n * group_taps].reshape((n, group_taps))
+                                 columns, geometry)
+                    block = columns[group * n * group_taps:(group + 1) * n * group_taps].reshape((n, group_taps))
                     for o in range(group_outputs):
                         row = (b * G * group_outputs + group * group_outputs + o) * HW_out + first
                         grad_block[o] = grad_output[row:row + n]
@@ -428,7 +430,7 @@ def offset_mask_gradient_cuda(n_items, padded, gcol, top_left, l_y, l_x, mask, u
             v00, v01, v10, v11 = gpu.padded_corners(padded, image + c, corner, geometry.W, geometry.C_in)
             term_y, term_x, term_m = gpu.dcn_offset_mask_terms(
                 v00, v01, v10, v11, fraction_y, fraction_x, corner, m,
-                gcol[gpu.dcn_column_index(b, group, position, k, c - group * channels_per_group, geometry)])
+                gcol[gpu.dcn_column_index(b, group, position, k, c - group * channels_per_group, HW_out, geometry)])
             grad_p_y += term_y
             grad_p_x += term_x
             grad_m += term_m

@@ -166,12 +166,14 @@ def dcn_table_index(b, position, g, k, geometry):
 
 
 @shared
-def dcn_column_index(b, group, position, k, channel_in_group, geometry):
-    """Index of col[b, group, position, k, c'] in the column buffer (B, G, H_out·W_out, K, C_in/G):
+def dcn_column_index(b, group, position, k, channel_in_group, positions, geometry):
+    """Index of col[b, group, position, k, c'] in a column buffer (B, G, positions, K, C_in/G):
     for each weight group, one row per output position holding its K taps × C_in/G channels
-    (channel c = group·C_in/G + c'), so that out[b, group] = weight_group · rowsᵀ."""
+    (channel c = group·C_in/G + c'), so that out[b, group] = weight_group · rowsᵀ. positions is
+    H_out·W_out for whole images (a GPU chunk), or a CPU tile's count (b = 0, position counted
+    from the tile's first)."""
     channels_per_group = geometry.C_in // geometry.groups
-    return (((b * geometry.groups + group) * geometry.H_out * geometry.W_out + position)
+    return (((b * geometry.groups + group) * positions + position)
             * geometry.kh * geometry.kw + k) * channels_per_group + channel_in_group
 
 

@@ -5,7 +5,7 @@ one run, NumPy imported first (as user code and the tutorials do) and no environ
 
 OpenBLAS's idle threads spin for about 0.1 s after each matrix product; between the products of
 a deformable net the parallel deformable kernels need those cores. The engine therefore limits
-BLAS to one thread once it runs a deformable CPU kernel (dcn_numba.speed.runtime); this script
+BLAS to one thread once it runs a deformable CPU kernel (dcn_numba.runtime.settings); this script
 undoes that for the "default threads" runs, so that both are timed in the same process, in turns.
 """
 
@@ -13,8 +13,8 @@ import numpy as np  # noqa: I001  (first, on purpose)
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from bench_train_step import batch, our_step
-from dcn_numba.models import MnistNet
-from dcn_numba.speed.runtime import keep_freed_memory
+from dcn_numba.apps.mnist.models import MnistNet
+from dcn_numba.runtime.settings import keep_freed_memory
 from timing import interleaved_best_times, machine_description, row
 
 

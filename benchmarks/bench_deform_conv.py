@@ -134,7 +134,7 @@ def check(name, actual, expected, rtol, atol):
     """True when actual matches expected; otherwise print the first mismatches."""
     import numpy as np
 
-    from dcn_numba.gradcheck import describe_mismatch
+    from dcn_numba.reference.gradcheck import describe_mismatch
 
     if np.allclose(actual, expected, rtol=rtol, atol=atol, equal_nan=True):
         return True
@@ -160,7 +160,7 @@ def check_layer(label, actual, layer):
 
 
 def move(backend, arrays):
-    from dcn_numba._arrays import cupy
+    from dcn_numba.runtime.arrays import cupy
 
     return [a if a is None or backend != "cuda" else cupy.asarray(a) for a in arrays]
 
@@ -168,7 +168,7 @@ def move(backend, arrays):
 def to_numpy(array):
     import numpy as np
 
-    from dcn_numba._arrays import cupy
+    from dcn_numba.runtime.arrays import cupy
 
     return array if array is None or isinstance(array, np.ndarray) else cupy.asnumpy(array)
 
@@ -246,7 +246,7 @@ def measure_dcn_numba(arguments):
     check_layer(f"dcn_numba {backend}", {n: to_numpy(r) for n, r in zip(NAMES, results)}, layer)
     synchronize = None
     if backend == "cuda":
-        from dcn_numba._arrays import cupy
+        from dcn_numba.runtime.arrays import cupy
         synchronize = cupy.cuda.get_current_stream().synchronize
     return dict(best_times(forward, forward_backward, synchronize),
                 checked="small cases; output and five gradients",
@@ -605,7 +605,7 @@ def benchmark(arguments):
     """The parent: the reference once, each measurement in its own process, then the rows."""
     import numba
 
-    from dcn_numba._arrays import gpu_available
+    from dcn_numba.runtime.arrays import gpu_available
     from timing import machine_description
 
     threads = numba.get_num_threads()

@@ -14,8 +14,9 @@ import sys
 import numba
 import numpy as np
 
-from dcn_numba import deform_roi_pool, deform_roi_pool_backward
-from dcn_numba.gradcheck import describe_mismatch
+from dcn_numba import deform_roi_pool_backward
+from dcn_numba import deform_roi_pool
+from dcn_numba.reference.gradcheck import describe_mismatch
 from timing import interleaved_best_times, machine_description, row
 
 B, C, H, W = 2, 256, 64, 64

@@ -12,7 +12,7 @@ position, where the two libraries' boundary conventions differ; docs/specificati
 in the same run, in turns, PyTorch with as many threads as there are cores.
 
 Both libraries run in this one process under the same malloc settings: by default those of
-`dcn_numba.speed.runtime.keep_freed_memory()`, which the training command uses too (freed memory stays
+`dcn_numba.runtime.settings.keep_freed_memory()`, which the training command uses too (freed memory stays
 in the process instead of being page-faulted back in every step); `--default-malloc` keeps
 glibc's defaults instead.
 
@@ -26,16 +26,16 @@ import sys
 
 import numpy as np
 
-from dcn_numba import functional as F
-from dcn_numba.autograd import Tensor
-from dcn_numba.speed.runtime import keep_freed_memory
-from dcn_numba.gradcheck import describe_mismatch
-from dcn_numba.models import MnistNet
-from dcn_numba.optim import SGD
+from dcn_numba.engine import functional as F
+from dcn_numba.engine.autograd import Tensor
+from dcn_numba.runtime.settings import keep_freed_memory
+from dcn_numba.reference.gradcheck import describe_mismatch
+from dcn_numba.apps.mnist.models import MnistNet
+from dcn_numba.engine.optim import SGD
 from timing import interleaved_best_times, machine_description, row
 
 BATCH = 64
-CANVAS_SIZE = 48  # the scaled-digits experiment's canvas (dcn_numba.train.CANVAS_SIZE)
+CANVAS_SIZE = 48  # the scaled-digits experiment's canvas (dcn_numba.apps.mnist.train.CANVAS_SIZE)
 RTOL, ATOL = 1e-6, 1e-8  # the check runs in float64
 
 

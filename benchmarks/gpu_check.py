@@ -101,10 +101,10 @@ import dcn_numba.kernels  # noqa: E402
 from bench_deform_conv import NAMES, problem as conv_problem  # noqa: E402
 from bench_roi_pool import OUTPUT_SIZE, SPATIAL_SCALE, problem as roi_problem, torchvision_baseline  # noqa: E402
 from bench_train_step import our_step, torch_step, torch_twin  # noqa: E402
-from dcn_numba import functional as F  # noqa: E402
-from dcn_numba.autograd import Tensor  # noqa: E402
-from dcn_numba.gradcheck import describe_mismatch  # noqa: E402
-from dcn_numba.models import MnistNet  # noqa: E402
+from dcn_numba.engine import functional as F
+from dcn_numba.engine.autograd import Tensor  # noqa: E402
+from dcn_numba.reference.gradcheck import describe_mismatch  # noqa: E402
+from dcn_numba.apps.mnist.models import MnistNet  # noqa: E402
 from timing import interleaved_best_times  # noqa: E402
 
 if not REHEARSAL:

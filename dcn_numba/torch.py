@@ -12,7 +12,7 @@ gradients itself) and made contiguous, which copies only a tensor that is not co
 Arguments are checked by dcn_numba's NumPy API, so bad input gets the same errors; only what
 that API cannot see (tensors on different devices, something that is not a tensor) is checked
 here. The layouts, conventions and gradients are those of dcn_numba.deform_conv2d,
-dcn_numba.deform_roi_pool and dcn_numba.deform_psroi_pool.
+dcn_numba.deform_roi_pool and dcn_numba.ops.deform_psroi_pool.
 
 This module needs PyTorch, which dcn_numba itself does not: pip install "dcn_numba[torch]".
 """
@@ -29,7 +29,7 @@ except ImportError as error:  # torch is optional for dcn_numba, required by thi
 from torch.autograd.function import once_differentiable
 
 import dcn_numba
-from dcn_numba import _arrays
+from dcn_numba.runtime import arrays as _arrays
 
 __all__ = ["deform_conv2d", "deform_roi_pool", "deform_psroi_pool",
            "DeformConv2d", "DeformRoIPool", "DeformPSRoIPool"]
@@ -89,7 +89,7 @@ def _tensor(array, device):
 def _on_device(device):
     """Run dcn_numba's CUDA kernels on `device` and on torch's current stream there.
 
-    dcn_numba launches on CuPy's current stream (dcn_numba._arrays.cuda_stream); making torch's
+    dcn_numba launches on CuPy's current stream (dcn_numba.runtime.arrays.cuda_stream); making torch's
     stream CuPy's current one orders the kernels after the torch work that produced the inputs
     and before the torch work that reads the outputs. A CPU device needs nothing."""
     if device.type != "cuda":

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from dcn_numba.autograd import Tensor, no_grad
-from dcn_numba.gradcheck import check_gradients
+from dcn_numba.engine.autograd import Tensor, no_grad
+from dcn_numba.reference.gradcheck import check_gradients
 
 
 def check_tensor_function(fn, arrays, mode="elementwise", seed=0, eps=1e-6, rtol=1e-5, atol=1e-7):

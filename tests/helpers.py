@@ -30,7 +30,7 @@ def to_numpy(array):
 def assert_gradients_match(backend, names, gradients, expected, dtype, tolerance):
     """Each gradient a backend returned equals the reference's (None where the reference gives
     None), in the input dtype; the absolute tolerance grows with the gradient's magnitude."""
-    from dcn_numba.gradcheck import assert_close
+    from dcn_numba.reference.gradcheck import assert_close
 
     for name, actual, wanted in zip(names, gradients, expected):
         if wanted is None:
@@ -49,7 +49,7 @@ def assert_op_matches_reference(backend, op, op_backward, arrays, params, gradie
     arrays: {argument name: NumPy array of the case's dtype, or None}, the op's array arguments and
     "grad_output"; params: the op's other keyword arguments.
     """
-    from dcn_numba.gradcheck import assert_close
+    from dcn_numba.reference.gradcheck import assert_close
 
     dtype = arrays["input"].dtype
     exact = {name: None if a is None else a.astype(np.float64) for name, a in arrays.items()}

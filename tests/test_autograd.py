@@ -7,9 +7,9 @@ import pathlib
 import numpy as np
 import pytest
 
-import dcn_numba.autograd as autograd
-from dcn_numba.autograd import Tensor, no_grad
-from dcn_numba.gradcheck import assert_close
+import dcn_numba.engine.autograd as autograd
+from dcn_numba.engine.autograd import Tensor, no_grad
+from dcn_numba.reference.gradcheck import assert_close
 from autograd_helpers import check_tensor_function
 
 rng = np.random.default_rng(0)

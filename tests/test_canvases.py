@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from dcn_numba.canvases import INK_THRESHOLD, box_iou, ink_box, make_canvases, resize, scaled_digit
-from dcn_numba.data import Digits, load_mnist
+from dcn_numba.data.canvases import INK_THRESHOLD, box_iou, ink_box, make_canvases, resize, scaled_digit
+from dcn_numba.data.mnist import Digits, load_mnist
 
 
 @pytest.fixture(scope="module")

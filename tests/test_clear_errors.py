@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import dcn_numba
-from dcn_numba import nn
-from dcn_numba.autograd import Tensor
+from dcn_numba.engine import nn
+from dcn_numba.engine.autograd import Tensor
 
 X = np.zeros((1, 2, 4, 4), np.float32)
 ROI = np.array([[0, 0, 0, 3, 3]], np.float32)

@@ -1,4 +1,4 @@
-"""dcn_numba.speed.runtime: BLAS limited to one thread once the engine runs a deformable CPU kernel,
+"""dcn_numba.runtime.settings: BLAS limited to one thread once the engine runs a deformable CPU kernel,
 whatever was imported first, and keep_freed_memory, after which a loop that frees and allocates
 the same big arrays stops faulting in fresh pages. Each runs in a child process: both settings
 are for the whole process."""
@@ -24,9 +24,9 @@ TRAINING_STEP = """
 import os
 import numpy as np
 from threadpoolctl import threadpool_info
-from dcn_numba import functional as F
-from dcn_numba.autograd import Tensor
-from dcn_numba.models import MnistNet
+from dcn_numba.engine import functional as F
+from dcn_numba.engine.autograd import Tensor
+from dcn_numba.apps.mnist.models import MnistNet
 
 def blas_threads():
     return max(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
@@ -56,7 +56,7 @@ def test_a_regular_step_keeps_the_blas_threads():
 FAULTS = """
 import resource
 import numpy as np
-from dcn_numba.speed.runtime import keep_freed_memory
+from dcn_numba.runtime.settings import keep_freed_memory
 
 def faults_per_step():
     def step():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dcn_numba import crosscheck
-from dcn_numba.locations import sampling_locations
+from dcn_numba.ops.locations import sampling_locations
 
 
 def run(capsys, *implementations):

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dcn_numba import data
+from dcn_numba.data import mnist as data
 
 
 def write_idx(path, array, type_code=0x08, compress=False):

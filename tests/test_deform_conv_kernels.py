@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dcn_numba import deform_conv2d, deform_conv2d_backward
-from dcn_numba._arrays import array_module
-from dcn_numba.gradcheck import assert_close, check_gradients
+from dcn_numba.runtime.arrays import array_module
+from dcn_numba.reference.gradcheck import assert_close, check_gradients
 from dcn_numba.kernels import deform_conv as kernels
 from helpers import KERNEL_BACKENDS, to_backend, to_numpy, assert_op_matches_reference
 

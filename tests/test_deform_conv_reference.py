@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dcn_numba import deform_conv2d, deform_conv2d_backward
-from dcn_numba.gradcheck import assert_close, check_gradients
+from dcn_numba.reference.gradcheck import assert_close, check_gradients
 from dcn_numba.reference import deform_conv as loops
 from dcn_numba.reference import deform_conv_vectorised as vectorised
 

@@ -7,8 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dcn_numba import deform_psroi_pool, deform_psroi_pool_backward
-from dcn_numba.gradcheck import assert_close, check_gradients
+from dcn_numba import deform_psroi_pool_backward
+from dcn_numba import deform_psroi_pool
+from dcn_numba.reference.gradcheck import assert_close, check_gradients
 from roi_helpers import linear_image, random_rois, tent
 from helpers import BACKENDS, KERNEL_BACKENDS, to_backend, to_numpy, assert_op_matches_reference
 

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dcn_numba import deform_roi_pool, deform_roi_pool_backward
-from dcn_numba.gradcheck import assert_close, check_gradients
+from dcn_numba import deform_roi_pool_backward
+from dcn_numba import deform_roi_pool
+from dcn_numba.reference.gradcheck import assert_close, check_gradients
 from dcn_numba.reference.deform_roi_pool import bin_samples
 from roi_helpers import linear_image, random_rois, tent
 from helpers import BACKENDS, KERNEL_BACKENDS, to_backend, to_numpy, assert_op_matches_reference

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from dcn_numba import detect
-from dcn_numba.detection_viz import part_bins
-from dcn_numba.evaluation import detection_metrics
+from dcn_numba.apps.detection import detect
+from dcn_numba.apps.detection.viz import part_bins
+from dcn_numba.apps.detection.evaluation import detection_metrics
 
 
 @pytest.mark.parametrize("argv, option", [

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from dcn_numba.autograd import Tensor
-from dcn_numba.canvases import box_iou
-from dcn_numba.detector import (SmoothL1, Detector, anchor_grid, batch_rois, decode_boxes, detect,
-                                detection_loss, encode_boxes, inclusive_rois, nms, sample_rois)
-from dcn_numba.gradcheck import numerical_gradient
+from dcn_numba.engine.autograd import Tensor
+from dcn_numba.data.canvases import box_iou
+from dcn_numba.apps.detection.detector import (SmoothL1, Detector, anchor_grid, batch_rois, decode_boxes,
+                                               detect, detection_loss, encode_boxes, inclusive_rois, nms,
+                                               sample_rois)
+from dcn_numba.reference.gradcheck import numerical_gradient
 
 
 def test_anchor_grid_sizes_and_spacing():

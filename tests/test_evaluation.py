@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from dcn_numba.evaluation import (average_precision, coco_average_precision, detection_metrics,
-                                  mean_average_precision, precision_recall)
+from dcn_numba.apps.detection.evaluation import (average_precision, coco_average_precision,
+                                                 detection_metrics, mean_average_precision, precision_recall)
 
 
 def truth(image, box, label=0):

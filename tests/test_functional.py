@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from dcn_numba import deform_conv2d_backward
-from dcn_numba import functional as F
-from dcn_numba.autograd import Tensor
-from dcn_numba.gradcheck import assert_close
-from dcn_numba import windows
-from dcn_numba.functional import BatchNorm as BatchNormFunction
-from dcn_numba.windows import adaptive_pooling_matrix
+from dcn_numba.engine import functional as F
+from dcn_numba.engine.autograd import Tensor
+from dcn_numba.reference.gradcheck import assert_close
+from dcn_numba.engine import windows
+from dcn_numba.engine.functional import BatchNorm as BatchNormFunction
+from dcn_numba.engine.windows import adaptive_pooling_matrix
 from autograd_helpers import check_tensor_function
 
 rng = np.random.default_rng(1)
@@ -127,7 +127,7 @@ def test_conv2d_without_bias_and_input_gradient():
 
 
 class NumPyByAnotherName:
-    """NumPy under a name that is not `numpy`, so that `dcn_numba.windows` takes the array-module
+    """NumPy under a name that is not `numpy`, so that `dcn_numba.engine.windows` takes the array-module
     path it takes for CuPy: that path runs, and is checked, on a machine without a GPU."""
 
     def __getattr__(self, name):

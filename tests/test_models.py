@@ -5,12 +5,12 @@ a few training steps that reduce the loss, and state dicts that reload to identi
 import numpy as np
 import pytest
 
-from dcn_numba import functional as F
-from dcn_numba.autograd import Tensor, no_grad
-from dcn_numba.gradcheck import assert_close, check_gradients
-from dcn_numba.models import MnistNet, RoIClassifier
-from dcn_numba.nn import Conv2d, DeformConv2d
-from dcn_numba.optim import SGD
+from dcn_numba.engine import functional as F
+from dcn_numba.engine.autograd import Tensor, no_grad
+from dcn_numba.reference.gradcheck import assert_close, check_gradients
+from dcn_numba.apps.mnist.models import MnistNet, RoIClassifier
+from dcn_numba.engine.nn import Conv2d, DeformConv2d
+from dcn_numba.engine.optim import SGD
 from helpers import BACKENDS, ON_GPU, to_backend, to_numpy
 
 TINY = dict(channels=(2, 3))

@@ -5,13 +5,14 @@ import math
 import numpy as np
 import pytest
 
-from dcn_numba import deform_psroi_pool, deform_roi_pool
-from dcn_numba import functional as F
-from dcn_numba import nn
-from dcn_numba.autograd import Tensor
-from dcn_numba.gradcheck import assert_close
-from dcn_numba.locations import regular_grid, sampling_locations, trace_back
-from dcn_numba.optim import SGD, Adam, CosineSchedule, StepSchedule
+from dcn_numba import deform_psroi_pool
+from dcn_numba import deform_roi_pool
+from dcn_numba.engine import functional as F
+from dcn_numba.engine import nn
+from dcn_numba.engine.autograd import Tensor
+from dcn_numba.reference.gradcheck import assert_close
+from dcn_numba.ops.locations import regular_grid, sampling_locations, trace_back
+from dcn_numba.engine.optim import SGD, Adam, CosineSchedule, StepSchedule
 
 rng = np.random.default_rng(2)
 

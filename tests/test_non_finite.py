@@ -7,8 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dcn_numba import (deform_conv2d, deform_conv2d_backward, deform_psroi_pool,
-                       deform_psroi_pool_backward, deform_roi_pool, deform_roi_pool_backward)
+from dcn_numba import (deform_conv2d, deform_conv2d_backward, deform_psroi_pool_backward,
+                       deform_roi_pool_backward)
+from dcn_numba import deform_psroi_pool
+from dcn_numba import deform_roi_pool
 from helpers import KERNEL_BACKENDS, to_backend, to_numpy
 
 BAD_VALUES = [np.nan, np.inf, -np.inf]

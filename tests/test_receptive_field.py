@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dcn_numba import receptive_field as rf
-from dcn_numba.autograd import Tensor
-from dcn_numba.locations import level_points, trace_back, trace_back_levels
-from dcn_numba.models import MnistNet
+from dcn_numba.apps.mnist import receptive_field as rf
+from dcn_numba.engine.autograd import Tensor
+from dcn_numba.ops.locations import level_points, trace_back, trace_back_levels
+from dcn_numba.apps.mnist.models import MnistNet
 
 
 def test_spread_of_hand_made_points():

@@ -4,8 +4,9 @@ what was expected."""
 import numpy as np
 import pytest
 
-from dcn_numba import (deform_psroi_pool, deform_psroi_pool_backward, deform_roi_pool,
-                       deform_roi_pool_backward)
+from dcn_numba import (deform_psroi_pool_backward, deform_roi_pool_backward)
+from dcn_numba import deform_psroi_pool
+from dcn_numba import deform_roi_pool
 
 INPUT = np.zeros((2, 8, 5, 6))  # B = 2, C = 8 = output_dim 2 · group_size 2²
 ROIS = np.array([[0, 0.0, 0.0, 3.0, 3.0], [1, 1.0, 1.0, 4.0, 2.0]])

@@ -3,9 +3,9 @@ arrays) and on its plain path inside `plain_numpy()`, and the switch stays insid
 
 import numpy as np
 
-from dcn_numba import functional as F
+from dcn_numba.engine import functional as F
 from dcn_numba import speed
-from dcn_numba.autograd import Tensor
+from dcn_numba.engine.autograd import Tensor
 
 
 def conv_norm_pool_step(rng_seed):

@@ -20,8 +20,8 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip install
 dt = pytest.importorskip("dcn_numba.torch")
 
 import dcn_numba  # noqa: E402
-from dcn_numba.deform_conv import output_size  # noqa: E402
-from dcn_numba.locations import sampling_locations  # noqa: E402
+from dcn_numba.ops.deform_conv import output_size  # noqa: E402
+from dcn_numba.ops.locations import sampling_locations  # noqa: E402
 
 
 def _tensor(rng, shape, low=None, high=None):
@@ -352,7 +352,7 @@ def test_tensors_on_two_devices_are_refused_naming_both():
 
 
 def test_cuda_tensors_without_cupy_are_refused_saying_what_to_install(monkeypatch):
-    monkeypatch.setattr(dcn_numba._arrays, "cupy", None)
+    monkeypatch.setattr(dcn_numba.runtime.arrays, "cupy", None)
     with pytest.raises(TypeError, match=r"needs CuPy: pip install 'dcn_numba\[cuda\]'"):
         dt._backend(torch.device("cuda", 0))
 

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from dcn_numba import data, experiment, train
-from dcn_numba.data import Digits, load_embedded, scaled_digits, subset
-from dcn_numba.models import MnistNet
+from dcn_numba.data import mnist as data
+from dcn_numba.apps.mnist import experiment
+from dcn_numba.apps.mnist import train
+from dcn_numba.data.mnist import Digits, load_embedded, scaled_digits, subset
+from dcn_numba.apps.mnist.models import MnistNet
 from test_data import write_idx
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from dcn_numba import viz
-from dcn_numba.data import Digits
-from dcn_numba.locations import sampling_locations
-from dcn_numba.models import MnistNet
+from dcn_numba.apps.mnist import viz
+from dcn_numba.data.mnist import Digits
+from dcn_numba.ops.locations import sampling_locations
+from dcn_numba.apps.mnist.models import MnistNet
 
 
 def test_zero_offsets_give_the_regular_dilated_grid():

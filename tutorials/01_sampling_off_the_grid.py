@@ -41,7 +41,7 @@
 
 # %%
 import dcn_numba
-from dcn_numba.gradcheck import assert_close
+from dcn_numba.reference.gradcheck import assert_close
 from dcn_numba.kernels import sampling
 
 import matplotlib.pyplot as plt

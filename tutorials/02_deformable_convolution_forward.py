@@ -34,10 +34,10 @@
 
 # %%
 import dcn_numba
-from dcn_numba import windows
-from dcn_numba.autograd import Tensor
-from dcn_numba.data import load_mnist
-from dcn_numba.gradcheck import assert_close
+from dcn_numba.engine import windows
+from dcn_numba.engine.autograd import Tensor
+from dcn_numba.data.mnist import load_mnist
+from dcn_numba.reference.gradcheck import assert_close
 from dcn_numba.reference import deform_conv_vectorised as reference
 
 import matplotlib.pyplot as plt
@@ -60,7 +60,7 @@ B, C_in, H, W = digit.shape
 # dilation as the deformable one, so that it has one output position per output position of the
 # deformable layer. It outputs 2K channels, a (Δy, Δx) pair for each of the K = kh·kw taps.
 #
-# dcn_numba has an ordinary convolution of its own, `dcn_numba.windows.conv2d`, which shares no
+# dcn_numba has an ordinary convolution of its own, `dcn_numba.engine.windows.conv2d`, which shares no
 # code with the deformable one: it copies the kernel windows of the padded input into columns
 # (im2col) and multiplies them with the weights, and never interpolates. It is an autograd
 # Function (notebook 6), so here it gets its arrays wrapped in Tensors:

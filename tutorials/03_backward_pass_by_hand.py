@@ -27,7 +27,7 @@
 # * the forward pass as a chain of named intermediates, S → col → out, and the backward pass as
 #   the same chain walked in reverse;
 # * the five gradients, for bias, weight, mask, offset and input, each in one line of NumPy;
-# * how to check a hand-written gradient with finite differences (`dcn_numba.gradcheck`);
+# * how to check a hand-written gradient with finite differences (`dcn_numba.reference.gradcheck`);
 # * why integer sampling coordinates and the −1 border are not differentiable, what dcn_numba
 #   returns there, and why it matters at initialisation, when every offset is 0.
 
@@ -38,7 +38,7 @@
 
 # %%
 import dcn_numba
-from dcn_numba.gradcheck import assert_close, check_gradients
+from dcn_numba.reference.gradcheck import assert_close, check_gradients
 from dcn_numba.kernels import sampling
 
 import matplotlib.pyplot as plt

@@ -60,7 +60,7 @@ os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "0" if gpu_available() else "1")
 
 # %%
 import dcn_numba
-from dcn_numba.gradcheck import assert_close
+from dcn_numba.reference.gradcheck import assert_close
 from dcn_numba.kernels import deform_conv as conv_kernels
 from dcn_numba.kernels import sampling
 from dcn_numba.kernels._targets import for_cuda

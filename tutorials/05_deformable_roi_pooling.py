@@ -44,10 +44,11 @@
 
 # %%
 import dcn_numba
-from dcn_numba import nn, optim
-from dcn_numba.autograd import Tensor, no_grad
-from dcn_numba.data import load_mnist, random_transform
-from dcn_numba.gradcheck import assert_close, check_gradients
+from dcn_numba.engine import nn
+from dcn_numba.engine import optim
+from dcn_numba.engine.autograd import Tensor, no_grad
+from dcn_numba.data.mnist import load_mnist, random_transform
+from dcn_numba.reference.gradcheck import assert_close, check_gradients
 from dcn_numba.kernels import sampling
 from dcn_numba.reference import deform_psroi_pool as psroi_reference
 from dcn_numba.reference import deform_roi_pool as roi_reference
@@ -227,7 +228,7 @@ check(bin_offset_gradient, matches_the_backward)
 
 # %% [markdown]
 # Agreeing with the package shows we derived what it implements. The independent check is finite
-# differences (`dcn_numba.gradcheck`, notebook 3) of L = Σ grad_out · out, for every element of
+# differences (`dcn_numba.reference.gradcheck`, notebook 3) of L = Σ grad_out · out, for every element of
 # the input and of the offsets, on small random problems for both operators. The psroi gradient
 # (§2.2 of the specification) has the same structure, with the count of kept samples in place of
 # n and trans_std in place of γ. Random offsets keep the samples off integer coordinates, where

@@ -18,7 +18,7 @@
 #
 # Notebooks 2 to 5 wrote each operator's forward and backward pass by hand. To train a network,
 # something must call those passes in the right order and hand each one the gradient it needs.
-# dcn_numba's answer is a small reverse-mode autograd engine, `dcn_numba.autograd`. This notebook
+# dcn_numba's answer is a small reverse-mode autograd engine, `dcn_numba.engine.autograd`. This notebook
 # first builds one like it in front of you, in a few dozen lines, then reads the package's and
 # plugs notebook 3's hand-derived gradients into it.
 #
@@ -37,11 +37,13 @@
 # next cell to use the worked solutions instead).
 
 # %%
-from dcn_numba import functional as F
-from dcn_numba import models, nn, optim
-from dcn_numba.autograd import Function, Tensor, no_grad, unbroadcast
-from dcn_numba.data import Affine, affine_transform, load_mnist
-from dcn_numba.gradcheck import assert_close, check_gradients
+from dcn_numba.engine import functional as F
+from dcn_numba.apps.mnist import models
+from dcn_numba.engine import nn
+from dcn_numba.engine import optim
+from dcn_numba.engine.autograd import Function, Tensor, no_grad, unbroadcast
+from dcn_numba.data.mnist import Affine, affine_transform, load_mnist
+from dcn_numba.reference.gradcheck import assert_close, check_gradients
 from dcn_numba.kernels import sampling
 
 import inspect
@@ -167,7 +169,7 @@ check(topological_order, is_topological)
 # the same numbers, so the backward pass must sum the gradient over the repeated axes to get back
 # to b's shape. Write `unbroadcast_mine(grad, shape)`: sum `grad` over its extra leading axes and
 # over the axes where `shape` has length 1 (keeping them, with `keepdims=True`), and return an
-# array of `shape`. The check compares it with the package's `dcn_numba.autograd.unbroadcast`.
+# array of `shape`. The check compares it with the package's `dcn_numba.engine.autograd.unbroadcast`.
 
 # %%
 @exercise
@@ -198,12 +200,12 @@ package = {name: Tensor(value, requires_grad=True) for name, value in values.ite
 ((package["a"] * package["b"] + package["c"]) * package["a"]).sum().backward()
 for name in values:
     assert_close(mine[name].grad, package[name].grad, what=f"∂L/∂{name}, mini engine against the package's")
-print("the mini engine and dcn_numba.autograd give the same gradients for a (3, 4), b (4,), c (3, 1)")
+print("the mini engine and dcn_numba.engine.autograd give the same gradients for a (3, 4), b (4,), c (3, 1)")
 
 # %% [markdown]
 # ## The package's engine is the same engine
 #
-# `dcn_numba.autograd` adds what a library needs around the same core: `requires_grad` (only
+# `dcn_numba.engine.autograd` adds what a library needs around the same core: `requires_grad` (only
 # tensors that lead to a parameter are recorded), `no_grad()` for evaluation, NumPy or CuPy
 # arrays (`self.xp`), arithmetic with Python numbers, and more operations. Its `backward` is the
 # loop you just read, and its topological sort walks the graph with a stack instead of recursion,

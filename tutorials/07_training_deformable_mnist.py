@@ -50,9 +50,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from dcn_numba import receptive_field, train, viz
-from dcn_numba.data import load_mnist, scaled_digits, subset
-from dcn_numba.models import MnistNet
+from dcn_numba.apps.mnist import receptive_field
+from dcn_numba.apps.mnist import train
+from dcn_numba.apps.mnist import viz
+from dcn_numba.data.mnist import load_mnist, scaled_digits, subset
+from dcn_numba.apps.mnist.models import MnistNet
 
 import exercises
 from exercises import check

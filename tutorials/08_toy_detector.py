@@ -46,12 +46,12 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from dcn_numba import detect as command
-from dcn_numba.canvases import box_iou, make_canvases
-from dcn_numba.data import load_mnist
-from dcn_numba.detection_viz import learned_offsets, part_bins, part_offsets_figure
-from dcn_numba.detector import Detector, anchor_grid, detect
-from dcn_numba.evaluation import detection_metrics
+from dcn_numba.apps.detection import detect as command
+from dcn_numba.data.canvases import box_iou, make_canvases
+from dcn_numba.data.mnist import load_mnist
+from dcn_numba.apps.detection.viz import learned_offsets, part_bins, part_offsets_figure
+from dcn_numba.apps.detection.detector import Detector, anchor_grid, detect
+from dcn_numba.apps.detection.evaluation import detection_metrics
 
 import exercises
 from exercises import check

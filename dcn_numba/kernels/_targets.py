@@ -30,8 +30,8 @@ import numba
 import numpy as np
 from numba import config, cuda, njit
 
-from .._arrays import cuda_stream
-from . import _cache
+from dcn_numba.runtime.arrays import cuda_stream
+from dcn_numba.kernels import _cache
 
 SIMULATED = bool(config.ENABLE_CUDASIM)
 

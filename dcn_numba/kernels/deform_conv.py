@@ -60,13 +60,16 @@ import numba
 import numpy as np
 from numba import cuda, prange
 
-from .._arrays import array_module
-from . import sampling
-from ._targets import (COUNT, FLAG, FLAT, INDICES, KernelPair, cpu_kernel, cuda_kernel, for_cuda,
-                       geometry_of, optional_argument, run, run_cpu_calling_blas, run_cuda, shared)
-from .sampling import (ONE, dcn_column_from_corners, dcn_column_index, dcn_input_gradient_term, dcn_locate,
-                       dcn_offset_mask_terms, dcn_padded_image, dcn_padded_pixel, dcn_sample_number,
-                       dcn_store_sample_gradient, dcn_table_index, dcn_tap_position, padded_corner)
+from dcn_numba.runtime.arrays import array_module
+from dcn_numba.kernels import sampling
+from dcn_numba.kernels._targets import (COUNT, FLAG, FLAT, INDICES, KernelPair, cpu_kernel, cuda_kernel,
+                                        for_cuda, geometry_of, optional_argument, run, run_cpu_calling_blas,
+                                        run_cuda, shared)
+from dcn_numba.kernels.sampling import (ONE, dcn_column_from_corners, dcn_column_index,
+                                        dcn_input_gradient_term, dcn_locate, dcn_offset_mask_terms,
+                                        dcn_padded_image, dcn_padded_pixel, dcn_sample_number,
+                                        dcn_store_sample_gradient, dcn_table_index, dcn_tap_position,
+                                        padded_corner)
 
 # How many bytes the column buffer of a batch chunk may take on a GPU: a memory knob (results do
 # not depend on it beyond rounding); bigger chunks make bigger cuBLAS GEMMs.

@@ -34,13 +34,13 @@ from typing import NamedTuple
 import numpy as np
 from numba import cuda, prange
 
-from .._arrays import array_module
-from . import sampling
-from ._targets import (BINS, COUNT, FLAG, FLAT, ROWS, KernelPair, cpu_kernel, cuda_kernel, for_cuda,
-                       geometry_of, optional_argument, run)
-from .sampling import (bin_cell, is_finite_position, psroi_average, psroi_average_gradient, psroi_bin,
-                       psroi_corner, psroi_count, psroi_is_skipped, psroi_output_index,
-                       psroi_sample_position)
+from dcn_numba.runtime.arrays import array_module
+from dcn_numba.kernels import sampling
+from dcn_numba.kernels._targets import (BINS, COUNT, FLAG, FLAT, ROWS, KernelPair, cpu_kernel, cuda_kernel,
+                                        for_cuda, geometry_of, optional_argument, run)
+from dcn_numba.kernels.sampling import (bin_cell, is_finite_position, psroi_average, psroi_average_gradient,
+                                        psroi_bin, psroi_corner, psroi_count, psroi_is_skipped,
+                                        psroi_output_index, psroi_sample_position)
 
 
 class PSRoIGeometry(NamedTuple):

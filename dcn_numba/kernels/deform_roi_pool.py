@@ -33,12 +33,13 @@ from typing import NamedTuple
 import numpy as np
 from numba import cuda, prange
 
-from .._arrays import array_module
-from . import sampling
-from ._targets import (BINS, COUNT, FLAG, FLAT, ROWS, cpu_kernel, cuda_kernel, for_cuda, geometry_of,
-                       optional_argument, run_cpu, run_cuda, shared)
-from .sampling import (roi_align_bin, roi_align_bin_index, roi_align_corner, roi_align_corner_gradient,
-                       roi_align_count, roi_align_is_valid, roi_align_outside_value, roi_align_sample_position)
+from dcn_numba.runtime.arrays import array_module
+from dcn_numba.kernels import sampling
+from dcn_numba.kernels._targets import (BINS, COUNT, FLAG, FLAT, ROWS, cpu_kernel, cuda_kernel, for_cuda,
+                                        geometry_of, optional_argument, run_cpu, run_cuda, shared)
+from dcn_numba.kernels.sampling import (roi_align_bin, roi_align_bin_index, roi_align_corner,
+                                        roi_align_corner_gradient, roi_align_count, roi_align_is_valid,
+                                        roi_align_outside_value, roi_align_sample_position)
 
 
 class RoIAlignGeometry(NamedTuple):

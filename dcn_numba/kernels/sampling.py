@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._targets import shared
+from dcn_numba.kernels._targets import shared
 
 # ---------------------------------------------------------------------------------------------
 # Deformable convolution (docs/specification.md §1): bilinear interpolation on an image zero-padded by one pixel

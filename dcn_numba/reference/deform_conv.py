@@ -23,7 +23,7 @@ Shapes (K = kh·kw taps, G weight groups, G_off offset groups):
 
 Offset channel g·2K + 2k holds Δp_y of tap k of offset group g, the next one Δp_x; mask channel
 g·K + k holds Δm. Input channel c belongs to offset group c // (C_in / G_off). Arguments are
-already validated (dcn_numba.deform_conv does that).
+already validated (dcn_numba.ops.deform_conv does that).
 """
 
 import math

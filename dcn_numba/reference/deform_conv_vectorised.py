@@ -13,14 +13,14 @@ Shapes (K = kh·kw taps, G weight groups, G_off offset groups):
 
 Inside, per-sample arrays have the shape (B, G_off, K, H_out, W_out) and per-channel arrays
 (B, G_off, C_in/G_off, K, H_out, W_out): input channel c = g·(C_in/G_off) + c_local belongs to
-offset group g. Arguments are already validated (dcn_numba.deform_conv does that).
+offset group g. Arguments are already validated (dcn_numba.ops.deform_conv does that).
 """
 
 from typing import NamedTuple
 
 import numpy as np
 
-from .deform_conv import as_float64
+from dcn_numba.reference.deform_conv import as_float64
 
 
 class Bilinear(NamedTuple):

@@ -1,7 +1,7 @@
 """The optional speed layer of the autograd engine on the CPU, kept apart from the readable engine.
 
-* `windows`: im2col, col2im and max pooling as serial CPU kernels (for `dcn_numba.windows`);
-* `normalization`: BatchNorm's passes as serial CPU kernels (for `dcn_numba.functional`);
+* `windows`: im2col, col2im and max pooling as serial CPU kernels (for `dcn_numba.engine.windows`);
+* `normalization`: BatchNorm's passes as serial CPU kernels (for `dcn_numba.engine.functional`);
 * `runtime`: settings of the libraries under the engine (BLAS threads, malloc).
 
 The kernels are pure functions of their inputs, tested equal to the engine's plain array-module

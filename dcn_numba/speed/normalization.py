@@ -1,5 +1,5 @@
 """Batch normalisation's passes over channel rows as single-threaded CPU kernels: the NumPy path
-of `dcn_numba.functional.BatchNorm`.
+of `dcn_numba.engine.functional.BatchNorm`.
 
 Every array here is a matrix (C, N) with one row per channel (`functional.channel_rows`), and every
 kernel walks it channel by channel, so that a row is read while it is in cache. Fusing the steps
@@ -9,7 +9,7 @@ backward pass. Sums accumulate in float64. NumPy arrays only; CuPy arrays take t
 kernels must match (tests/test_functional.py checks it).
 """
 
-from ..kernels._targets import serial_kernel
+from dcn_numba.kernels._targets import serial_kernel
 
 
 @serial_kernel(reassociate=True)

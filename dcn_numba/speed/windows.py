@@ -1,5 +1,5 @@
 """im2col, col2im and max pooling as single-threaded CPU kernels: the NumPy path of
-`dcn_numba.windows`.
+`dcn_numba.engine.windows`.
 
 im2col and col2im work on the batch-last window layout (C, kh, kw, rows, W_out, B) of
 `SlidingWindows`, for a block of `rows` consecutive rows of windows starting at window row
@@ -10,13 +10,13 @@ and (for the outputs of the window ops) of the input, so that it vectorises.
 They replace NumPy's strided copy and its kh·kw strided adds because they make one pass where
 NumPy makes several (no zero-padded copy of the input; one read of each gradient tap). They
 are serial on purpose (see `serial_kernel`). NumPy arrays only; CuPy arrays take the
-array-module path of `dcn_numba.windows`, which these kernels must match
+array-module path of `dcn_numba.engine.windows`, which these kernels must match
 (tests/test_functional.py checks it).
 """
 
 import numpy as np
 
-from ..kernels._targets import serial_kernel, shared
+from dcn_numba.kernels._targets import serial_kernel, shared
 
 
 @shared

@@ -24,10 +24,11 @@ the R-FCN operator, whose x2, y2 name the last pixel inside the box, so its RoIs
 
 import numpy as np
 
-from . import functional as F
-from .autograd import Function, Tensor, no_grad
-from .canvases import box_iou
-from .nn import BatchNorm2d, Conv2d, DeformConv2d, DeformPSRoIPool, DeformRoIPool, Linear, MaxPool2d, Module
+from dcn_numba.engine import functional as F
+from dcn_numba.engine.autograd import Function, Tensor, no_grad
+from dcn_numba.data.canvases import box_iou
+from dcn_numba.engine.nn import (BatchNorm2d, Conv2d, DeformConv2d, DeformPSRoIPool, DeformRoIPool, Linear,
+                                 MaxPool2d, Module)
 
 # Box deltas are divided by these before regression, so that the four targets have similar spread.
 BOX_DELTA_STD = np.array([0.1, 0.1, 0.2, 0.2], dtype=np.float32)

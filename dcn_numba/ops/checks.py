@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from ._arrays import contiguous, is_cupy
+from dcn_numba.runtime.arrays import contiguous, is_cupy
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 BACKENDS = ("reference", "cpu", "cuda")
@@ -42,7 +42,7 @@ def check_ndim(array, name, ndim, layout):
     if not (isinstance(array, np.ndarray) or is_cupy(array)):
         raise TypeError(
             f"{name} must be a NumPy or CuPy array {layout}, got {type(array).__name__} "
-            f"(from {type(array).__module__}; dcn_numba Tensors go through dcn_numba.functional, torch "
+            f"(from {type(array).__module__}; dcn_numba Tensors go through dcn_numba.engine.functional, torch "
             "tensors through dcn_numba.torch)")
     if array.ndim != ndim:
         raise ValueError(

@@ -10,8 +10,8 @@ offsets this is the regular (dilated) grid of an ordinary convolution.
 
 import numpy as np
 
-from ._arrays import to_device
-from ._checks import as_pair
+from dcn_numba.runtime.arrays import to_device
+from dcn_numba.ops.checks import as_pair
 
 
 def regular_grid(kernel_size, output_size, stride=1, padding=0, dilation=1):

@@ -23,11 +23,11 @@ one nearest to the point halfway from the ink centre to the top-left corner of t
 
 import numpy as np
 
-from . import functional as F
-from ._arrays import array_module, to_device
-from .autograd import Tensor
-from .locations import level_points, sampling_locations, trace_back_levels
-from .nn import DeformConv2d
+from dcn_numba.engine import functional as F
+from dcn_numba.runtime.arrays import array_module, to_device
+from dcn_numba.engine.autograd import Tensor
+from dcn_numba.ops.locations import level_points, sampling_locations, trace_back_levels
+from dcn_numba.engine.nn import DeformConv2d
 
 
 def feature_to_image(points, stride):

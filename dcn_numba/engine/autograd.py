@@ -10,7 +10,7 @@ the loss back to the leaves, so that the gradient of a tensor used several times
 The device follows the data: each Function computes with the array module (numpy or cupy) of its
 inputs, and mixing the two is a TypeError. This file holds the engine and the tensor algebra
 (+ − * / ** @, indexing, reshape, transpose, sum, mean, max); the neural-network Functions live in
-`dcn_numba.functional`.
+`dcn_numba.engine.functional`.
 """
 
 import contextlib
@@ -19,7 +19,7 @@ import numbers
 
 import numpy as np
 
-from ._arrays import array_module, is_cupy
+from dcn_numba.runtime.arrays import array_module, is_cupy
 
 _GRAD_ENABLED = True
 

@@ -8,11 +8,11 @@ dcn_numba.reference.deform_conv_vectorised ("reference": the loops of reference.
 vectorised) or dcn_numba.kernels.deform_conv ("cpu", "cuda").
 """
 
-from ._arrays import array_module
-from ._checks import (as_pair, check_float_dtypes, check_grad_output, check_ndim, check_output_bytes,
-                      check_shape, prepare)
-from .kernels import deform_conv as kernels
-from .reference import deform_conv_vectorised as reference
+from dcn_numba.runtime.arrays import array_module
+from dcn_numba.ops.checks import (as_pair, check_float_dtypes, check_grad_output, check_ndim,
+                                  check_output_bytes, check_shape, prepare)
+from dcn_numba.kernels import deform_conv as kernels
+from dcn_numba.reference import deform_conv_vectorised as reference
 
 
 def output_size(size, kernel, stride, padding, dilation):

@@ -3,9 +3,9 @@ RoI classifier over digits placed on a larger canvas."""
 
 import numpy as np
 
-from . import functional as F
-from .nn import (BatchNorm2d, Conv2d, DeformConv2d, DeformPSRoIPool, DeformRoIPool, Linear,
-                 MaxPool2d, Module)
+from dcn_numba.engine import functional as F
+from dcn_numba.engine.nn import (BatchNorm2d, Conv2d, DeformConv2d, DeformPSRoIPool, DeformRoIPool, Linear,
+                                 MaxPool2d, Module)
 
 
 def conv3x3(in_channels, out_channels, deformable, modulated, dilation, rng):

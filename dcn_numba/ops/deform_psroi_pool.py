@@ -10,11 +10,12 @@ dcn_numba.reference.deform_psroi_pool ("reference") or dcn_numba.kernels.deform_
 the RoIs and trans, so the backward takes the forward's arguments only.
 """
 
-from ._arrays import array_module
-from ._checks import (MAX_SAMPLES_PER_AXIS, as_int, as_real, check_float_dtypes, check_grad_output,
-                      check_ndim, check_output_bytes, check_rois, check_shape, prepare)
-from .kernels import deform_psroi_pool as kernels
-from .reference import deform_psroi_pool as reference
+from dcn_numba.runtime.arrays import array_module
+from dcn_numba.ops.checks import (MAX_SAMPLES_PER_AXIS, as_int, as_real, check_float_dtypes,
+                                  check_grad_output, check_ndim, check_output_bytes, check_rois, check_shape,
+                                  prepare)
+from dcn_numba.kernels import deform_psroi_pool as kernels
+from dcn_numba.reference import deform_psroi_pool as reference
 
 
 def _validate(input, rois, trans, spatial_scale, output_dim, group_size, pooled_size, part_size,

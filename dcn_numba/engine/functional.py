@@ -2,7 +2,7 @@
 
 Every Function here computes on the arrays of its inputs with their own array module (NumPy or
 CuPy), so the same model runs on either. Convolution and pooling, vectorised on sliding windows,
-live in `dcn_numba.windows` and are imported here, so that this module offers every Function.
+live in `dcn_numba.engine.windows` and are imported here, so that this module offers every Function.
 
 The deformable Functions call the public operators' forward and hand-written backward. They run
 on the backend chosen with the `backend(...)` context manager ("reference", "cpu" or "cuda"), or,
@@ -15,16 +15,17 @@ import math
 
 import numpy as np
 
-from ._arrays import array_module
-from ._checks import BACKENDS
-from .autograd import Function, Tensor
-from .deform_conv import deform_conv2d as deform_conv2d_forward, deform_conv2d_backward
-from .deform_psroi_pool import deform_psroi_pool as deform_psroi_pool_forward, deform_psroi_pool_backward
-from .deform_roi_pool import deform_roi_pool as deform_roi_pool_forward, deform_roi_pool_backward
-from .speed import kernels_apply
-from .speed import normalization as kernels
-from .speed.runtime import single_threaded_blas
-from .windows import adaptive_avg_pool2d, avg_pool2d, conv2d, max_pool2d
+from dcn_numba.runtime.arrays import array_module
+from dcn_numba.ops.checks import BACKENDS
+from dcn_numba.engine.autograd import Function, Tensor
+from dcn_numba.ops.deform_conv import deform_conv2d as deform_conv2d_forward, deform_conv2d_backward
+from dcn_numba.ops.deform_psroi_pool import (deform_psroi_pool as deform_psroi_pool_forward,
+                                             deform_psroi_pool_backward)
+from dcn_numba.ops.deform_roi_pool import deform_roi_pool as deform_roi_pool_forward, deform_roi_pool_backward
+from dcn_numba.speed import kernels_apply
+from dcn_numba.speed import normalization as kernels
+from dcn_numba.runtime.settings import single_threaded_blas
+from dcn_numba.engine.windows import adaptive_avg_pool2d, avg_pool2d, conv2d, max_pool2d
 
 __all__ = [
     "backend", "relu", "sigmoid", "tanh", "log_softmax", "cross_entropy", "conv2d", "max_pool2d",

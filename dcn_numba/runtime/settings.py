@@ -8,7 +8,7 @@ machine (benchmarks/bench_train_step.py, benchmarks/bench_blas_threads.py).
    keeps its worker threads spinning for about 0.1 s before they sleep. The deformable layers
    run parallel Numba kernels between matrix products, and on a machine with few cores those
    spinning threads take the cores away from them. The engine therefore calls
-   `single_threaded_blas()` the first time it runs a deformable CPU kernel (dcn_numba.functional):
+   `single_threaded_blas()` the first time it runs a deformable CPU kernel (dcn_numba.engine.functional):
    from then on BLAS runs on the calling thread and leaves the other cores to the kernels. It
    works through threadpoolctl at run time, whatever was imported first and with no environment
    variable; benchmarks/bench_blas_threads.py measures the step both ways in one run.

@@ -23,7 +23,7 @@ Detections are dicts {"image", "label", "score", "box"} and ground-truth boxes d
 
 import numpy as np
 
-from .canvases import box_iou
+from dcn_numba.data.canvases import box_iou
 
 RULES = ("11point", "all", "101point")
 COCO_IOUS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2))

@@ -8,12 +8,12 @@ backend and hand the arrays to dcn_numba.reference.deform_roi_pool ("reference")
 dcn_numba.kernels.deform_roi_pool ("cpu", "cuda").
 """
 
-from ._arrays import array_module
-from ._checks import (MAX_SAMPLES_PER_AXIS, as_int, as_pair, as_real, check_adaptive_grid,
-                      check_float_dtypes, check_grad_output, check_ndim, check_output_bytes,
-                      check_rois, check_shape, prepare)
-from .kernels import deform_roi_pool as kernels
-from .reference import deform_roi_pool as reference
+from dcn_numba.runtime.arrays import array_module
+from dcn_numba.ops.checks import (MAX_SAMPLES_PER_AXIS, as_int, as_pair, as_real, check_adaptive_grid,
+                                  check_float_dtypes, check_grad_output, check_ndim, check_output_bytes,
+                                  check_rois, check_shape, prepare)
+from dcn_numba.kernels import deform_roi_pool as kernels
+from dcn_numba.reference import deform_roi_pool as reference
 
 
 def _validate(input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma,

@@ -15,10 +15,10 @@ inside `dcn_numba.speed.plain_numpy()`: that plain path is the one to step throu
 
 import numpy as np
 
-from ._checks import as_pair
-from .autograd import Function
-from .speed import kernels_apply
-from .speed.windows import fold_windows, max_pool_scatter, max_pool_windows, unfold_windows
+from dcn_numba.ops.checks import as_pair
+from dcn_numba.engine.autograd import Function
+from dcn_numba.speed import kernels_apply
+from dcn_numba.speed.windows import fold_windows, max_pool_scatter, max_pool_windows, unfold_windows
 
 
 def require_ndim(op, name, array, layout):

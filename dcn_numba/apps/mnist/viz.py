@@ -15,8 +15,8 @@ shown and no global plotting state is touched, so the functions run on machines 
 import numpy as np
 from matplotlib.figure import Figure
 
-from .data import scaled_digits
-from .receptive_field import background_units, feature_to_image, object_units, unit_traces
+from dcn_numba.data.mnist import scaled_digits
+from dcn_numba.apps.mnist.receptive_field import background_units, feature_to_image, object_units, unit_traces
 
 FIGURE_SCALES = (0.6, 1.8)  # the small and the large digit
 FIGURE_LABEL = 3

@@ -1,4 +1,4 @@
-"""Layers: Modules that hold parameters and call `dcn_numba.functional`.
+"""Layers: Modules that hold parameters and call `dcn_numba.engine.functional`.
 
 A Module's parameters are its attributes that are Tensors requiring a gradient, found by walking
 its attributes (sub-Modules and lists of Modules included), so a layer declares a parameter by
@@ -11,12 +11,12 @@ import math
 
 import numpy as np
 
-from . import functional as F
-from ._arrays import array_module, is_cupy, to_device
-from ._checks import FLOAT_DTYPES, as_int, as_pair
-from .autograd import Tensor
-from .locations import sampling_locations
-from .windows import SlidingWindows
+from dcn_numba.engine import functional as F
+from dcn_numba.runtime.arrays import array_module, is_cupy, to_device
+from dcn_numba.ops.checks import FLOAT_DTYPES, as_int, as_pair
+from dcn_numba.engine.autograd import Tensor
+from dcn_numba.ops.locations import sampling_locations
+from dcn_numba.engine.windows import SlidingWindows
 
 
 class Module:

@@ -36,7 +36,7 @@ import sys
 import numpy as np
 
 import dcn_numba
-from dcn_numba.locations import regular_grid, sampling_locations
+from dcn_numba.ops.locations import regular_grid, sampling_locations
 
 OPS = ("deform_conv2d", "deform_roi_pool", "deform_psroi_pool")
 BUILT_IN = ("reference", "cpu", "cuda", "torchvision", "openvino", "openvino-nopad", "onnxruntime")
@@ -85,8 +85,8 @@ def _conv_case(name, rng, input_shape, weight_shape, *, stride=1, padding=0, dil
     C_out, _, kh, kw = weight_shape
     pair = lambda v: (v, v) if isinstance(v, int) else v  # noqa: E731
     (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
-    H_out = dcn_numba.deform_conv.output_size(H, kh, sh, ph, dh)
-    W_out = dcn_numba.deform_conv.output_size(W, kw, sw, pw, dw)
+    H_out = dcn_numba.ops.deform_conv.output_size(H, kh, sh, ph, dh)
+    W_out = dcn_numba.ops.deform_conv.output_size(W, kw, sw, pw, dw)
     K = kh * kw
     low, high = offsets
     offset_shape = (B, 2 * offset_groups * K, H_out, W_out)
@@ -619,5 +619,3 @@ def main(argv=None):
     return 1 if unexplained else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())

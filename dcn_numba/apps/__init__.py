@@ -1,0 +1,6 @@
+"""The applications, one subpackage each: `mnist` (the scaled-digits classification experiment),
+`detection` (the toy two-stage detector), `segmentation` (the DeepLab-style toy).
+
+May import: dcn_numba.engine, dcn_numba.data, dcn_numba.runs, dcn_numba.ops. An application never
+imports another.
+"""

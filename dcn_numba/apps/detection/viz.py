@@ -1,0 +1,130 @@
+"""The paper's part-offsets picture, from a trained deformable R-FCN detector.
+
+    python -m dcn_numba.detection_viz --run runs/detect --variant rfcn_droi --out docs/part_offsets.png
+
+draws it from the weights a `dcn_numba.detect` run saved, on that run's test canvases.
+
+Deformable position-sensitive RoI pooling splits a RoI into k×k bins; bin (i, j) pools the
+(i, j)-th score map of each class, after a learned shift of (Δx·γ·w, Δy·γ·h) for a RoI of width w
+and height h. Drawing each bin before and after its shift, on test detections, shows which parts
+of a digit the detector moved its bins to.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dcn_numba.engine.autograd import Tensor, no_grad
+from dcn_numba.data.canvases import make_canvases
+from dcn_numba.data.mnist import load_mnist
+from dcn_numba.apps.detection.detector import Detector, anchor_grid, batch_rois, detect, inclusive_rois
+
+
+def part_bins(roi, trans, pooled_size, trans_std, spatial_scale):
+    """The k×k bins of one RoI shifted by its offsets, as image-coordinate boxes (k, k, 4).
+
+    roi [x1, y1, x2, y2) in pixels; trans (2, k, k) normalised offsets, x first (zeros give the
+    unshifted bins). The geometry is the R-FCN operator's on the feature map (last-pixel corners,
+    rounded): start s·round(x1) − 0.5, end s·(round(x2 − 1) + 1) − 0.5, bin width (end − start)/k,
+    bin (i, j) starting at start + j·width + trans_std·Δx·(end − start) (y likewise); a feature
+    coordinate u maps back to the image coordinate (u + 0.5)/s.
+    """
+    x1, y1, x2, y2 = np.round(np.asarray(roi, dtype=np.float64) - [0, 0, 1, 1])
+    start_x, start_y = x1 * spatial_scale - 0.5, y1 * spatial_scale - 0.5
+    width = max((x2 + 1) * spatial_scale - 0.5 - start_x, 0.1)
+    height = max((y2 + 1) * spatial_scale - 0.5 - start_y, 0.1)
+    bin_w, bin_h = width / pooled_size, height / pooled_size
+    j = np.arange(pooled_size)[None, :]
+    i = np.arange(pooled_size)[:, None]
+    left = start_x + j * bin_w + trans_std * trans[0] * width
+    top = start_y + i * bin_h + trans_std * trans[1] * height
+    boxes = np.stack([left, top, left + bin_w, top + bin_h], axis=-1)
+    return (boxes + 0.5) / spatial_scale
+
+
+def learned_offsets(detector, image, boxes):
+    """The normalised offsets (N, 2, k, k), x first, that the class-score pooling of a deformable
+    R-FCN detector applies to `boxes` (N, 4) of one image (1, H, W)."""
+    head = detector.head
+    if detector.head_name != "rfcn" or head.pools is None:
+        raise ValueError("learned_offsets: needs a detector with head 'rfcn' and deformable_roi=True")
+    detector.eval()
+    with no_grad():
+        features = detector.backbone(Tensor(image[None]))
+        head.pools[0](head.score_maps(features), inclusive_rois(batch_rois([boxes])))
+    return np.asarray(head.pools[0].last_trans)
+
+
+def part_offsets_figure(detector, canvases, anchors, count=6, min_score=0.5):
+    """On the first `count` canvases with a detection scoring at least min_score, the best
+    detection (yellow) and its k×k bins before (dashed) and after (solid) their learned offsets.
+    Returns (figure, the mean shift of a bin corner in pixels, one value per detection drawn)."""
+    import matplotlib.pyplot as plt
+
+    pool = detector.head.pools[0]
+    figure, axes = plt.subplots(2, count // 2, figsize=(3 * (count // 2), 6.4))
+    shifts = []
+    for n in range(len(canvases.images)):
+        if len(shifts) == count:
+            break
+        boxes, labels, scores = detect(detector, canvases.images[n:n + 1], anchors)[0]
+        if len(scores) == 0 or scores[0] < min_score:
+            continue
+        trans = learned_offsets(detector, canvases.images[n], boxes[:1])[0]
+        before = part_bins(boxes[0], np.zeros_like(trans), pool.pooled_size, pool.trans_std, pool.spatial_scale)
+        after = part_bins(boxes[0], trans, pool.pooled_size, pool.trans_std, pool.spatial_scale)
+        axis = axes.flat[len(shifts)]
+        shifts.append(float(np.abs(after[..., :2] - before[..., :2]).mean()))
+        size = canvases.images.shape[-1]
+        axis.imshow(canvases.images[n, 0], cmap="gray", extent=(0, size, size, 0))
+        draw_bins(axis, boxes[:1], "gold", "-")
+        draw_bins(axis, before, "tab:cyan", "--")
+        draw_bins(axis, after, "tab:red", "-")
+        axis.set(xlim=(0, size), ylim=(size, 0))
+        axis.set_title(f"'{labels[0]}' score {scores[0]:.2f}", fontsize=9)
+        axis.axis("off")
+    figure.suptitle(f"deformable PS RoI pooling: {pool.pooled_size}×{pool.pooled_size} bins before (dashed) "
+                    "and after (solid) their offsets")
+    figure.tight_layout()
+    return figure, shifts
+
+
+def plot_part_offsets(detector, canvases, anchors, path, count=6, min_score=0.5):
+    """`part_offsets_figure` saved to `path`; returns the mean bin shift in pixels."""
+    import matplotlib.pyplot as plt
+
+    figure, shifts = part_offsets_figure(detector, canvases, anchors, count, min_score)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return float(np.mean(shifts)) if shifts else 0.0
+
+
+def draw_bins(axis, bins, colour, style):
+    import matplotlib.pyplot as plt
+
+    for x1, y1, x2, y2 in bins.reshape(-1, 4):
+        axis.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=colour, ls=style, lw=1))
+
+
+def main(argv=None):
+    from dcn_numba.apps.detection import detect as command  # detect imports this module: import it only here
+
+    parser = argparse.ArgumentParser(prog="python -m dcn_numba.detection_viz",
+                                     description="Draw the part-offsets figure from a detect run's weights.")
+    parser.add_argument("--run", default="runs/detect", help="output folder of python -m dcn_numba.detect")
+    parser.add_argument("--variant", default="rfcn_droi", choices=[v for v, s in command.VARIANTS.items()
+                                                                    if s["head"] == "rfcn" and s["deformable_roi"]])
+    parser.add_argument("--out", default="docs/part_offsets.png", help="PNG file to write")
+    args = parser.parse_args(argv)
+    settings = json.loads((Path(args.run) / "metrics.json").read_text())[args.variant]
+    detector = Detector(**command.VARIANTS[args.variant], seed=settings["seed"])
+    detector.load(Path(args.run) / f"{args.variant}.npz")
+    test = make_canvases(load_mnist().test, settings["test_canvases"], command.TEST_CANVAS_SEED, command.CANVAS_SIZE)
+    shift = plot_part_offsets(detector, test, anchor_grid(command.CANVAS_SIZE), args.out)
+    print(f"{args.out}: mean bin shift {shift:.2f} px")
+
+
+if __name__ == "__main__":
+    main()

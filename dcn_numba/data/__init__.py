@@ -1,0 +1,6 @@
+"""Data the applications share, generated or loaded from installed packages (nothing is
+downloaded): `mnist` (MNIST digits and seeded geometric transforms), `canvases` (digits of many
+sizes placed on a larger canvas with clutter, and their tight boxes).
+
+May import: NumPy. Imports no other layer.
+"""

@@ -51,12 +51,14 @@ torch-check:
 
 # The prepared GPU check (benchmarks/gpu_check.py) for a lent GPU machine: it runs on that machine's
 # own Python and packages, not the venv, and installs nothing. Without a GPU it rehearses under the
-# CUDA simulator. `make gpu-check OUT=folder` writes folder/gpu_check.md and the logs.
+# CUDA simulator. `make gpu-check OUT=folder` writes folder/gpu_check.md and the logs; PARTS="..." runs
+# only those parts, in that order.
 GPU_PYTHON ?= python3
 
 gpu-check:
 	$(if $(OUT),,$(error give the report's folder: make gpu-check OUT=folder))
-	PYTHONPATH=$(CURDIR) PYTHONUNBUFFERED=1 $(GPU_PYTHON) benchmarks/gpu_check.py --out $(OUT)
+	PYTHONPATH=$(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH)) PYTHONUNBUFFERED=1 $(GPU_PYTHON) benchmarks/gpu_check.py \
+		--out $(OUT) $(if $(PARTS),--parts $(PARTS))
 
 # Numba caches compiled CPU kernels in __pycache__ (an edit of any kernel source recompiles them
 # on the next run); this deletes the cache.

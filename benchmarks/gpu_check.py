@@ -96,6 +96,22 @@ from numba import cuda  # noqa: E402
 if not REHEARSAL and not cuda.is_available():
     refuse("numba.cuda sees no GPU (`python3 -c 'from numba import cuda; cuda.detect()'` says why)")
 
+
+def numba_cuda_compiles():
+    """None when numba-cuda can compile for this NumPy, else the reason. numba-cuda loads its NumPy
+    typing on the first compilation, not on import: a NumPy newer than it knows (numba-cuda 0.30
+    with NumPy 2.5, which removed np.row_stack) fails every kernel with the same AttributeError."""
+    try:
+        importlib.import_module("numba.cuda.np.arrayobj")
+    except AttributeError as error:
+        return (f"numba-cuda {version('numba-cuda')} does not support NumPy {np.__version__} ({error}); "
+                "install a NumPy it supports, such as numpy<2.5")
+    return None
+
+
+if not REHEARSAL and (reason := numba_cuda_compiles()):
+    refuse(reason)
+
 import dcn_numba  # noqa: E402
 import dcn_numba.kernels  # noqa: E402
 from bench_deform_conv import NAMES, problem as conv_problem  # noqa: E402
@@ -277,7 +293,7 @@ def tests(out):
                 if (missing := modules_missing_for(path))}
     command = [sys.executable, "-m", "pytest", "tests", "-k", TEST_SELECTION, "-q", "-rfEs",
                "-p", "no:cacheprovider"] + [f"--ignore={path.relative_to(ROOT)}" for path in left_out]
-    command += ["--collect-only"] if REHEARSAL else ["-n", "4"]
+    command += ["--collect-only"] if REHEARSAL else ["-n", "8"]
     status = start_logged(command, log).wait()
     output = log.read_text().splitlines()
     reported = [line for line in output if line.startswith(("SKIPPED", "FAILED", "ERROR"))]
@@ -589,9 +605,24 @@ def train_step(out):
 PARTS = [environment, tests, sanitizer, deform_conv, roi_pool, train_step]
 
 
+def write_report(out, title, sections, times, failures, done):
+    """OUT/gpu_check.md: the parts run so far, their times and failures."""
+    total = sum(times.values())
+    status = f"{len(failures)} FAILED" if failures else "nothing failed"
+    report = [f"## GPU check, {title}, {time.strftime('%Y-%m-%d')}", "",
+              f"Written by `make gpu-check OUT=folder` (`python3 benchmarks/gpu_check.py`) in {total:.0f} s "
+              f"(budget {sum(BUDGET[name] for name in times)} s for the parts run); {status}"
+              + ("." if done else "; stopped before the remaining parts."), ""]
+    report += sections + (["### failures", ""] + [f"- {f}" for f in failures] if failures else [])
+    (out / "gpu_check.md").write_text("\n".join(report) + "\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=pathlib.Path, help="folder for gpu_check.md and the logs")
+    parser.add_argument("--parts", nargs="+", choices=[part.__name__ for part in PARTS],
+                        default=[part.__name__ for part in PARTS],
+                        help="run only these parts, in this order (default: all, in the order above)")
     parser.add_argument("--launch-every-kernel", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.launch_every_kernel:
@@ -601,7 +632,7 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     title = "rehearsal under the CUDA simulator (no GPU)" if REHEARSAL else f"on {gpu_name()}"
     sections, times, failures = [], {}, []
-    for part in PARTS:
+    for part in (next(p for p in PARTS if p.__name__ == name) for name in args.parts):
         name = part.__name__
         print(f"[{name}] ...", flush=True)
         start = time.perf_counter()
@@ -611,13 +642,10 @@ def main():
         sections += [f"### {name} ({times[name]:.0f} s, budget {BUDGET[name]} s)", ""] + lines + [""]
         print("\n".join(lines + failed) + f"\n[{name}] {times[name]:.0f} s (budget {BUDGET[name]} s)"
               + (" FAILED" if failed else ""), flush=True)
-    total = sum(times.values())
-    report = [f"## GPU check, {title}, {time.strftime('%Y-%m-%d')}", "",
-              f"Written by `make gpu-check OUT=folder` (`python3 benchmarks/gpu_check.py`) in {total:.0f} s "
-              f"(budget {sum(BUDGET.values())} s); {f'{len(failures)} FAILED' if failures else 'nothing failed'}.",
-              ""] + sections + (["### failures", ""] + [f"- {f}" for f in failures] if failures else [])
-    (args.out / "gpu_check.md").write_text("\n".join(report) + "\n")
-    print(f"gpu_check: {total:.0f} s, {'passed' if not failures else 'FAILED'}; report in {args.out / 'gpu_check.md'}")
+        # Rewritten after every part, so that a run stopped by a time limit keeps the parts it finished.
+        write_report(args.out, title, sections, times, failures, done=len(times) == len(args.parts))
+    print(f"gpu_check: {sum(times.values()):.0f} s, {'passed' if not failures else 'FAILED'}; "
+          f"report in {args.out / 'gpu_check.md'}")
     if failures:
         sys.exit(1)
 

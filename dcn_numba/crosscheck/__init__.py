@@ -34,9 +34,11 @@ import importlib
 import sys
 
 import numpy as np
+import numba
 
 import dcn_numba
 from dcn_numba.ops.locations import regular_grid, sampling_locations
+from dcn_numba.runtime.arrays import to_device
 
 OPS = ("deform_conv2d", "deform_roi_pool", "deform_psroi_pool")
 BUILT_IN = ("reference", "cpu", "cuda", "torchvision", "openvino", "openvino-nopad", "onnxruntime")
@@ -388,7 +390,17 @@ def dcn_numba_backend(backend):
 
 
 def _with_backend(function, backend):
-    return lambda *args, **kwargs: function(*args, **kwargs, backend=backend)
+    """`function` on `backend`. On a GPU the "cuda" backend takes CuPy arrays (the simulator takes
+    NumPy ones): the case's arrays go to the device, and the results come back as NumPy arrays."""
+    if backend != "cuda" or numba.config.ENABLE_CUDASIM:
+        return lambda *args, **kwargs: function(*args, **kwargs, backend=backend)
+
+    def on_device(*args, **kwargs):
+        to_gpu = lambda value: to_device(value, "cuda") if isinstance(value, np.ndarray) else value
+        result = function(*map(to_gpu, args), **{k: to_gpu(v) for k, v in kwargs.items()}, backend=backend)
+        to_host = lambda value: None if value is None else to_device(value, "cpu")
+        return tuple(map(to_host, result)) if isinstance(result, tuple) else to_host(result)
+    return on_device
 
 
 def user_callable(spec):

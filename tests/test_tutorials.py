@@ -198,3 +198,33 @@ def test_readme_lists_every_notebook():
     listed = re.findall(r"\[[^\]]*\]\((\d\d_\w+\.py)\)", readme)
     assert listed == [path.name for path in SOURCES], \
         f"tutorials/README.md must link every notebook source in order; it links {listed}"
+
+
+def test_a_crash_inside_an_answer_is_reported_as_not_right():
+    def crashes(x):
+        value, weights = x  # the tuple mistake of exercise 1.1: too many values to unpack
+        return value
+    with pytest.raises(AssertionError, match=r"crashes is not right yet: it raised ValueError"):
+        exercises.check(crashes, lambda f: f((1, 2, 3)))
+
+
+def test_a_scatter_without_atomics_fails_the_col2im_check():
+    def plain_scatter(grad_x, index, value):
+        grad_x[index] += value
+
+    def atomic_scatter(grad_x, index, value):
+        cuda.atomic.add(grad_x, index, value)  # noqa: F821 (only parsed, never run)
+
+    def writes_elsewhere(grad_x, other, index, value):
+        other[index] += value
+
+    with pytest.raises(AssertionError, match=r"`grad_x\[index\] \+= value` writes grad_x\[...\] directly"):
+        exercises.scatters_with_atomics(plain_scatter, "grad_x")
+    with pytest.raises(AssertionError, match=r"no cuda.atomic.add\(grad_x, ...\)"):
+        exercises.scatters_with_atomics(writes_elsewhere, "grad_x")
+    exercises.scatters_with_atomics(atomic_scatter, "grad_x")
+
+
+def test_the_col2im_solution_scatters_with_atomics():
+    solution = exercises.solutions_of("04_cuda_kernels_in_numba").naive_col2im
+    exercises.scatters_with_atomics(solution, "grad_x")

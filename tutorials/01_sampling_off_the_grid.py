@@ -211,8 +211,8 @@ plt.show()
 # In other words: bilinear interpolation on the image **zero-padded by one pixel**.
 #
 # **Exercise 1.1.** Write that sentence as code: `sample_zero_padded(image, p_y, p_x)` returns 0
-# for an invalid position, and otherwise `bilinear_by_hand` on `np.pad(image, 1)`, where the
-# position p becomes p + 1. The check compares it with dcn_numba's `dcn_sample` at 2000 random
+# for an invalid position, and otherwise the value of `bilinear_by_hand` on `np.pad(image, 1)`, where
+# the position p becomes p + 1 (`bilinear_by_hand` returns (value, weights, corners): keep the value). The check compares it with dcn_numba's `dcn_sample` at 2000 random
 # positions in and around the image.
 
 # %%

@@ -78,7 +78,7 @@ import numpy as np
 from numba import config, cuda, njit
 
 import exercises
-from exercises import check
+from exercises import check, scatters_with_atomics
 
 exercise = exercises.exercises_of("04_cuda_kernels_in_numba")
 
@@ -355,6 +355,7 @@ def matches_the_package_backward(naive_col2im):
     expected = dcn_numba.deform_conv2d_backward(gcol[None], x, offset, copy_weight, padding=padding,
                                                 backend="reference")[0]
     assert_close(grad_x.copy_to_host(), expected.ravel(), what="naive_col2im against grad_input")
+    scatters_with_atomics(naive_col2im, "grad_x")
 
 
 check(naive_col2im, matches_the_package_backward)

@@ -15,13 +15,18 @@ gives, and checks it right away:
 
 Until the body is written, `check` fails and says which exercise to fill in. The worked solutions
 live in tutorials/solutions/, one file per notebook named like it, one function per exercise
-under the exercise's name. With the environment variable DCN_NUMBA_TUTORIAL_SOLUTIONS=1 (or
-`exercises.SOLUTIONS = True` before the cell runs) `@exercise` hands back the solution instead of
-the learner's function, so the rest of the notebook runs; the tests run every notebook that way.
+under the exercise's name. With the environment variable DCN_NUMBA_TUTORIAL_SOLUTIONS=1 set
+before the notebook starts, `@exercise` hands back the solution instead of the learner's function,
+so the rest of the notebook runs; the tests run every notebook that way. Inside a running notebook,
+`exercises.SOLUTIONS = True` takes effect for the `@exercise` cells run after it: run it, then
+re-run the exercise's cell (the decorator chooses when the cell defines the function).
 """
 
+import ast
 import importlib.util
+import inspect
 import os
+import textwrap
 from pathlib import Path
 
 SOLUTIONS = os.environ.get("DCN_NUMBA_TUTORIAL_SOLUTIONS") == "1"
@@ -55,12 +60,44 @@ def exercises_of(notebook):
 
 
 def check(function, test):
-    """Run test(function), which asserts what a right answer does; say plainly how it went."""
+    """Run test(function), which asserts what a right answer does; say plainly how it went.
+
+    Whatever the learner's code raises becomes one AssertionError that names the function: "not
+    written yet" for the NotImplementedError of an unwritten body, otherwise "not right yet" with
+    the exception's type and message (a crash inside the answer is a wrong answer, not a bug of the
+    notebook)."""
     try:
         test(function)
     except NotImplementedError as unwritten:
         raise AssertionError(f"{function.__name__} is not written yet ({unwritten}): fill in its "
-                             f"body, or set exercises.SOLUTIONS = True to use the solution") from None
+                             f"body, or set exercises.SOLUTIONS = True and re-run its cell to use "
+                             f"the solution") from None
     except AssertionError as wrong:
         raise AssertionError(f"{function.__name__} is not right yet: {wrong}") from None
+    except Exception as error:
+        raise AssertionError(f"{function.__name__} is not right yet: it raised "
+                             f"{type(error).__name__}: {error}") from None
     print(f"{function.__name__}: right")
+
+
+def scatters_with_atomics(function, array):
+    """Assert that `function` writes `array` only through cuda.atomic.add, and does so at least once.
+
+    A scatter in which two threads may add into the same element loses updates when it writes with
+    `array[i] += v`: both threads read the old value, and the second write replaces the first. The
+    CUDA simulator runs threads one after another often enough that such a kernel can still produce
+    the right numbers there, so the check reads the code: no element of `array` is assigned
+    directly, and some `*.atomic.add(array, ...)` call exists."""
+    source = textwrap.dedent(inspect.getsource(function))
+    tree = ast.parse(source)
+    direct = [node.lineno for node in ast.walk(tree)
+              if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store)
+              and isinstance(node.value, ast.Name) and node.value.id == array]
+    assert not direct, (f"`{source.splitlines()[direct[0] - 1].strip()}` writes {array}[...] directly; threads "
+                        f"that add into the same element lose updates: use cuda.atomic.add({array}, index, value)")
+    atomic_adds = [node for node in ast.walk(tree)
+                   if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                   and node.func.attr == "add" and isinstance(node.func.value, ast.Attribute)
+                   and node.func.value.attr == "atomic" and node.args
+                   and isinstance(node.args[0], ast.Name) and node.args[0].id == array]
+    assert atomic_adds, f"no cuda.atomic.add({array}, ...) in the function: how does it add into {array}?"

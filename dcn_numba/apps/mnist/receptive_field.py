@@ -26,22 +26,9 @@ import numpy as np
 from dcn_numba.engine import functional as F
 from dcn_numba.runtime.arrays import array_module, to_device
 from dcn_numba.engine.autograd import Tensor
-from dcn_numba.ops.locations import level_points, sampling_locations, trace_back_levels
+from dcn_numba.ops.locations import (feature_to_image, image_to_feature, level_points, sampling_locations, spread,
+                                     trace_back_levels)
 from dcn_numba.engine.nn import DeformConv2d
-
-
-def feature_to_image(points, stride):
-    """Feature-map coordinates (..., 2) to input-image coordinates of the same (y, x) points.
-
-    A feature cell of a map of stride s summarises the s×s block of image pixels
-    [s·i, s·i + s − 1], whose centre is s·i + (s − 1)/2.
-    """
-    return np.asarray(points) * stride + (stride - 1) / 2
-
-
-def image_to_feature(points, stride):
-    """The inverse of `feature_to_image`."""
-    return (np.asarray(points) - (stride - 1) / 2) / stride
 
 
 def ink_centre(images):
@@ -111,14 +98,6 @@ def stack_with_offset_leaves(net, x):
         if index < len(net.deform_layers) - 1:
             x = F.relu(x)
     return x, leaves, locations
-
-
-def spread(points, weights=None):
-    """σ = sqrt(Σ w ‖p − p̄‖² / Σ w) of points (N, 2), p̄ their weighted mean (w = 1 by default)."""
-    points = np.asarray(points, dtype=np.float64)
-    weights = np.ones(len(points)) if weights is None else np.asarray(weights, dtype=np.float64)
-    centre = weights @ points / weights.sum()
-    return float(np.sqrt(weights @ ((points - centre) ** 2).sum(axis=1) / weights.sum()))
 
 
 def traced_unit(locations, first_offset_grad, b, unit, stride):

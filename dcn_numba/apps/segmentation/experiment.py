@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from dcn_numba.data.bootstrap import bootstrap_interval
+from dcn_numba.data.mnist import load_mnist
 from dcn_numba.runtime.settings import keep_freed_memory
 from dcn_numba.apps.segmentation import segment
 from dcn_numba.apps.segmentation.data import CLASSES
@@ -86,8 +87,9 @@ def stored_run(args):
     return metrics
 
 
-def get_runs(options):
-    """{variant: {seed: metrics}} of every run of the table, trained unless stored."""
+def get_runs(options, mnist):
+    """{variant: {seed: metrics}} of every run of the table, trained unless stored, on
+    canvases made from the digits of `mnist`."""
     runs, canvases = {variant: {} for variant in TABLE_VARIANTS}, None
     for seed in options.seeds:
         for variant in TABLE_VARIANTS:
@@ -95,7 +97,7 @@ def get_runs(options):
             metrics = stored_run(args)
             if metrics is None:
                 print(f"training {variant}, seed {seed}", flush=True)
-                canvases = canvases or segment.make_canvases(args)
+                canvases = canvases or segment.make_canvases(args, mnist)
                 metrics = segment.run(args, canvases)[variant]
             runs[variant][seed] = metrics
     return runs
@@ -231,7 +233,7 @@ def markdown(runs, options, command):
     return "\n".join(lines)
 
 
-def write_results(runs, options, command):
+def write_results(runs, options, command, mnist):
     """docs/results_segmentation.md and .json, and the figure from the first seed's weights."""
     docs = Path(options.docs)
     docs.mkdir(parents=True, exist_ok=True)
@@ -243,7 +245,7 @@ def write_results(runs, options, command):
     seed = options.seeds[0]
     nets = {f"{variant} (seed {seed})": segment.make_net(variant, seed).load(
         Path(run_args(options, variant, seed).out) / f"{variant}.npz") for variant in FIGURE_VARIANTS}
-    write_figure(docs / FIGURE, sampling_figure(nets, segment.test_canvases(options)))
+    write_figure(docs / FIGURE, sampling_figure(nets, segment.test_canvases(options, mnist)))
     print(text, flush=True)
 
 
@@ -251,5 +253,6 @@ def main(argv):
     """The `segmentation` subcommand of `python -m dcn_numba.experiment`: argv follows the word."""
     options = parse_args(argv)
     keep_freed_memory()
-    runs = get_runs(options)
-    write_results(runs, options, " ".join(["python -m dcn_numba.experiment segmentation", *argv]))
+    mnist = load_mnist(options.data)
+    runs = get_runs(options, mnist)
+    write_results(runs, options, " ".join(["python -m dcn_numba.experiment segmentation", *argv]), mnist)

@@ -17,8 +17,12 @@ ReLU, so that no unit is silent. A regular layer is measured the same way, as a 
 with zero offsets.
 
 Two units per digit: one on the object, the cell nearest to the centre of its ink, and one on the
-background, among the cells with no ink within one cell of their own block of input pixels, the
-one nearest to the point halfway from the ink centre to the top-left corner of the canvas.
+background, among the cells with no ink within one cell of their own block of input pixels and
+at least `unclipped_margin` cells from the map's border, the one nearest to the point halfway
+from the ink centre to the top-left corner of the canvas. The margin keeps the measurement off
+the border: `trace_back_levels` rounds every intermediate point to a cell and clips it into the
+map, so a regular grid traced from a unit near the border shrinks though nothing was learned. A
+digit so large that no cell qualifies has no background unit (NaN).
 """
 
 import numpy as np
@@ -61,15 +65,31 @@ def inked_cells(images, stride, map_size):
     return inked
 
 
-def background_units(images, stride, map_size):
-    """Per image, of the cells with no ink near them (`inked_cells`), the one nearest to the
-    point halfway from the ink centre to the canvas's top-left corner: (B, 2) integers (the
-    corner cell where every cell has ink near it)."""
+def unclipped_margin(net):
+    """How far from the border, in cells, a unit's traced regular grid stays inside the map: the
+    reach of every stacked layer above the first, Σ_{l ≥ 2} dilation_l · (k_l − 1)/2 (2 cells for
+    three 3×3 layers of dilation 1)."""
+    return sum(conv.dilation * (conv.kernel_size[0] // 2) for conv in net.deform_layers[1:])
+
+
+def interior(units, map_size, margin):
+    """(B,) booleans: whether each unit (y, x) of units (B, 2) lies at least `margin` cells from
+    every border of a map of size `map_size`."""
+    units = np.asarray(units)
+    return ((units >= margin) & (units < np.asarray(map_size) - margin)).all(axis=1)
+
+
+def background_units(images, stride, map_size, margin=0):
+    """Per image, of the cells with no ink near them (`inked_cells`) and at least `margin` cells
+    from the map's border, the one nearest to the point halfway from the ink centre to the
+    canvas's top-left corner: (B, 2) integers (the corner cell (0, 0) where no cell qualifies)."""
     target = image_to_feature(ink_centre(images) / 2, stride)
     grid = np.stack(np.meshgrid(np.arange(map_size[0]), np.arange(map_size[1]), indexing="ij"), axis=-1)
     distance = np.linalg.norm(grid[None] - target[:, None, None], axis=-1)
     distance[inked_cells(images, stride, map_size)] = np.inf
-    nearest = distance.reshape(len(images), -1).argmin(axis=1)
+    distance[:, ~interior(grid.reshape(-1, 2), map_size, margin).reshape(map_size)] = np.inf
+    nearest = np.where(np.isinf(distance).reshape(len(images), -1).all(axis=1), 0,
+                       distance.reshape(len(images), -1).argmin(axis=1))
     return np.stack(np.unravel_index(nearest, map_size), axis=1)
 
 
@@ -130,14 +150,19 @@ def unit_traces(net, images, units, device):
 def unit_spreads(net, images, device):
     """Per image: the spread of the 729 points of its object unit and of its background unit,
     unweighted and gradient-weighted: {"object", "object_weighted", "background",
-    "background_weighted"} → (B,) arrays, in input pixels."""
+    "background_weighted"} → (B,) arrays, in input pixels; NaN for an image without a background
+    unit away from the border (`background_units` with `unclipped_margin`)."""
     stride = net.deform_layers_input_stride
     map_size = tuple(int(n) // stride for n in images.shape[2:])  # two 2×2 max-pools floor the size
+    margin = unclipped_margin(net)
+    background = background_units(images, stride, map_size, margin)
     spreads = {}
-    for kind, choose in (("object", object_units), ("background", background_units)):
-        traces = unit_traces(net, images, choose(images, stride, map_size), device)
-        spreads[kind] = np.array([spread(points[0]) for points, _ in traces])
-        spreads[f"{kind}_weighted"] = np.array([spread(points[0], weights) for points, weights in traces])
+    for kind, units, measured in (("object", object_units(images, stride, map_size), True),
+                                  ("background", background, interior(background, map_size, margin))):
+        traces = unit_traces(net, images, units, device)
+        spreads[kind] = np.where(measured, [spread(points[0]) for points, _ in traces], np.nan)
+        spreads[f"{kind}_weighted"] = np.where(measured, [spread(points[0], weights) for points, weights in traces],
+                                               np.nan)
     return spreads
 
 

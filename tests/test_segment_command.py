@@ -69,9 +69,13 @@ def test_table_completes_over_several_invocations(tmp_path, monkeypatch, mnist):
     monkeypatch.setattr(experiment, "load_mnist", lambda path: mnist)
     monkeypatch.setattr(experiment, "BOOTSTRAP_ROUNDS", 50)
     argv = ["--seeds", "0", *TINY_RUN, "--runs", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs")]
-    trained = []
-    train = segment.run
-    monkeypatch.setattr(segment, "run", lambda args, canvases: trained.append(args.variants[0]) or train(args, canvases))
+    trained, train = [], segment.run
+
+    def counted_run(args, canvases):
+        trained.append(args.variants[0])
+        return train(args, canvases)
+
+    monkeypatch.setattr(segment, "run", counted_run)
     experiment.main(argv)
     assert trained == experiment.TABLE_VARIANTS
     table = (tmp_path / "docs" / "results_segmentation.md").read_text()

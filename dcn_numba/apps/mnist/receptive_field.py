@@ -17,8 +17,12 @@ ReLU, so that no unit is silent. A regular layer is measured the same way, as a 
 with zero offsets.
 
 Two units per digit: one on the object, the cell nearest to the centre of its ink, and one on the
-background, among the cells with no ink within one cell of their own block of input pixels, the
-one nearest to the point halfway from the ink centre to the top-left corner of the canvas.
+background, among the cells with no ink within one cell of their own block of input pixels and
+at least `unclipped_margin` cells from the map's border, the one nearest to the point halfway
+from the ink centre to the top-left corner of the canvas. The margin keeps the measurement off
+the border: `trace_back_levels` rounds every intermediate point to a cell and clips it into the
+map, so a regular grid traced from a unit near the border shrinks though nothing was learned. A
+digit so large that no cell qualifies has no background unit (NaN).
 """
 
 import numpy as np
@@ -26,22 +30,9 @@ import numpy as np
 from dcn_numba.engine import functional as F
 from dcn_numba.runtime.arrays import array_module, to_device
 from dcn_numba.engine.autograd import Tensor
-from dcn_numba.ops.locations import level_points, sampling_locations, trace_back_levels
+from dcn_numba.ops.locations import (feature_to_image, image_to_feature, level_points, sampling_locations, spread,
+                                     trace_back_levels)
 from dcn_numba.engine.nn import DeformConv2d
-
-
-def feature_to_image(points, stride):
-    """Feature-map coordinates (..., 2) to input-image coordinates of the same (y, x) points.
-
-    A feature cell of a map of stride s summarises the s×s block of image pixels
-    [s·i, s·i + s − 1], whose centre is s·i + (s − 1)/2.
-    """
-    return np.asarray(points) * stride + (stride - 1) / 2
-
-
-def image_to_feature(points, stride):
-    """The inverse of `feature_to_image`."""
-    return (np.asarray(points) - (stride - 1) / 2) / stride
 
 
 def ink_centre(images):
@@ -74,15 +65,31 @@ def inked_cells(images, stride, map_size):
     return inked
 
 
-def background_units(images, stride, map_size):
-    """Per image, of the cells with no ink near them (`inked_cells`), the one nearest to the
-    point halfway from the ink centre to the canvas's top-left corner: (B, 2) integers (the
-    corner cell where every cell has ink near it)."""
+def unclipped_margin(net):
+    """How far from the border, in cells, a unit's traced regular grid stays inside the map: the
+    reach of every stacked layer above the first, Σ_{l ≥ 2} dilation_l · (k_l − 1)/2 (2 cells for
+    three 3×3 layers of dilation 1)."""
+    return sum(conv.dilation * (conv.kernel_size[0] // 2) for conv in net.deform_layers[1:])
+
+
+def interior(units, map_size, margin):
+    """(B,) booleans: whether each unit (y, x) of units (B, 2) lies at least `margin` cells from
+    every border of a map of size `map_size`."""
+    units = np.asarray(units)
+    return ((units >= margin) & (units < np.asarray(map_size) - margin)).all(axis=1)
+
+
+def background_units(images, stride, map_size, margin=0):
+    """Per image, of the cells with no ink near them (`inked_cells`) and at least `margin` cells
+    from the map's border, the one nearest to the point halfway from the ink centre to the
+    canvas's top-left corner: (B, 2) integers (the corner cell (0, 0) where no cell qualifies)."""
     target = image_to_feature(ink_centre(images) / 2, stride)
     grid = np.stack(np.meshgrid(np.arange(map_size[0]), np.arange(map_size[1]), indexing="ij"), axis=-1)
     distance = np.linalg.norm(grid[None] - target[:, None, None], axis=-1)
     distance[inked_cells(images, stride, map_size)] = np.inf
-    nearest = distance.reshape(len(images), -1).argmin(axis=1)
+    distance[:, ~interior(grid.reshape(-1, 2), map_size, margin).reshape(map_size)] = np.inf
+    nearest = np.where(np.isinf(distance).reshape(len(images), -1).all(axis=1), 0,
+                       distance.reshape(len(images), -1).argmin(axis=1))
     return np.stack(np.unravel_index(nearest, map_size), axis=1)
 
 
@@ -111,14 +118,6 @@ def stack_with_offset_leaves(net, x):
         if index < len(net.deform_layers) - 1:
             x = F.relu(x)
     return x, leaves, locations
-
-
-def spread(points, weights=None):
-    """σ = sqrt(Σ w ‖p − p̄‖² / Σ w) of points (N, 2), p̄ their weighted mean (w = 1 by default)."""
-    points = np.asarray(points, dtype=np.float64)
-    weights = np.ones(len(points)) if weights is None else np.asarray(weights, dtype=np.float64)
-    centre = weights @ points / weights.sum()
-    return float(np.sqrt(weights @ ((points - centre) ** 2).sum(axis=1) / weights.sum()))
 
 
 def traced_unit(locations, first_offset_grad, b, unit, stride):
@@ -151,14 +150,19 @@ def unit_traces(net, images, units, device):
 def unit_spreads(net, images, device):
     """Per image: the spread of the 729 points of its object unit and of its background unit,
     unweighted and gradient-weighted: {"object", "object_weighted", "background",
-    "background_weighted"} → (B,) arrays, in input pixels."""
+    "background_weighted"} → (B,) arrays, in input pixels; NaN for an image without a background
+    unit away from the border (`background_units` with `unclipped_margin`)."""
     stride = net.deform_layers_input_stride
     map_size = tuple(int(n) // stride for n in images.shape[2:])  # two 2×2 max-pools floor the size
+    margin = unclipped_margin(net)
+    background = background_units(images, stride, map_size, margin)
     spreads = {}
-    for kind, choose in (("object", object_units), ("background", background_units)):
-        traces = unit_traces(net, images, choose(images, stride, map_size), device)
-        spreads[kind] = np.array([spread(points[0]) for points, _ in traces])
-        spreads[f"{kind}_weighted"] = np.array([spread(points[0], weights) for points, weights in traces])
+    for kind, units, measured in (("object", object_units(images, stride, map_size), True),
+                                  ("background", background, interior(background, map_size, margin))):
+        traces = unit_traces(net, images, units, device)
+        spreads[kind] = np.where(measured, [spread(points[0]) for points, _ in traces], np.nan)
+        spreads[f"{kind}_weighted"] = np.where(measured, [spread(points[0], weights) for points, weights in traces],
+                                               np.nan)
     return spreads
 
 

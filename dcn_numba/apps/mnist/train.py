@@ -4,15 +4,19 @@ of the sampling locations they learned.
     python -m dcn_numba.train --out runs/latest          (also `make train`, `dcn-numba-train`)
 
 Every digit is scaled about the image centre onto a CANVAS_SIZE × CANVAS_SIZE canvas
-(`data.scaled_digits`; factor 1 returns the digit unchanged, padded). Two settings:
+(`data.scaled_digits`; factor 1 returns the digit unchanged, padded). Three settings:
 
 * seen scales (`--setting seen`, the paper's setting): training digits are scaled by a factor
   drawn afresh for every digit of every batch, uniform in SCALE_RANGE, and the test digits by
   factors from the same range, drawn once from TEST_SEED;
 * unseen scales (`--setting unseen`): training digits keep factor 1, and so does the test set of
-  the setting; the other factors are sizes the net never saw.
+  the setting; the other factors are sizes the net never saw;
+* seen scales drawn log-uniformly (`--setting seen-log`): as "seen", but each factor is exp of a
+  uniform draw between log 0.5 and log 2, so digits shrunk and digits grown are equally common
+  (uniform draws give ×0.5–×1 a third of the digits).
 
-Every variant (`VARIANTS`: regular, deformable in its last 1, 2 or 3 layers, modulated, dilated)
+Every variant (`VARIANTS`: regular, deformable in its last 1, 2 or 3 layers, modulated, dilated,
+and with a global-average-pooling head: regular, widened regular, deformable)
 gets the same data, seed, schedule and number of steps. Each is then scored on every test digit at
 each of TEST_FACTORS, and the receptive field it learned is measured on `--spread-digits` test
 digits at each factor (`receptive_field.unit_spreads`).
@@ -42,7 +46,7 @@ from dcn_numba.apps.mnist import viz
 from dcn_numba.runtime.arrays import gpu_available, to_device
 from dcn_numba.engine.autograd import Tensor, no_grad
 from dcn_numba.runtime.settings import keep_freed_memory
-from dcn_numba.data.mnist import load_mnist, scale_about_centre, scale_factors, scaled_digits, subset
+from dcn_numba.data.mnist import Digits, load_mnist, scale_about_centre, scale_factors, scaled_digits, subset
 from dcn_numba.apps.mnist.models import MnistNet
 from dcn_numba.engine.optim import Adam, CosineSchedule
 from dcn_numba.apps.mnist.receptive_field import unit_spreads
@@ -55,6 +59,11 @@ VARIANTS = {
     "modulated": dict(deformable=True, modulated=True),
     "dilated2": dict(dilation=2),
     "dilated3": dict(dilation=3),
+    "gap-regular": dict(head="global"),
+    "gap-deformable": dict(head="global", deformable=True),
+    # width 42: the stacked layers' width whose parameter count (49,378) is nearest to that of
+    # gap-deformable (48,624); a test keeps it so
+    "gap-regular-wide": dict(head="global", width=42),
 }
 # A 28-pixel MNIST image scaled by 2 about its centre spans 56 pixels, but its ink (about 20
 # pixels across, centred by mass) about 40: a 48-pixel canvas holds nearly all of it (the scales
@@ -63,7 +72,8 @@ CANVAS_SIZE = 48
 SCALE_RANGE = (0.5, 2.0)
 TEST_FACTORS = (0.5, 0.6, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 TEST_SEED = 2017  # draws the factors of the seen-scales test digits, the same for every run
-SETTINGS = {"seen": SCALE_RANGE, "unseen": 1.0}  # the scale of the training digits
+SETTINGS = {"seen": SCALE_RANGE, "unseen": 1.0, "seen-log": SCALE_RANGE}  # the scale of the training digits
+LOG_UNIFORM_SETTINGS = ("seen-log",)  # factors drawn log-uniformly: as many digits below ×1 as above
 
 
 def positive_int(text):
@@ -100,7 +110,7 @@ def build_parser():
                         help="which nets to train")
     parser.add_argument("--setting", choices=list(SETTINGS), default="seen",
                         help=f"seen: train on digits scaled by {SCALE_RANGE[0]}–{SCALE_RANGE[1]}; "
-                             "unseen: train at factor 1")
+                             "unseen: train at factor 1; seen-log: the seen range, drawn log-uniformly")
     parser.add_argument("--epochs", type=positive_int, default=4, help="passes over the training digits")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="digits per training step")
     parser.add_argument("--lr", type=positive_float, default=3e-3, help="peak learning rate of Adam (cosine decay)")
@@ -162,10 +172,20 @@ def accuracy(net, digits, device):
     return float(np.mean(predict(net, digits.images, device) == digits.labels))
 
 
+def setting_factors(count, setting, seed):
+    """`count` scale factors of `setting`, drawn from `seed`: uniform in its range, or, for the
+    LOG_UNIFORM_SETTINGS, exp of a uniform draw between the logs of its ends (then ×0.5–×1 gets
+    as many digits as ×1–×2); all 1 for unseen scales."""
+    if setting in LOG_UNIFORM_SETTINGS:
+        return np.exp(np.random.default_rng(seed).uniform(*np.log(SETTINGS[setting]), size=count))
+    return scale_factors(count, SETTINGS[setting], seed)
+
+
 def setting_test_digits(test, setting):
     """The test digits of a setting on the canvas: scaled by factors drawn once from TEST_SEED
     in the setting's training range (factor 1 for unseen scales)."""
-    return scaled_digits(test, SETTINGS[setting], TEST_SEED, CANVAS_SIZE)
+    factors = setting_factors(len(test.labels), setting, TEST_SEED)
+    return Digits(scale_about_centre(test.images, factors, CANVAS_SIZE), test.labels)
 
 
 def train_variant(variant, train, test, args, device):
@@ -185,7 +205,7 @@ def train_variant(variant, train, test, args, device):
         net.train()
         start = time.perf_counter()
         for images, labels in batches(train, args.batch_size, rng):
-            factors = scale_factors(len(labels), SETTINGS[args.setting], int(rng.integers(2**32)))
+            factors = setting_factors(len(labels), args.setting, int(rng.integers(2**32)))
             images = scale_about_centre(images, factors, CANVAS_SIZE)
             schedule.step()
             loss = F.cross_entropy(net(Tensor(to_device(images, device))), to_device(labels, device))
@@ -207,6 +227,13 @@ def branch_parameters(net):
     return int(sum(p.size for name, p in net.named_parameters() if "offset_conv" in name or "mask_conv" in name))
 
 
+def measured_mean(values):
+    """The mean of the measured values (NaN marks a digit without a unit of this kind), or NaN
+    when none was measured."""
+    measured = values[np.isfinite(values)]
+    return float(measured.mean()) if len(measured) else float("nan")
+
+
 def scale_measurements(net, test, spread_digits, device):
     """Per factor of TEST_FACTORS (as a string): the accuracy on every test digit at that factor,
     and the mean spreads (`receptive_field.unit_spreads`) on the first `spread_digits` of them."""
@@ -215,7 +242,8 @@ def scale_measurements(net, test, spread_digits, device):
         scaled = scaled_digits(test, factor, canvas_size=CANVAS_SIZE)
         accuracies[str(factor)] = accuracy(net, scaled, device)
         spreads = unit_spreads(net, scaled.images[:spread_digits], device)
-        fields[str(factor)] = {kind: float(np.mean(values)) for kind, values in spreads.items()}
+        fields[str(factor)] = {kind: measured_mean(values) for kind, values in spreads.items()}
+        fields[str(factor)]["background_units"] = int(np.isfinite(spreads["background"]).sum())
     return accuracies, fields
 
 

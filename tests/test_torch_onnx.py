@@ -62,7 +62,7 @@ def test_deform_conv2d_exports_to_onnx_deform_conv_and_onnx_runtime_agrees(modul
     x = torch.randn(2, 4, 7, 6)
     offset = torch.rand(2, 2 * 2 * 6, 3, 5) * 4 - 2
     inputs = (x, offset, torch.rand(2, 2 * 6, 3, 5)) if modulated else (x, offset)
-    proto, (result,) = _export(GivenOffsets(layer), inputs)
+    proto, (result,) = _export(GivenOffsets(layer).eval(), inputs)
     node, attributes = _deform_conv_node(proto)
     assert attributes == dict(kernel_shape=[3, 2], strides=[2, 1], dilations=[2, 1],
                               pads=[1, 0, 1, 0], group=2, offset_group=2)
@@ -102,7 +102,7 @@ class Pool(torch.nn.Module):
 def test_the_roi_pooling_ops_are_refused_naming_the_reason(name, pool):
     inputs = (torch.randn(1, 2, 5, 5), torch.tensor([[0.0, 0, 0, 3, 3]]))
     with pytest.raises(Exception) as caught:
-        torch.onnx.export(Pool(pool), inputs, opset_version=19, verbose=False)
+        torch.onnx.export(Pool(pool).eval(), inputs, opset_version=19, verbose=False)
     reason = (f"dcn_numba.torch.{name} cannot be exported to ONNX: ONNX has no deformable RoI "
               "pooling operator")
     assert reason in str(caught.value)

@@ -13,6 +13,8 @@ dt = pytest.importorskip("dcn_numba.torch")
 
 import dcn_numba  # noqa: E402
 
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+
 OPS = ("deform_conv2d", "deform_roi_pool", "deform_psroi_pool")
 
 

@@ -7,7 +7,7 @@ own backward) and made contiguous, which copies only a tensor that is not contig
 
 NumPy has no bfloat16, and dcn_numba computes in float32 or float64: float16 and bfloat16 tensors
 are computed in float32 and the results returned in the tensors' dtype, as torchvision does under
-autocast. What only tensors can get wrong (devices, dtypes NumPy lacks) is checked here, with
+autocast. Devices and dtypes are checked here (torch has devices and dtypes NumPy lacks), with
 messages in the words of dcn_numba's NumPy API; everything else is checked by that API.
 """
 

@@ -3,17 +3,19 @@ optional offset branch of its own), DeformRoIPool and DeformPSRoIPool. Their for
 TorchScript-compatible, so that torch.jit.script compiles models holding them."""
 
 import math
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from dcn_numba.ops import checks
+from dcn_numba.torch.library import pair
 from dcn_numba.torch.ops import deform_conv2d, deform_psroi_pool, deform_roi_pool
 
 
 def _pair(value):
-    return (value, value) if isinstance(value, int) else tuple(value)
+    """A tuple (h, w) from an int or a pair: TorchScript types a tuple attribute, not a list."""
+    return tuple(pair(value))
 
 
 class DeformConv2d(torch.nn.Module):
@@ -27,10 +29,6 @@ class DeformConv2d(torch.nn.Module):
     training starts from an ordinary convolution. modulated=True (DCNv2) adds `conv_mask`, whose
     sigmoid, 0.5 at the start, scales each sample. Then forward(input) takes no offset.
     """
-
-    stride: Tuple[int, int]
-    padding: Tuple[int, int]
-    dilation: Tuple[int, int]
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, *, offset_branch=False, modulated=False, offset_groups=1):

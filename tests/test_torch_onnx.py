@@ -118,7 +118,8 @@ def test_the_export_example_of_the_docs_runs(tmp_path, monkeypatch):
     example = section.split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
     printed = []
-    monkeypatch.setattr("builtins.print", lambda *values: printed.append(" ".join(map(str, values))))
+    monkeypatch.setattr("builtins.print",
+                        lambda *values: printed.append(" ".join(map(str, values))))
     exec(compile(example, "docs/torch.md", "exec"), {})
     assert (tmp_path / "deform.onnx").exists()
     difference = re.fullmatch(r"largest difference from torch: (\S+)", printed[-1])

@@ -110,7 +110,8 @@ def test_autocast_runs_a_model_in_float32_through_the_ops():
         output = model(x)
     assert output.dtype == torch.float32  # the op ran in float32 on the bfloat16 offsets
     eps = torch.finfo(torch.bfloat16).eps
-    torch.testing.assert_close(output, expected, rtol=0, atol=16 * eps * expected.abs().max().item())
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(output, expected, rtol=0, atol=16 * eps * scale)
     output.sum().backward()
     assert torch.isfinite(model[1].weight.grad).all()
     assert model[1].conv_offset.weight.grad.abs().sum() > 0

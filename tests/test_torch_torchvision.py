@@ -1,6 +1,6 @@
 """dcn_numba.torch held to what torchvision's own tests ask of its deformable convolution and
-position-sensitive RoIAlign, written here for dcn_numba: values against torchvision.ops.deform_conv2d,
-gradchecks in eager mode and through TorchScript, on batches of 0 and 33, contiguous or not, and
+position-sensitive RoIAlign, written here for dcn_numba: values against
+torchvision.ops.deform_conv2d, gradchecks in eager mode and through TorchScript, on batches of 0 and 33, contiguous or not, and
 the layer compiled by TorchScript. Where the two differ by design (the offset gradient at exactly
 p = −1, error classes; docs/torch.md) the tests say so.
 

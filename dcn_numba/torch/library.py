@@ -54,8 +54,9 @@ def differentiable(name, tensors, constant=()):
     def no_second_derivative(ctx, *grad_gradients):
         raise RuntimeError(
             f"double backward through {name} is not supported: dcn_numba's backward is "
-            "hand-written and has no derivative of its own, so second derivatives (create_graph=True "
-            "followed by another backward, torch.autograd.functional.hessian) are not available")
+            "hand-written and has no derivative of its own, so second derivatives "
+            "(create_graph=True followed by another backward, "
+            "torch.autograd.functional.hessian) are not available")
 
     torch.library.register_autograd(name, backward, setup_context=setup_context)
     torch.library.register_autograd(f"{name}_backward", no_second_derivative,

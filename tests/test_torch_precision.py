@@ -109,9 +109,11 @@ def test_autocast_runs_a_model_in_float32_through_the_ops():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         output = model(x)
     assert output.dtype == torch.float32  # the op ran in float32 on the bfloat16 offsets
+    # the convolutions ran in bfloat16: within 4 of its ulps of the largest magnitude (this seed
+    # is at about half an ulp)
     eps = torch.finfo(torch.bfloat16).eps
     scale = expected.abs().max().item()
-    torch.testing.assert_close(output, expected, rtol=0, atol=16 * eps * scale)
+    torch.testing.assert_close(output, expected, rtol=0, atol=4 * eps * scale)
     output.sum().backward()
     assert torch.isfinite(model[1].weight.grad).all()
     assert model[1].conv_offset.weight.grad.abs().sum() > 0

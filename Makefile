@@ -47,12 +47,13 @@ install-check: $(VENV)/.installed
 	$(PY) -m pip install --dry-run --ignore-installed --quiet -e ".[dev,bench]"
 	@echo "install-check: every install of the matrix resolves"
 
-# The tests and cross-checks that need torch, OpenVINO and ONNX Runtime, in a venv of their own.
+# The tests and cross-checks that need torch, OpenVINO, ONNX Runtime and onnxscript (which
+# torch.onnx.export needs), in a venv of their own: every tests/test_torch*.py file.
 TORCH_VENV := .venv-torch
 torch-check:
 	test -x $(TORCH_VENV)/bin/python || $(PYTHON) -m venv $(TORCH_VENV)
 	$(TORCH_VENV)/bin/python -m pip install --quiet -e ".[dev,bench]"
-	$(TORCH_VENV)/bin/python -m pytest -q -n 0 tests/test_torch_adapters.py tests/test_crosscheck.py
+	$(TORCH_VENV)/bin/python -m pytest -q -n 0 $(wildcard tests/test_torch*.py) tests/test_crosscheck.py
 	$(TORCH_VENV)/bin/python -m dcn_numba.crosscheck cpu torchvision openvino openvino-nopad onnxruntime
 
 # The prepared GPU check (benchmarks/gpu_check.py) for a lent GPU machine: it runs on that machine's

@@ -1,4 +1,4 @@
-"""dcn_numba.torch: the ops as torch autograd Functions over the cpu backend, and the modules.
+"""dcn_numba.torch: the registered ops over the cpu backend, and the modules.
 
 Needs torch (and torchvision for the comparisons), which dcn_numba does not require: without
 them the tests skip, saying so. Install them with pip install -e ".[dev,torch]".
@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip install
 dt = pytest.importorskip("dcn_numba.torch")
 
 import dcn_numba  # noqa: E402
+from dcn_numba.torch import bridge  # noqa: E402
 from dcn_numba.ops.deform_conv import output_size  # noqa: E402
 from dcn_numba.ops.locations import sampling_locations  # noqa: E402
 
@@ -188,9 +189,9 @@ def test_integer_offsets_differ_from_torchvision_only_in_the_offset_gradient_at_
 
 def test_cpu_tensors_are_read_through_their_numpy_views():
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
-    view = dt._view(x)
+    view = bridge.view(x)
     assert view.ctypes.data == x.data_ptr()
-    result = dt._tensor(view, x.device)
+    result = bridge.as_tensor(view, x.device)
     assert result.data_ptr() == x.data_ptr()
 
 
@@ -305,10 +306,12 @@ def _conv_arguments():
 CONV_MISTAKES = {
     "offset channels": lambda a: dict(a, offset=a["offset"][:, :10]),
     "mixed dtypes": lambda a: dict(a, weight=a["weight"].astype(np.float32)),
-    "integer input": lambda a: dict(a, input=a["input"].astype(np.int64)),
     "mask shape": lambda a: dict(a, mask=np.ones((1, 8, 4, 4))),
     "stride 0": lambda a: dict(a, stride=0),
     "3-D input": lambda a: dict(a, input=a["input"][0]),
+    "stride (1, 2, 3)": lambda a: dict(a, stride=(1, 2, 3)),
+    "padding -1": lambda a: dict(a, padding=-1),
+    "dilation 1.5": lambda a: dict(a, dilation=1.5),
 }
 
 
@@ -324,6 +327,32 @@ def test_bad_convolution_arguments_give_the_numpy_api_errors(mistake):
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
                for k, v in arguments.items()}
     assert _error(dt.deform_conv2d, **tensors) == _error(dcn_numba.deform_conv2d, **arguments)
+
+
+def test_a_dtype_neither_float_nor_half_is_refused_naming_what_is_accepted():
+    """The one message that differs from the NumPy API's: torch tensors may also be float16 or
+    bfloat16, and the message says so."""
+    arguments = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                 for k, v in _conv_arguments().items()}
+    for dtype in (torch.int64, torch.float8_e4m3fn, torch.complex64):
+        with pytest.raises(TypeError, match=re.escape(
+                "input must be float32 or float64 (float16 and bfloat16 are computed in float32), "
+                f"got {str(dtype).removeprefix('torch.')}")):
+            dt.deform_conv2d(**dict(arguments, input=arguments["input"].to(dtype)))
+
+
+def test_pooling_parameters_give_the_numpy_api_errors():
+    x, rois = np.zeros((1, 8, 5, 5)), np.array([[0.0, 0, 0, 3, 3]])
+    tensors = dict(input=torch.from_numpy(x), rois=torch.from_numpy(rois))
+    arrays = dict(input=x, rois=rois)
+    for mistake in (dict(output_size=0), dict(spatial_scale=0), dict(spatial_scale="1"),
+                    dict(sampling_ratio=True), dict(gamma=float("nan"))):
+        assert _error(dt.deform_roi_pool, **tensors, **mistake) == \
+            _error(dcn_numba.deform_roi_pool, **arrays, **mistake), mistake
+    for mistake in (dict(group_size=0), dict(pooled_size=2.0), dict(output_dim=3),
+                    dict(part_size=-1), dict(sample_per_part=1000), dict(trans_std=None)):
+        assert _error(dt.deform_psroi_pool, **tensors, **mistake) == \
+            _error(dcn_numba.deform_psroi_pool, **arrays, **mistake), mistake
 
 
 def test_bad_rois_give_the_numpy_api_errors():
@@ -354,7 +383,7 @@ def test_tensors_on_two_devices_are_refused_naming_both():
 def test_cuda_tensors_without_cupy_are_refused_saying_what_to_install(monkeypatch):
     monkeypatch.setattr(dcn_numba.runtime.arrays, "cupy", None)
     with pytest.raises(TypeError, match=r"needs CuPy: pip install 'dcn_numba\[cuda\]'"):
-        dt._backend(torch.device("cuda", 0))
+        bridge.backend(torch.device("cuda", 0))
 
 # ---------------------------------------------------------------------------------------------
 # The DistributedDataParallel example of docs/torch.md

@@ -34,6 +34,8 @@ from dcn_numba.data.mnist import scaled_digits, subset
 from dcn_numba.apps.mnist.models import MnistNet
 from dcn_numba.engine.optim import Adam
 from dcn_numba.apps.mnist.receptive_field import slope_and_ratio
+from dcn_numba.runs.options import mean_std, seed_int, with_seeds
+from dcn_numba.runs.outputs import OutputError, check_output_file, write_atomically
 
 # The runs each table reads: (setting, variant).
 TABLE_RUNS = {
@@ -69,7 +71,7 @@ def parse_args(argv=None):
                     "Other options are the training command's (see python -m dcn_numba.train --help).",
     )
     parser.add_argument("table", choices=[*TABLE_RUNS, "all"])
-    parser.add_argument("--seeds", type=train.seed_int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=seed_int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--runs", default="runs/experiment", help="folder of the training runs")
     parser.add_argument("--docs", default="docs", help="folder the results files are written to")
     return parser.parse_known_args(argv)
@@ -110,19 +112,6 @@ def get_runs(options, train_argv, pairs, mnist):
                 metrics = train.run(args, mnist)[variant]
             runs.setdefault((setting, variant), {})[seed] = metrics
     return runs
-
-
-def mean_std(values, scale=100, digits=1):
-    """'mean ± std' (sample standard deviation; 0 for one value) of `values` × `scale`."""
-    values = scale * np.asarray(values, dtype=np.float64)
-    spread = values.std(ddof=1) if len(values) > 1 else 0.0
-    return f"{values.mean():.{digits}f} ± {spread:.{digits}f}"
-
-
-def with_seeds(values, scale=100, digits=1):
-    """`mean_std`, then every seed's value in parentheses."""
-    each = ", ".join(f"{scale * v:.{digits}f}" for v in values)
-    return f"{mean_std(values, scale, digits)} ({each})"
 
 
 def threads():
@@ -347,12 +336,11 @@ def write_figure(options, docs, mnist):
         weights = run_folder(options, "seen", variant, seed) / f"{variant}.npz"
         if weights.is_file():
             nets[f"{variant} (seed {seed})"] = MnistNet(**train.VARIANTS[variant]).load(weights)
-    viz.plot_sampling_locations(nets, mnist.test, "cpu", docs / FIGURE)
+    write_atomically(docs / FIGURE, lambda file: viz.plot_sampling_locations(nets, mnist.test, "cpu", file))
 
 
 def write_table(table, options, train_argv, mnist, command):
     docs = Path(options.docs)
-    docs.mkdir(parents=True, exist_ok=True)
     if table == "complexity":
         text = complexity_table(command)
     else:
@@ -366,7 +354,7 @@ def write_table(table, options, train_argv, mnist, command):
         else:
             variants = [variant for _, variant in TABLE_RUNS[table]]
             text = ablation_table(runs, command, variants, ABLATION_INTROS[table])
-    (docs / TABLE_FILES[table]).write_text(text)
+    write_atomically(docs / TABLE_FILES[table], lambda file: file.write(text.encode()))
     print(text, flush=True)
 
 
@@ -385,11 +373,16 @@ def main(argv=None):
     keep_freed_memory()
     argv = sys.argv[1:] if argv is None else argv
     tables = [t for t in TABLE_RUNS] if options.table == "all" else [options.table]
-    mnist = train.load_data(train.parse_args(train_argv))
-    for table in tables:
-        rest = [a for a in argv if a != options.table]
-        command = " ".join(["python -m dcn_numba.experiment", table, *rest])
-        write_table(table, options, train_argv, mnist, command)
+    try:
+        for table in tables:
+            check_output_file(Path(options.docs) / TABLE_FILES[table], "--docs")
+        mnist = train.load_data(train.parse_args(train_argv))
+        for table in tables:
+            rest = [a for a in argv if a != options.table]
+            command = " ".join(["python -m dcn_numba.experiment", table, *rest])
+            write_table(table, options, train_argv, mnist, command)
+    except OutputError as error:
+        raise SystemExit(f"python -m dcn_numba.experiment: error: {error}") from None
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from dcn_numba.apps.mnist import experiment
 from dcn_numba.apps.mnist import train
 from dcn_numba.data.mnist import Digits, load_embedded, scaled_digits, subset
 from dcn_numba.apps.mnist.models import MnistNet
+from dcn_numba.runs.outputs import open_run
 from test_data import write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,9 +46,13 @@ def test_predictions_do_not_depend_on_the_batching(mnist):
 
 def test_batches_cover_every_digit_once():
     digits = Digits(np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1), np.arange(10))
-    seen = [labels for _, labels in train.batches(digits, 4, np.random.default_rng(0))]
+    order = np.random.default_rng(0).permutation(10)
+    seen = [labels for _, labels in train.batches(digits, 4, order)]
     assert [len(labels) for labels in seen] == [4, 4, 2]
-    np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(10))
+    np.testing.assert_array_equal(np.concatenate(seen), order)
+    # From the middle of an epoch (a resumed run): the rest of the same order.
+    rest = [labels for _, labels in train.batches(digits, 4, order, start=4)]
+    np.testing.assert_array_equal(np.concatenate(rest), order[4:])
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -99,14 +104,15 @@ def test_bad_data_folders_are_reported_naming_the_option_and_the_file(tmp_path, 
 
 
 def test_metrics_json_is_strict_json_without_nan(tmp_path):
-    path = tmp_path / "metrics.json"
-    train.write_json_atomically({"v": {"loss": [1.5, float("nan")], "best": float("inf"), "n": 3}}, path)
+    run = open_run(tmp_path, train.COMMAND, {})
+    run.finish({"v": {"loss": [1.5, float("nan")], "best": float("inf"), "n": 3}})
 
     def refuse(constant):
         raise ValueError(f"{constant} is not JSON")
 
-    assert json.loads(path.read_text(), parse_constant=refuse) == {"v": {"loss": [1.5, None], "best": None, "n": 3}}
-    assert not (tmp_path / "metrics.json.tmp").exists()
+    metrics = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=refuse)
+    assert metrics == {"v": {"loss": [1.5, None], "best": None, "n": 3}}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["metrics.json", "run.json"]
 
 
 def tiny_args(out, *extra):
@@ -116,16 +122,16 @@ def tiny_args(out, *extra):
 
 def test_a_failed_figure_leaves_no_metrics_json(tmp_path, mnist, monkeypatch):
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "metrics.json").write_text('{"regular": {"test_accuracy": 1.0}}')  # a previous run's
+    open_run(out, train.COMMAND, {}).finish({"regular": {"test_accuracy": 1.0}})  # a previous run
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(train.viz, "plot_training_curves", broken)
     with pytest.raises(OSError, match="disk full"):
-        train.run(tiny_args(out, "--variants", "regular"), mnist)
+        train.run(tiny_args(out, "--variants", "regular", "--overwrite"), mnist)
     assert not (out / "metrics.json").exists()
+    assert not list(out.glob(".*.tmp"))  # the figure's temporary file went with the failure
 
 
 def test_command_line_writes_every_output(tmp_path, mnist):
@@ -179,10 +185,10 @@ def test_unseen_setting_trains_at_factor_one(monkeypatch, tmp_path, mnist):
     monkeypatch.setattr(train, "scale_about_centre", recording)
     monkeypatch.setattr(train, "variant_metrics", lambda *args: {"history": args[3]})
     monkeypatch.setattr(train.viz, "plot_training_curves", lambda *args: None)
-    train.run(tiny_args(tmp_path, "--variants", "regular", "--setting", "unseen"), mnist)
+    train.run(tiny_args(tmp_path / "unseen", "--variants", "regular", "--setting", "unseen"), mnist)
     np.testing.assert_array_equal(np.concatenate(seen_factors), 1.0)
     seen_factors.clear()
-    train.run(tiny_args(tmp_path, "--variants", "regular", "--setting", "seen"), mnist)
+    train.run(tiny_args(tmp_path / "seen", "--variants", "regular", "--setting", "seen"), mnist)
     factors = np.concatenate(seen_factors)
     assert factors.min() >= train.SCALE_RANGE[0]
     assert factors.max() <= train.SCALE_RANGE[1]

@@ -133,8 +133,9 @@ class Module:
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temporary, path)
-        except BaseException:
-            os.unlink(temporary)
+        except BaseException:  # an error, or Ctrl-C, even one that lands just after the rename
+            if os.path.exists(temporary):
+                os.unlink(temporary)
             raise
 
     def load(self, path):

@@ -124,7 +124,7 @@ TRAIN_FILES = {"run.json", "checkpoint.npz", "regular.npz", "deformable-last1.np
 
 
 def test_train_interrupted_three_times_then_resumed_equals_the_uninterrupted_run(tmp_path, idx_folder,
-                                                                                  references):
+                                                                                  references, monkeypatch):
     out = tmp_path / "interrupted"
     argv = train_argv(idx_folder, out)
     # 1: SIGKILL just before the second step's checkpoint lands: its temporary file is left.
@@ -141,6 +141,9 @@ def test_train_interrupted_three_times_then_resumed_equals_the_uninterrupted_run
     assert {"training_curves.png", "sampling_locations.png"} <= {path.name for path in out.iterdir()}
     train.main(argv + ["--resume"])
     assert_same_run(out, references["train"], ["regular.npz", "deformable-last1.npz"])
+    # A finished run resumed is read back, not trained again.
+    monkeypatch.setattr(train, "train_variant", lambda *args: pytest.fail("a finished run was trained again"))
+    assert train.run(train.parse_args(argv + ["--resume"])) == json.loads((out / "metrics.json").read_text())
 
 
 DETECT_FILES = {"run.json", "checkpoint.npz", "ground_truth.json", "rfcn.npz", "rfcn_droi.npz",

@@ -149,8 +149,8 @@ def train_variant(variant, train, anchors, args, checkpoints=None, done=None):
 
     def save(force=False):
         if checkpoints is not None:
-            checkpoints.save(lambda: capture(detector, optimizer, schedule, rng, {"order": order},
-                                             dict(done=done or {}, variant=variant, history=history)), force)
+            values = dict(done=done or {}, variant=variant, history=history)
+            checkpoints.save(lambda: capture(detector, optimizer, schedule, rng, {"order": order}, values), force)
 
     progress = tqdm(total=args.steps, initial=len(history["loss"]), desc=f"{variant:>11}", unit="step")
     detector.train()
@@ -312,6 +312,9 @@ def open_seed_runs(args):
                           "<out>/seed<n>: choose another --out")
     runs = {}
     for seed in args.seeds:
+        if (out / f"seed{seed}").is_symlink():
+            raise OutputError(f"--out {out}: {out / f'seed{seed}'} is a symbolic link; each seed's run is "
+                              "written inside --out, never through a link")
         args.seed = seed
         runs[seed] = open_run(out / f"seed{seed}", COMMAND, run_identity(args), args.resume, args.overwrite)
     return runs

@@ -174,8 +174,9 @@ def train_variant(variant, train, test, args, device, checkpoints=None, done=Non
 
     def save(force=False):
         if checkpoints is not None:
-            checkpoints.save(lambda: capture(net, optimizer, schedule, rng, {} if order is None else {"order": order},
-                                             dict(done=done or {}, variant=variant, progress=progress)), force)
+            arrays = {} if order is None else {"order": order}
+            values = dict(done=done or {}, variant=variant, progress=progress)
+            checkpoints.save(lambda: capture(net, optimizer, schedule, rng, arrays, values), force)
 
     history = progress["history"]
     bar = tqdm(total=total_steps, initial=len(history["loss"]), desc=f"{variant:>16}", unit="step")

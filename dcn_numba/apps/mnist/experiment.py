@@ -12,8 +12,10 @@ markdown file under docs/ that the README embeds.
 A table needs training runs, one per (setting, variant, seed), each the training command
 (`dcn_numba.train`, same options, same defaults) with one variant, in its own folder
 <runs>/<setting>/seed<n>/<variant>. A run whose metrics.json exists with the same settings is
-read, not repeated: the tables share their runs. Every number in a results file is measured by
-this command; the file says so, and how it was produced.
+read, not repeated: the tables share their runs. Each run folder is a run of the training command
+(`dcn_numba.runs.outputs`): --resume continues one that was interrupted, --overwrite replaces one
+made with other settings. Every number in a results file is measured by this command; the file
+says so, and how it was produced; the file is written atomically.
 """
 
 import argparse

@@ -262,10 +262,12 @@ def run(args, mnist=None):
     The folder is checked first (`runs.outputs.open_run`; an OutputError names --out), then the
     data; metrics.json is written last, once every other output is written: a run that fails
     part-way leaves none, and --resume continues it. A finished run resumed is read back."""
-    folder = open_run(args.out, COMMAND, run_settings(args), args.resume, args.overwrite)
+    device = pick_device(args.device)
+    # The device "auto" picked is part of the run: a run resumed elsewhere must not change it.
+    settings = dict(run_settings(args), device=device)
+    folder = open_run(args.out, COMMAND, settings, args.resume, args.overwrite)
     if folder.finished:
         return folder.metrics()
-    device = pick_device(args.device)
     if device == "cpu":
         # The engine holds BLAS to one thread from its first deformable kernel on; holding it from
         # the first step makes every product of every variant, resumed or not, the same one (the

@@ -14,14 +14,15 @@ $(VENV)/.installed: pyproject.toml
 test: $(VENV)/.installed
 	$(PY) -m pytest -n 2 -q
 
+# --resume: run again, a finished run is read back and one cut short continues from its checkpoint.
 train: $(VENV)/.installed
-	$(PY) -m dcn_numba.train --out runs/latest
+	$(PY) -m dcn_numba.train --out runs/latest --resume
 
 # One Numba and one BLAS thread: on the shared 2-core machine a 100-step run of 2fc_droi took
 # 36 s this way and 182 s with two threads each, whose spinning waits fought the other jobs.
 .PHONY: detect
 detect: $(VENV)/.installed
-	NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m dcn_numba.detect --out runs/detect
+	NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m dcn_numba.detect --out runs/detect --resume
 
 # The segmentation toy's default run (regular, dilated and three-layer deformable nets), with one
 # Numba and one BLAS thread as above; dcn_numba/apps/segmentation/segment.py gives its time budget.

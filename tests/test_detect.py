@@ -1,13 +1,17 @@
 """The detection command: its options, a tiny end-to-end run, and the table it writes."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from dcn_numba.apps.detection import detect
+from dcn_numba.apps.detection.viz import main as viz_main
 from dcn_numba.apps.detection.viz import part_bins
 from dcn_numba.apps.detection.evaluation import detection_metrics
+from dcn_numba.data.mnist import IDX_FILES
+from test_data import write_idx
 
 
 @pytest.mark.parametrize("argv, option", [
@@ -32,8 +36,15 @@ def test_all_means_the_eight_variants_of_the_table():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("detect")
-    detect.main(["--variants", "rfcn", "rfcn_droi", "--steps", "3", "--batch-size", "2",
+    """A tiny run on a tiny MNIST of random 28×28 'digits' in IDX files (quicker to load than the
+    embedded digits)."""
+    out, digits = tmp_path_factory.mktemp("detect"), tmp_path_factory.mktemp("idx")
+    rng = np.random.default_rng(0)
+    for part, count in (("train", 16), ("test", 8)):
+        images, labels = IDX_FILES[part]
+        write_idx(digits / images, (rng.random((count, 28, 28)) < 0.2) * 255)
+        write_idx(digits / labels, rng.integers(0, 10, count))
+    detect.main(["--variants", "rfcn", "rfcn_droi", "--steps", "3", "--batch-size", "2", "--data", str(digits),
                  "--train-canvases", "6", "--test-canvases", "3", "--out", str(out)])
     return out
 
@@ -88,3 +99,70 @@ def test_part_bins_by_hand():
     bins = part_bins([0, 0, 12, 12], trans, 3, 0.1, 0.25)
     np.testing.assert_allclose(bins[1, 2], [8, 4, 12, 8])
     np.testing.assert_allclose(bins[0, 0], [1.2, 0, 5.2, 4])
+
+
+def test_an_unusable_table_is_refused_before_any_seed_trains(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(detect, "train_variant", lambda *args: pytest.fail("a seed trained before --table was checked"))
+    with pytest.raises(SystemExit) as exit_info:
+        detect.main(["--seeds", "0", "1", "--table", ".", "--out", str(tmp_path / "runs")])
+    assert exit_info.value.code == 2
+    assert "error: --table . is a folder, expected a file name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--train-canvases", "--test-canvases"])
+def test_canvas_counts_that_cannot_fit_in_memory_are_refused_naming_the_option(option, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        detect.parse_args([option, str(10**9)])
+    assert exit_info.value.code == 2
+    assert (f"argument {option}: 1,000,000,000 64×64 float32 canvases would take 1.64e+13 bytes, more than "
+            "this machine's") in capsys.readouterr().err
+
+
+def test_a_seed_folder_that_is_a_link_is_refused(tmp_path, capsys, monkeypatch):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "seed0").symlink_to(outside)
+    monkeypatch.setattr(detect, "train_variant", lambda *args: pytest.fail("trained through a link"))
+    with pytest.raises(SystemExit):
+        detect.main(["--seeds", "0", "--out", str(tmp_path / "runs")])
+    assert f"{tmp_path / 'runs' / 'seed0'} is a symbolic link" in capsys.readouterr().err
+    assert list(outside.iterdir()) == []
+
+
+@pytest.fixture
+def damaged_run(tiny_run, tmp_path):
+    """A copy of the tiny run, to damage."""
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    return copy
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing", "--run {run}: no finished run there ({run}/metrics.json is missing"),
+    ("not json", "--run {run}: {run}/metrics.json or run.json is not the JSON a detect run writes"),
+    ("no variant", "--run {run}: {run}/metrics.json holds no variant 'rfcn_droi' (it holds rfcn); train it"),
+    ("truncated", "--run {run}: the weights {run}/rfcn_droi.npz cannot be loaded (BadZipFile"),
+])
+def test_detection_viz_names_what_is_wrong_with_the_run(damaged_run, tmp_path, capsys, damage, message):
+    metrics = damaged_run / "metrics.json"
+    if damage == "missing":
+        metrics.unlink()
+    elif damage == "not json":
+        metrics.write_text('{"rfcn": {"seed": 0,')
+    elif damage == "no variant":
+        metrics.write_text(json.dumps({"rfcn": json.loads(metrics.read_text())["rfcn"]}))
+    else:
+        weights = damaged_run / "rfcn_droi.npz"
+        weights.write_bytes(weights.read_bytes()[:20_000])
+    with pytest.raises(SystemExit) as exit_info:
+        viz_main(["--run", str(damaged_run), "--out", str(tmp_path / "figure.png")])
+    assert exit_info.value.code == 2
+    assert message.format(run=damaged_run) in capsys.readouterr().err
+    assert not (tmp_path / "figure.png").exists()
+
+
+def test_detection_viz_draws_the_figure_of_a_finished_run(tiny_run, tmp_path):
+    viz_main(["--run", str(tiny_run), "--out", str(tmp_path / "figure.png")])
+    assert [p.name for p in tmp_path.iterdir()] == ["figure.png"]
+    assert (tmp_path / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,5 +1,6 @@
 """The training command: a short run learns, and the command-line entry point writes every output."""
 
+import gzip
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from dcn_numba.apps.mnist import experiment
 from dcn_numba.apps.mnist import train
 from dcn_numba.data.mnist import Digits, load_embedded, scaled_digits, subset
 from dcn_numba.apps.mnist.models import MnistNet
+from dcn_numba.runs.outputs import open_run
 from test_data import write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,9 +47,13 @@ def test_predictions_do_not_depend_on_the_batching(mnist):
 
 def test_batches_cover_every_digit_once():
     digits = Digits(np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1), np.arange(10))
-    seen = [labels for _, labels in train.batches(digits, 4, np.random.default_rng(0))]
+    order = np.random.default_rng(0).permutation(10)
+    seen = [labels for _, labels in train.batches(digits, 4, order)]
     assert [len(labels) for labels in seen] == [4, 4, 2]
-    np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(10))
+    np.testing.assert_array_equal(np.concatenate(seen), order)
+    # From the middle of an epoch (a resumed run): the rest of the same order.
+    rest = [labels for _, labels in train.batches(digits, 4, order, start=4)]
+    np.testing.assert_array_equal(np.concatenate(rest), order[4:])
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -99,14 +105,15 @@ def test_bad_data_folders_are_reported_naming_the_option_and_the_file(tmp_path, 
 
 
 def test_metrics_json_is_strict_json_without_nan(tmp_path):
-    path = tmp_path / "metrics.json"
-    train.write_json_atomically({"v": {"loss": [1.5, float("nan")], "best": float("inf"), "n": 3}}, path)
+    run = open_run(tmp_path, train.COMMAND, {})
+    run.finish({"v": {"loss": [1.5, float("nan")], "best": float("inf"), "n": 3}})
 
     def refuse(constant):
         raise ValueError(f"{constant} is not JSON")
 
-    assert json.loads(path.read_text(), parse_constant=refuse) == {"v": {"loss": [1.5, None], "best": None, "n": 3}}
-    assert not (tmp_path / "metrics.json.tmp").exists()
+    metrics = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=refuse)
+    assert metrics == {"v": {"loss": [1.5, None], "best": None, "n": 3}}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["metrics.json", "run.json"]
 
 
 def tiny_args(out, *extra):
@@ -116,16 +123,16 @@ def tiny_args(out, *extra):
 
 def test_a_failed_figure_leaves_no_metrics_json(tmp_path, mnist, monkeypatch):
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "metrics.json").write_text('{"regular": {"test_accuracy": 1.0}}')  # a previous run's
+    open_run(out, train.COMMAND, {}).finish({"regular": {"test_accuracy": 1.0}})  # a previous run
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(train.viz, "plot_training_curves", broken)
     with pytest.raises(OSError, match="disk full"):
-        train.run(tiny_args(out, "--variants", "regular"), mnist)
+        train.run(tiny_args(out, "--variants", "regular", "--overwrite"), mnist)
     assert not (out / "metrics.json").exists()
+    assert not list(out.glob(".*.tmp"))  # the figure's temporary file went with the failure
 
 
 def test_command_line_writes_every_output(tmp_path, mnist):
@@ -182,10 +189,10 @@ def test_unseen_setting_trains_at_factor_one(monkeypatch, tmp_path, mnist):
     monkeypatch.setattr(train, "scale_about_centre", recording)
     monkeypatch.setattr(train, "variant_metrics", lambda *args: {"history": args[3]})
     monkeypatch.setattr(train.viz, "plot_training_curves", lambda *args: None)
-    train.run(tiny_args(tmp_path, "--variants", "regular", "--setting", "unseen"), mnist)
+    train.run(tiny_args(tmp_path / "unseen", "--variants", "regular", "--setting", "unseen"), mnist)
     np.testing.assert_array_equal(np.concatenate(seen_factors), 1.0)
     seen_factors.clear()
-    train.run(tiny_args(tmp_path, "--variants", "regular", "--setting", "seen"), mnist)
+    train.run(tiny_args(tmp_path / "seen", "--variants", "regular", "--setting", "seen"), mnist)
     factors = np.concatenate(seen_factors)
     assert factors.min() >= train.SCALE_RANGE[0]
     assert factors.max() <= train.SCALE_RANGE[1]
@@ -260,3 +267,79 @@ def test_experiment_reuses_stored_runs(tmp_path, mnist, monkeypatch):
     changed[changed.index("--epochs") + 1] = "2"
     with pytest.raises(AssertionError, match="trained again"):
         experiment.get_runs(options, changed, pairs, mnist)
+
+
+@pytest.mark.parametrize("out, message", [
+    ("", "--out needs a folder name, got an empty string"),
+    ("{tmp}/file", "--out {tmp}/file is a file, expected a folder"),
+    ("{tmp}/file/run", "--out {tmp}/file/run: {tmp}/file is a file, expected a folder"),
+])
+def test_an_unusable_out_is_refused_before_any_work(tmp_path, capsys, monkeypatch, out, message):
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setattr(train, "load_data", lambda args: pytest.fail("the data was loaded before --out was checked"))
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--out", out.format(tmp=tmp_path)])
+    assert exit_info.value.code == 2
+    assert f"error: {message.format(tmp=tmp_path)}" in capsys.readouterr().err
+
+
+def test_an_idx_folder_of_0_digits_is_refused_naming_the_option_and_the_files(tmp_path, capsys):
+    for part in ("train", "test"):
+        images, labels = data.IDX_FILES[part]
+        write_idx(tmp_path / images, np.zeros((0, 28, 28)))
+        write_idx(tmp_path / labels, np.zeros(0))
+    with pytest.raises(SystemExit):
+        train.load_data(train.parse_args(["--data", str(tmp_path)]))
+    error = capsys.readouterr().err
+    assert f"--data {tmp_path}: {tmp_path / 'train-images-idx3-ubyte'} and " in error
+    assert "hold 0 digits, expected at least one" in error
+
+
+def test_a_gzip_idx_file_is_checked_before_it_is_inflated(tmp_path, monkeypatch):
+    """A small gzip file whose header announces 2 images of 5×5 but which inflates to 40 MB of
+    zeros is refused from its header and its trailer, having inflated only the header."""
+    header = bytes([0, 0, 0x08, 3]) + np.array([2, 5, 5], dtype=">u4").tobytes()
+    path = tmp_path / "bomb-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(header + bytes(40 << 20)))
+    assert path.stat().st_size < 100_000
+    inflated = []
+    real_read = gzip.GzipFile.read
+
+    def read(file, size=-1):
+        data_read = real_read(file, size)
+        inflated.append(len(data_read))
+        return data_read
+
+    monkeypatch.setattr(gzip.GzipFile, "read", read)
+    with pytest.raises(ValueError, match=r"bomb-idx3-ubyte.gz is a damaged gzip file, or holds another array "
+                                         r"than its header says: it inflates to 41943056 bytes .* expected 66"):
+        data.read_idx(path)
+    assert sum(inflated) <= len(header)
+
+
+def test_experiment_checks_the_docs_folder_before_any_work(tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setattr(train, "load_data", lambda args: pytest.fail("the data was loaded before --docs was checked"))
+    with pytest.raises(SystemExit) as exit_info:
+        experiment.main(["modulation", "--docs", str(tmp_path / "file"), "--runs", str(tmp_path / "runs")])
+    assert f"--docs {tmp_path / 'file' / 'results_modulation.md'}: {tmp_path / 'file'} is a file" in str(
+        exit_info.value)
+
+
+def test_experiment_writes_its_table_atomically(tmp_path, monkeypatch):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "results_modulation.md").write_text("the previous table")
+    options, train_argv = experiment.parse_args(["modulation", "--docs", str(docs)])
+    runs = {("seen", "deformable"): {0: fake_metrics(0.98, [0.9, 0.98, 0.97], [8, 9, 10])},
+            ("seen", "modulated"): {0: fake_metrics(0.97, [0.9, 0.97, 0.96], [8, 9, 11])}}
+    monkeypatch.setattr(experiment, "get_runs", lambda *args: runs)
+    real_ablation = experiment.ablation_table
+    monkeypatch.setattr(experiment, "ablation_table", lambda *args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        experiment.write_table("modulation", options, train_argv, None, "cmd")
+    assert [p.name for p in docs.iterdir()] == ["results_modulation.md"]
+    assert (docs / "results_modulation.md").read_text() == "the previous table"
+    monkeypatch.setattr(experiment, "ablation_table", real_ablation)
+    experiment.write_table("modulation", options, train_argv, None, "cmd")
+    assert "| modulated (v2) layers 1–3 | 1,234 | 97.0 ± 0.0 (97.0) |" in (docs / "results_modulation.md").read_text()

@@ -15,8 +15,9 @@ a fixed factor or by one drawn from a range, where factor 1 returns the digit un
 """
 
 import gzip
-import zlib
+import math
 import os
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -60,33 +61,64 @@ def read_idx(path):
     """The array stored in one IDX file (gzipped or not), with its stored dtype and shape.
 
     IDX layout: two zero bytes, a type code, the number of dimensions n, then n big-endian
-    uint32 sizes, then the values in C order, big-endian.
+    uint32 sizes, then the values in C order, big-endian. The header is read and checked first,
+    against the file's size (for a gzipped file, the uncompressed size its trailer records), and
+    only then are exactly the values it announces read: a wrong file is refused before it is
+    inflated or read whole.
     """
-    raw = Path(path).read_bytes()
-    if raw[:2] == GZIP_MAGIC:
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as error:
-            raise ValueError(f"{path} is a damaged gzip file ({error}); expected a gzipped IDX file") from None
-    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in IDX_DTYPES:
+    path = Path(path)
+    with path.open("rb") as file:
+        gzipped = file.read(2) == GZIP_MAGIC
+    try:
+        with (gzip.open(path, "rb") if gzipped else path.open("rb")) as file:
+            dtype, shape, header_size = _read_idx_header(path, file)
+            size = header_size + math.prod(shape) * dtype.itemsize
+            _check_stored_size(path, gzipped, size, shape, dtype)
+            values = file.read(size - header_size + 1)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise ValueError(f"{path} is a damaged gzip file ({error}); expected a gzipped IDX file") from None
+    if len(values) != size - header_size:
         raise ValueError(
-            f"{path} is not an IDX file: its magic number is {raw[:4].hex() or 'missing'}, "
+            f"{path} holds {header_size + len(values)} bytes, expected {size} for an IDX array of "
+            f"shape {shape} and dtype {dtype} (is the file truncated?)"
+        )
+    return np.frombuffer(values, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _read_idx_header(path, file):
+    """(dtype, shape, header size) from the header at the start of an open IDX file."""
+    magic = file.read(4)
+    if len(magic) < 4 or magic[:2] != b"\x00\x00" or magic[2] not in IDX_DTYPES:
+        raise ValueError(
+            f"{path} is not an IDX file: its magic number is {magic.hex() or 'missing'}, "
             f"expected 0000 followed by a type code in {sorted(hex(c) for c in IDX_DTYPES)} "
             "and the number of dimensions"
         )
-    dtype, ndim = IDX_DTYPES[raw[2]], raw[3]
+    dtype, ndim = IDX_DTYPES[magic[2]], magic[3]
+    sizes = file.read(4 * ndim)
     header_size = 4 + 4 * ndim
-    if len(raw) < header_size:
-        raise ValueError(f"{path} holds {len(raw)} bytes, fewer than the {header_size} of the header "
+    if len(sizes) < 4 * ndim:
+        raise ValueError(f"{path} holds {4 + len(sizes)} bytes, fewer than the {header_size} of the header "
                          f"of an IDX array of {ndim} dimensions (is the file truncated?)")
-    shape = tuple(int(n) for n in np.frombuffer(raw[4:header_size], dtype=">u4"))
-    expected_size = header_size + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(shape) != ndim or len(raw) != expected_size:
-        raise ValueError(
-            f"{path} holds {len(raw)} bytes, expected {expected_size} for an IDX array of "
-            f"shape {shape} and dtype {dtype} (is the file truncated?)"
-        )
-    return np.frombuffer(raw, dtype=dtype, offset=header_size).reshape(shape).astype(dtype.newbyteorder("="))
+    return dtype, tuple(int(n) for n in np.frombuffer(sizes, dtype=">u4")), header_size
+
+
+def _check_stored_size(path, gzipped, size, shape, dtype):
+    """The file holds `size` bytes: on disk, or, gzipped, as its trailer's uncompressed size
+    (modulo 2³², as gzip records it), checked before inflating anything past the header."""
+    if not gzipped:
+        stored = path.stat().st_size
+        if stored != size:
+            raise ValueError(f"{path} holds {stored} bytes, expected {size} for an IDX array of shape "
+                             f"{shape} and dtype {dtype} (is the file truncated?)")
+        return
+    with path.open("rb") as raw:
+        raw.seek(max(path.stat().st_size - 4, 0))
+        inflated = int.from_bytes(raw.read(4), "little")
+    if inflated != size % 2**32:
+        raise ValueError(f"{path} is a damaged gzip file, or holds another array than its header says: "
+                         f"it inflates to {inflated} bytes (modulo 2³²), expected {size} for an IDX array "
+                         f"of shape {shape} and dtype {dtype}")
 
 
 def _find_idx_file(folder, name):
@@ -109,6 +141,8 @@ def _digits_from_idx(images, labels, image_file, label_file):
             f"{image_file} holds images of shape {images.shape} and {label_file} labels of shape "
             f"{labels.shape}, expected (N, H, W) and (N,) with the same N"
         )
+    if len(labels) == 0:
+        raise ValueError(f"{image_file} and {label_file} hold 0 digits, expected at least one")
     for path, array in ((image_file, images), (label_file, labels)):
         if array.dtype != np.uint8:
             raise ValueError(f"{path} holds {array.dtype} values, expected unsigned bytes (IDX type 0x08)")

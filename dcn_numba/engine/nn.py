@@ -8,6 +8,8 @@ are the attributes a class names in `buffer_names`. Parameters are created float
 """
 
 import math
+import os
+import uuid
 
 import numpy as np
 
@@ -118,8 +120,23 @@ class Module:
             current[...] = to_device(state[name], "cuda" if is_cupy(current) else "cpu")
 
     def save(self, path):
-        """Write the state dict to an .npz file (as NumPy arrays)."""
-        np.savez(path, **{name: to_device(a, "cpu") for name, a in self.state_dict().items()})
+        """Write the state dict to an .npz file (as NumPy arrays; ".npz" is appended to a path
+        without it, as np.savez does), atomically: to a temporary name beside it, then renamed
+        onto it, so that a kill leaves the old file or the whole new one, never a part."""
+        path = os.fspath(path) + ("" if os.fspath(path).endswith(".npz") else ".npz")
+        folder, name = os.path.split(path)
+        temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+        file = open(temporary, "xb")
+        try:
+            with file:
+                np.savez(file, **{name: to_device(a, "cpu") for name, a in self.state_dict().items()})
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:  # an error, or Ctrl-C, even one that lands just after the rename
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+            raise
 
     def load(self, path):
         """Load a state dict written by `save`."""

@@ -591,7 +591,10 @@ class PSRoIBin(NamedTuple):
 @shared
 def round_half_away(v):
     """v rounded to the nearest integer, halves away from zero, as C's round() that the original
-    operator uses (Python's and NumPy's round send halves to the even neighbour)."""
+    operator uses (Python's and NumPy's round send halves to the even neighbour). NaN and ±Inf
+    stay as they are, as in the reference, so that a non-finite RoI propagates alike everywhere."""
+    if math.isnan(v) or math.isinf(v):
+        return v
     return math.copysign(math.floor(abs(v) + 0.5), v)
 
 

@@ -14,14 +14,18 @@ BACKENDS = ("reference", "cpu", "cuda")
 # The largest integer argument (sizes, strides, counts): the kernels index in 64-bit integers,
 # and products of these must not overflow.
 MAX_INT = 2**31 - 1
+# The largest stride, padding or dilation of a convolution: a valid call samples within
+# H + 2·padding of the origin, and below 2**50 those positions are exact in the kernels' int64
+# and float64 arithmetic (a stride of 2**42 with a padding of 2**42 is a valid call).
+MAX_DISTANCE = 2**50
 # The most samples along one axis of a bin (sampling_ratio, sample_per_part, adaptive grids):
 # 256 × 256 samples a bin is far beyond any use, and a bound keeps a wrong argument from
 # starting hours of work.
 MAX_SAMPLES_PER_AXIS = 256
 
 
-def as_pair(value, name, minimum):
-    """(a, b) from an int or a pair of ints, each at least `minimum`."""
+def as_pair(value, name, minimum, maximum=MAX_INT):
+    """(a, b) from an int or a pair of ints, each in [minimum, maximum]."""
     if isinstance(value, numbers.Integral):
         pair = (int(value), int(value))
     elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
@@ -32,8 +36,8 @@ def as_pair(value, name, minimum):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if min(pair) < minimum:
         raise ValueError(f"{name} must be >= {minimum} in both directions, got {value!r}")
-    if max(pair) > MAX_INT:
-        raise ValueError(f"{name} must be <= {MAX_INT} in both directions, got {value!r}")
+    if max(pair) > maximum:
+        raise ValueError(f"{name} must be <= {maximum} in both directions, got {value!r}")
     return pair
 
 
@@ -102,12 +106,15 @@ def resolve_backend(backend, uses_cupy):
 def prepare(backend, xp, *arrays):
     """The backend that runs a validated call, and its arrays made C-contiguous (None stays
     None): kernels index flat memory, so transposed views and stride-0 broadcasts are
-    materialised first. Read-only arrays (memory-mapped files, say) are copied for the CUDA
-    simulator, which writes every argument back."""
+    materialised first. Read-only arrays (memory-mapped files, `broadcast_to` views, arrays
+    marked writeable=False) are copied once for the kernels: the CUDA simulator writes every
+    argument back, and the CPU kernels are compiled for writeable arrays (a read-only one would
+    need a compilation of its own, and a kernel that writes one of its arrays or reads it, as a
+    flag says, would not compile at all). The caller's array is never written."""
     backend = resolve_backend(backend, is_cupy(arrays[0]))
-    simulated_cuda = backend == "cuda" and xp is np
+    copy_read_only = backend != "reference" and xp is np
     return backend, [None if a is None else
-                     np.array(a) if simulated_cuda and not a.flags.writeable else contiguous(xp, a)
+                     np.array(a, order="C") if copy_read_only and not a.flags.writeable else contiguous(xp, a)
                      for a in arrays]
 
 
@@ -155,14 +162,15 @@ def as_real(value, name, positive=False):
     return float(value)
 
 
-def check_output_bytes(shape, itemsize, name):
+def check_output_bytes(shape, itemsize, name, set_by):
     """An output of `shape` fits in this machine's memory: an absurd size is a clear error here
-    rather than a MemoryError, or hours of work, later."""
+    rather than a MemoryError, or hours of work, later. `set_by` names the arguments that set
+    the shape, for the message."""
     size = math.prod(int(extent) for extent in shape) * itemsize
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if size > memory:
         raise ValueError(f"{name} would have shape {tuple(shape)}, {size:.3g} bytes, more than this "
-                         f"machine's {memory:.3g} bytes of memory: check the arguments that set it")
+                         f"machine's {memory:.3g} bytes of memory: check {set_by}")
 
 
 def check_rois(xp, rois, batch_size):

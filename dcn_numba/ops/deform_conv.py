@@ -9,7 +9,7 @@ vectorised) or dcn_numba.kernels.deform_conv ("cpu", "cuda").
 """
 
 from dcn_numba.runtime.arrays import array_module
-from dcn_numba.ops.checks import (as_pair, check_float_dtypes, check_grad_output, check_ndim,
+from dcn_numba.ops.checks import (MAX_DISTANCE, as_pair, check_float_dtypes, check_grad_output, check_ndim,
                                   check_output_bytes, check_shape, prepare)
 from dcn_numba.kernels import deform_conv as kernels
 from dcn_numba.reference import deform_conv_vectorised as reference
@@ -35,9 +35,9 @@ def _validate(input, offset, weight, bias, stride, padding, dilation, mask, grad
              ("mask", mask), ("grad_output", grad_output)]
     xp = array_module(*(array for _, array in named))
     check_float_dtypes(named)
-    stride = as_pair(stride, "stride", 1)
-    padding = as_pair(padding, "padding", 0)
-    dilation = as_pair(dilation, "dilation", 1)
+    stride = as_pair(stride, "stride", 1, MAX_DISTANCE)
+    padding = as_pair(padding, "padding", 0, MAX_DISTANCE)
+    dilation = as_pair(dilation, "dilation", 1, MAX_DISTANCE)
 
     B, C_in, H, W = input.shape
     C_out, group_channels, kh, kw = weight.shape
@@ -59,7 +59,8 @@ def _validate(input, offset, weight, bias, stride, padding, dilation, mask, grad
             f"input of size {H}×{W} gives an empty output of size {H_out}×{W_out} for a {kh}×{kw} kernel "
             f"with stride {stride}, padding {padding} and dilation {dilation}; expected at least 1×1"
         )
-    check_output_bytes((B, C_out, H_out, W_out), input.itemsize, "the output")
+    check_output_bytes((B, C_out, H_out, W_out), input.itemsize, "the output",
+                       "input's batch and size, weight's C_out, stride, padding and dilation")
     K = kh * kw
     offset_channels = offset.shape[1]
     if offset_channels == 0 or offset_channels % (2 * K) != 0:
@@ -110,6 +111,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     stride, padding, dilation: an int or an (h, w) pair. NaN or infinite offsets give NaN outputs.
     backend: "reference", "cpu" or "cuda"; None picks "cuda" for CuPy arrays and "cpu" for NumPy ones.
     Float32 or float64, all arrays of one kind and dtype; the output is of that kind and dtype.
+    Read-only NumPy arrays are copied once before the kernels run (`checks.prepare`).
     """
     xp, stride, padding, dilation = _validate(input, offset, weight, bias, stride, padding, dilation, mask)
     backend, (input, offset, weight, bias, mask) = prepare(

@@ -56,7 +56,8 @@ def _validate(input, rois, trans, spatial_scale, output_dim, group_size, pooled_
         )
     check_rois(xp, rois, B)
     N = rois.shape[0]
-    check_output_bytes((N, output_dim, pooled_size, pooled_size), input.itemsize, "the output")
+    check_output_bytes((N, output_dim, pooled_size, pooled_size), input.itemsize, "the output",
+                       "pooled_size, output_dim and the number of rois")
     if trans is not None:
         classes_times_two = trans.shape[1]
         if classes_times_two == 0 or classes_times_two % 2 or output_dim % (classes_times_two // 2):
@@ -110,6 +111,7 @@ def deform_psroi_pool(input, rois, trans=None, spatial_scale=1.0, output_dim=Non
     infinite trans give NaN outputs.
     backend: "reference", "cpu" or "cuda"; None picks "cuda" for CuPy arrays and "cpu" for NumPy ones.
     Float32 or float64, all arrays of one kind and dtype; the output is of that kind and dtype.
+    Read-only NumPy arrays are copied once before the kernels run (`checks.prepare`).
     """
     xp, parameters = _validate(input, rois, trans, spatial_scale, output_dim, group_size,
                                pooled_size, part_size, sample_per_part, trans_std)

@@ -38,7 +38,8 @@ def _validate(input, rois, offset, output_size, spatial_scale, sampling_ratio, g
     check_rois(xp, rois, B)
     check_adaptive_grid(xp, rois, parameters[1], output_size, parameters[2])
     N = rois.shape[0]
-    check_output_bytes((N, C, *output_size), input.itemsize, "the output")
+    check_output_bytes((N, C, *output_size), input.itemsize, "the output",
+                       "output_size, the number of rois and input's channels")
     if offset is not None:
         check_shape(offset, "offset", (N, 2, *output_size),
                     "(N, 2, PH, PW): one (dx, dy) pair per bin, x first, N from rois, (PH, PW) = output_size")
@@ -81,6 +82,7 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0, 
     offsets give NaN outputs.
     backend: "reference", "cpu" or "cuda"; None picks "cuda" for CuPy arrays and "cpu" for NumPy ones.
     Float32 or float64, all arrays of one kind and dtype; the output is of that kind and dtype.
+    Read-only NumPy arrays are copied once before the kernels run (`checks.prepare`).
     """
     xp, parameters = _validate(input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma)
     backend, (input, rois, offset) = prepare(backend, xp, input, rois, offset)

@@ -7,12 +7,17 @@ Every variant of `detector.Detector` (head 2fc or rfcn; deformable convolution i
 not; deformable RoI pooling or not) trains on the same canvases for the same number of steps,
 from the same seed, and is scored on the same test canvases (`canvases.make_canvases`, train
 canvases from the training digits, test canvases from the test digits, each from a fixed seed).
-A run writes to --out: per variant its weights (<variant>.npz) and test detections
-(detections_<variant>.json), the test ground truth once (ground_truth.json), and metrics.json
-(per variant: map50 and map70, VOC 11-point, as fractions; the all-point and COCO AP; parameter
-count; seconds per test image; settings and the loss history); and, when a deformable R-FCN variant
-was trained, the part-offsets figure (part_offsets.png). With --seeds, each seed runs into
-<out>/seed<n> and --table gets the mean ± standard deviation over the seeds.
+--out is one run (`dcn_numba.runs.outputs`): a folder holding another run is refused unless
+--resume continues it (from its checkpoint, saved at most every --checkpoint-seconds and after
+each variant; the result is the one an uninterrupted run gives) or --overwrite replaces it. Every
+file is written to a temporary name and renamed into place: per variant its weights
+(<variant>.npz) and test detections (detections_<variant>.json), the test ground truth once
+(ground_truth.json), when a deformable R-FCN variant was trained the part-offsets figure
+(part_offsets.png), and, last, metrics.json, the mark of a finished run (per variant: map50 and
+map70, VOC 11-point, as fractions; the all-point and COCO AP; parameter count; seconds per test
+image; settings and the loss history). With --seeds, each seed is a run in <out>/seed<n> and
+--table gets the mean ± standard deviation over the seeds; every folder and the table's path are
+checked before any seed trains.
 
 It runs on the CPU kernels (RoI sampling and NMS are NumPy on the host). `make detect` runs it with
 one Numba and one BLAS thread (NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1), which on the shared
@@ -20,11 +25,9 @@ one Numba and one BLAS thread (NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1), whic
 """
 
 import argparse
-import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import numba
 import numpy as np
@@ -33,13 +36,16 @@ from tqdm.auto import tqdm
 from dcn_numba.apps.detection import viz as detection_viz
 from dcn_numba.engine.autograd import Tensor
 from dcn_numba.data.canvases import make_canvases
-from dcn_numba.runtime.settings import keep_freed_memory
+from dcn_numba.runtime.settings import keep_freed_memory, single_threaded_blas
 from dcn_numba.data.mnist import load_mnist
 from dcn_numba.apps.detection.detector import Detector, anchor_grid, batch_rois, detect, detection_loss, sample_rois
 from dcn_numba.apps.detection.evaluation import detection_metrics
-from dcn_numba.apps.mnist.experiment import with_seeds
 from dcn_numba.engine.optim import Adam, CosineSchedule
-from dcn_numba.apps.mnist.train import positive_float, positive_int, seed_int
+from dcn_numba.runs.checkpoint import CHECKPOINT, Checkpoint, Checkpoints, capture, restore
+from dcn_numba.runs.options import (add_output_options, check_fits_in_memory, positive_float, positive_int,
+                                    run_settings, seed_int, with_seeds)
+from dcn_numba.runs.outputs import (MARKER, OutputError, check_output_file, check_output_folder, open_run,
+                                    write_atomically)
 
 VARIANTS = {
     f"{head}{suffix}": dict(head=head, deformable_conv=conv, deformable_roi=roi)
@@ -53,9 +59,11 @@ DEFAULT_VARIANTS = ["2fc", "2fc_droi", "rfcn", "rfcn_droi"]
 TRAIN_CANVAS_SEED = 11
 TEST_CANVAS_SEED = 12
 CANVAS_SIZE = 64
+CANVAS_BYTES = CANVAS_SIZE * CANVAS_SIZE * 4  # one float32 canvas
+COMMAND = "python -m dcn_numba.detect"
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m dcn_numba.detect",
         description="Train toy detectors on digit canvases with and without deformable convolution "
@@ -76,44 +84,78 @@ def parse_args(argv=None):
                         help="run once per seed into <out>/seed<n> and tabulate mean ± std")
     parser.add_argument("--table", default=None, help="markdown file for the table (with --seeds)")
     parser.add_argument("--data", default=None, help="folder of MNIST IDX files (default: the embedded digits)")
-    parser.add_argument("--out", default="runs/detect", help="output folder")
+    add_output_options(parser, default="runs/detect")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if "all" in args.variants:
         args.variants = list(VARIANTS)
     if args.table is not None and args.seeds is None:
         parser.error("--table needs --seeds (the table is the mean ± std over seeds)")
+    for option, count in (("--train-canvases", args.train_canvases), ("--test-canvases", args.test_canvases)):
+        check_fits_in_memory(parser, option, count, CANVAS_BYTES, f"{CANVAS_SIZE}×{CANVAS_SIZE} float32 canvases")
     return args
 
 
-def training_batches(train, args, anchors, rng):
-    """(images, RoI rows, labels, box targets) of each training step: canvases drawn without
-    replacement (reshuffled each pass), RoIs sampled per canvas from the anchors and its
-    ground-truth boxes."""
-    order = np.array([], dtype=np.int64)
-    for _ in range(args.steps):
-        if len(order) < args.batch_size:
-            order = np.concatenate([order, rng.permutation(len(train.images))])
-        chosen, order = order[:args.batch_size], order[args.batch_size:]
-        rois, labels, targets = [], [], []
-        for n in chosen:
-            candidates = np.concatenate([anchors, train.boxes[n]])
-            r, l, t = sample_rois(candidates, train.boxes[n], train.labels[n], args.rois_per_image, rng)
-            rois.append(r)
-            labels.append(l)
-            targets.append(t)
-        yield train.images[chosen], batch_rois(rois), np.concatenate(labels), np.concatenate(targets)
+def run_identity(args):
+    """The settings that define one seed's run (what --resume must find again)."""
+    return {name: value for name, value in run_settings(args).items() if name not in ("seeds", "table")}
 
 
-def train_variant(variant, train, anchors, args):
-    """Train one variant; returns the detector and its loss history."""
+def load_data(args):
+    """MNIST from args.data; a folder that cannot be read exits with an error naming --data."""
+    try:
+        return load_mnist(args.data)
+    except (OSError, ValueError) as error:
+        build_parser().error(f"--data {args.data}: {error}")
+
+
+def training_batch(train, args, anchors, rng, order):
+    """(images, RoI rows, labels, box targets) of one training step, and the canvases left in
+    `order`: canvases drawn without replacement (reshuffled when fewer than a batch are left),
+    RoIs sampled per canvas from the anchors and its ground-truth boxes."""
+    if len(order) < args.batch_size:
+        order = np.concatenate([order, rng.permutation(len(train.images))])
+    chosen, order = order[:args.batch_size], order[args.batch_size:]
+    rois, labels, targets = [], [], []
+    for n in chosen:
+        candidates = np.concatenate([anchors, train.boxes[n]])
+        r, l, t = sample_rois(candidates, train.boxes[n], train.labels[n], args.rois_per_image, rng)
+        rois.append(r)
+        labels.append(l)
+        targets.append(t)
+    return (train.images[chosen], batch_rois(rois), np.concatenate(labels), np.concatenate(targets)), order
+
+
+def train_variant(variant, train, anchors, args, checkpoints=None, done=None):
+    """Train one variant; returns the detector and its loss history.
+
+    With `checkpoints` (runs.checkpoint.Checkpoints) the training state is saved at most every
+    args.checkpoint_seconds, together with `done` (the metrics of the variants finished before),
+    and a saved state of this variant is continued from: the result is the uninterrupted one."""
     detector = Detector(**VARIANTS[variant], seed=args.seed)
     optimizer = Adam(detector.parameters(), lr=args.lr)
     schedule = CosineSchedule(optimizer, args.steps, warmup_steps=min(50, args.steps // 10))
     rng = np.random.default_rng(args.seed)
     history = {"loss": [], "classification_loss": [], "box_loss": []}
-    progress = tqdm(total=args.steps, desc=f"{variant:>11}", unit="step")
+    order = np.array([], dtype=np.int64)  # the canvases still to draw before the next reshuffle
+    saved = checkpoints.load() if checkpoints is not None else None
+    if saved is not None and saved.values["command"].get("variant") == variant:
+        arrays, values = restore(saved, detector, optimizer, schedule, rng)
+        history, order = values["history"], arrays["order"]
+
+    def save(force=False):
+        if checkpoints is not None:
+            values = dict(done=done or {}, variant=variant, history=history)
+            checkpoints.save(lambda: capture(detector, optimizer, schedule, rng, {"order": order}, values), force)
+
+    progress = tqdm(total=args.steps, initial=len(history["loss"]), desc=f"{variant:>11}", unit="step")
     detector.train()
-    for images, rois, labels, targets in training_batches(train, args, anchors, rng):
+    while len(history["loss"]) < args.steps:
+        (images, rois, labels, targets), order = training_batch(train, args, anchors, rng, order)
         schedule.step()
         logits, deltas = detector(Tensor(images), rois)
         loss, classification, box = detection_loss(logits, deltas, labels, targets)
@@ -123,9 +165,11 @@ def train_variant(variant, train, anchors, args):
         history["loss"].append(loss.item())
         history["classification_loss"].append(classification.item())
         history["box_loss"].append(0.0 if box is None else box.item())
+        save()
         progress.set_postfix(loss=f"{history['loss'][-1]:.3f}", refresh=False)
         progress.update()
     progress.close()
+    save(force=True)
     return detector, history
 
 
@@ -153,26 +197,38 @@ def evaluate(detector, test, anchors, batch_size=10):
     return records, seconds / len(test.images)
 
 
-def run(args):
-    """Train and evaluate every variant of args on one seed; write to args.out; returns metrics."""
-    mnist = load_mnist(args.data)
+def run(args, folder=None):
+    """Train and evaluate every variant of args on one seed into the run folder args.out (or
+    `folder`, a Run the caller opened); returns the metrics. A finished run resumed is read back."""
+    folder = folder or open_run(args.out, COMMAND, run_identity(args), args.resume, args.overwrite)
+    if folder.finished:
+        return folder.metrics()
+    # The engine holds BLAS to one thread from its first deformable kernel on; holding it from the
+    # first step makes every product of every variant, resumed or not, the same one.
+    single_threaded_blas()
+    mnist = load_data(args)
     train = make_canvases(mnist.train, args.train_canvases, TRAIN_CANVAS_SEED, CANVAS_SIZE)
     test = make_canvases(mnist.test, args.test_canvases, TEST_CANVAS_SEED, CANVAS_SIZE)
     anchors = anchor_grid(CANVAS_SIZE)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    checkpoints = Checkpoints(folder, args.checkpoint_seconds)
+    saved = checkpoints.load()
+    done = dict(saved.values["command"]["done"]) if saved is not None else {}
     ground_truth = ground_truth_records(test)
-    (out / "ground_truth.json").write_text(json.dumps(ground_truth))
+    folder.write_json("ground_truth.json", ground_truth, indent=None)
     metrics, detectors = {}, {}
     for variant in args.variants:
+        if variant in done:  # trained and evaluated before the run was interrupted
+            detectors[variant] = Detector(**VARIANTS[variant], seed=args.seed).load(folder.folder / f"{variant}.npz")
+            metrics[variant] = done[variant]
+            continue
         began = time.perf_counter()
-        detector, history = train_variant(variant, train, anchors, args)
+        detector, history = train_variant(variant, train, anchors, args, checkpoints, done)
         training_seconds = time.perf_counter() - began
-        detector.save(out / f"{variant}.npz")
+        detector.save(folder.file(f"{variant}.npz"))
         detections, seconds_per_image = evaluate(detector, test, anchors)
-        (out / f"detections_{variant}.json").write_text(json.dumps(detections))
+        folder.write_json(f"detections_{variant}.json", detections, indent=None)
         detectors[variant] = detector
-        metrics[variant] = dict(
+        metrics[variant] = done[variant] = dict(
             detection_metrics(detections, ground_truth),
             **VARIANTS[variant],
             params=int(detector.num_parameters()),
@@ -182,11 +238,13 @@ def run(args):
             seed=args.seed, train_canvases=args.train_canvases, test_canvases=args.test_canvases,
             test_digits=len(ground_truth), anchors=len(anchors), history=history,
         )
+        checkpoints.save(lambda: Checkpoint({}, dict(command=dict(done=done))), force=True)
         print(f"{variant}: mAP@0.5 {metrics[variant]['map50']:.3f}  mAP@0.7 {metrics[variant]['map70']:.3f}")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     deformable_rfcn = [v for v in detectors if VARIANTS[v]["head"] == "rfcn" and VARIANTS[v]["deformable_roi"]]
     if deformable_rfcn:
-        detection_viz.plot_part_offsets(detectors[deformable_rfcn[-1]], test, anchors, out / "part_offsets.png")
+        folder.write("part_offsets.png", lambda file: detection_viz.plot_part_offsets(
+            detectors[deformable_rfcn[-1]], test, anchors, file))
+    folder.finish(metrics, leftovers=[CHECKPOINT])
     return metrics
 
 
@@ -246,24 +304,43 @@ def markdown_table(runs, command):
     return "\n".join(lines) + "\n"
 
 
+def open_seed_runs(args):
+    """{seed: Run} of every seed of --seeds, each in <out>/seed<n>, all checked before any trains."""
+    out = check_output_folder(args.out, "--out")
+    if (out / MARKER).is_file():
+        raise OutputError(f"--out {out} holds a run of one seed; with --seeds each seed is a run in "
+                          "<out>/seed<n>: choose another --out")
+    runs = {}
+    for seed in args.seeds:
+        if (out / f"seed{seed}").is_symlink():
+            raise OutputError(f"--out {out}: {out / f'seed{seed}'} is a symbolic link; each seed's run is "
+                              "written inside --out, never through a link")
+        args.seed = seed
+        runs[seed] = open_run(out / f"seed{seed}", COMMAND, run_identity(args), args.resume, args.overwrite)
+    return runs
+
+
 def main(argv=None):
     args = parse_args(argv)
     keep_freed_memory()
-    if args.seeds is None:
-        metrics = run(args)
-        print(format_table(metrics))
-        print(f"outputs in {args.out}/")
-        return
-    runs, root = {}, args.out
-    for seed in args.seeds:
-        args.seed, args.out = seed, f"{root}/seed{seed}"
-        runs[seed] = run(args)
-        print(f"seed {seed}\n{format_table(runs[seed])}")
-    if args.table is not None:
+    try:
+        if args.seeds is None:
+            metrics = run(args)
+            print(format_table(metrics))
+            print(f"outputs in {args.out}/")
+            return
+        table_path = None if args.table is None else check_output_file(args.table, "--table")
+        runs = {}
+        for seed, folder in open_seed_runs(args).items():
+            args.seed = seed
+            runs[seed] = run(args, folder)
+            print(f"seed {seed}\n{format_table(runs[seed])}")
+    except OutputError as error:
+        build_parser().error(str(error))
+    if table_path is not None:
         argv = sys.argv[1:] if argv is None else argv
         table = markdown_table(runs, " ".join(["python -m dcn_numba.detect", *argv]))
-        Path(args.table).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.table).write_text(table)
+        write_atomically(table_path, lambda file: file.write(table.encode()))
         print(table)
 
 

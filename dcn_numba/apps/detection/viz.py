@@ -12,6 +12,7 @@ of a digit the detector moved its bins to.
 
 import argparse
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from dcn_numba.engine.autograd import Tensor, no_grad
 from dcn_numba.data.canvases import make_canvases
 from dcn_numba.data.mnist import load_mnist
 from dcn_numba.apps.detection.detector import Detector, anchor_grid, batch_rois, detect, inclusive_rois
+from dcn_numba.runs.outputs import OutputError, check_output_file, write_atomically
 
 
 def part_bins(roi, trans, pooled_size, trans_std, spatial_scale):
@@ -108,6 +110,28 @@ def draw_bins(axis, bins, colour, style):
         axis.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=colour, ls=style, lw=1))
 
 
+def finished_run_settings(parser, run, variant):
+    """(the metrics entry of `variant`, the run's settings) of a finished detect run in the
+    folder `run`; anything else is a usage error naming --run and the file."""
+    path = run / "metrics.json"
+    if not path.is_file():
+        parser.error(f"--run {run}: no finished run there ({path} is missing; "
+                     f"python -m dcn_numba.detect --out {run} makes one)")
+    try:
+        metrics = json.loads(path.read_text())
+        settings = json.loads((run / "run.json").read_text())["settings"] if (run / "run.json").is_file() else {}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        parser.error(f"--run {run}: {path} or run.json is not the JSON a detect run writes ({error})")
+    if not isinstance(metrics, dict) or not isinstance(metrics.get(variant), dict):
+        listed = ", ".join(metrics) if isinstance(metrics, dict) else "none"
+        parser.error(f"--run {run}: {path} holds no variant {variant!r} (it holds {listed}); "
+                     f"train it with python -m dcn_numba.detect --variants {variant}")
+    missing = [key for key in ("seed", "test_canvases") if key not in metrics[variant]]
+    if missing:
+        parser.error(f"--run {run}: {path} gives {variant!r} no {', '.join(missing)}")
+    return metrics[variant], settings
+
+
 def main(argv=None):
     from dcn_numba.apps.detection import detect as command  # detect imports this module: import it only here
 
@@ -118,11 +142,22 @@ def main(argv=None):
                                                                     if s["head"] == "rfcn" and s["deformable_roi"]])
     parser.add_argument("--out", default="docs/part_offsets.png", help="PNG file to write")
     args = parser.parse_args(argv)
-    settings = json.loads((Path(args.run) / "metrics.json").read_text())[args.variant]
-    detector = Detector(**command.VARIANTS[args.variant], seed=settings["seed"])
-    detector.load(Path(args.run) / f"{args.variant}.npz")
-    test = make_canvases(load_mnist().test, settings["test_canvases"], command.TEST_CANVAS_SEED, command.CANVAS_SIZE)
-    shift = plot_part_offsets(detector, test, anchor_grid(command.CANVAS_SIZE), args.out)
+    try:
+        out = check_output_file(args.out, "--out")
+    except OutputError as error:
+        parser.error(str(error))
+    run = Path(args.run)
+    entry, settings = finished_run_settings(parser, run, args.variant)
+    detector = Detector(**command.VARIANTS[args.variant], seed=entry["seed"])
+    weights = run / f"{args.variant}.npz"
+    try:
+        detector.load(weights)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        parser.error(f"--run {run}: the weights {weights} cannot be loaded ({type(error).__name__}: {error})")
+    test = make_canvases(load_mnist(settings.get("data")).test, entry["test_canvases"], command.TEST_CANVAS_SEED,
+                         command.CANVAS_SIZE)
+    anchors = anchor_grid(command.CANVAS_SIZE)
+    shift = write_atomically(out, lambda file: plot_part_offsets(detector, test, anchors, file))
     print(f"{args.out}: mean bin shift {shift:.2f} px")
 
 

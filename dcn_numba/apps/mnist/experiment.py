@@ -18,8 +18,10 @@ per seed], "seeds": [...]}}, beside the other tables' entries.
 A table needs training runs, one per (setting, variant, seed), each the training command
 (`dcn_numba.train`, same options, same defaults) with one variant, in its own folder
 <runs>/<setting>/seed<n>/<variant>. A run whose metrics.json exists with the same settings is
-read, not repeated: the tables share their runs. Every number in a results file is measured by
-this command; the file says so, and how it was produced.
+read, not repeated: the tables share their runs. Each run folder is a run of the training command
+(`dcn_numba.runs.outputs`): --resume continues one that was interrupted, --overwrite replaces one
+made with other settings. Every number in a results file is measured by this command; the file
+says so, and how it was produced; the file is written atomically.
 """
 
 import argparse
@@ -40,6 +42,8 @@ from dcn_numba.data.mnist import scaled_digits, subset
 from dcn_numba.apps.mnist.models import MnistNet
 from dcn_numba.engine.optim import Adam
 from dcn_numba.apps.mnist.receptive_field import slope_and_ratio
+from dcn_numba.runs.options import mean_std, seed_int, with_seeds
+from dcn_numba.runs.outputs import OutputError, check_output_file, write_atomically
 
 # The runs each table reads: (setting, variant).
 TABLE_RUNS = {
@@ -79,7 +83,7 @@ def parse_args(argv=None):
                     "segmentation --help.",
     )
     parser.add_argument("table", choices=[*TABLE_RUNS, "all"])
-    parser.add_argument("--seeds", type=train.seed_int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=seed_int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--runs", default="runs/experiment", help="folder of the training runs")
     parser.add_argument("--docs", default="docs", help="folder the results files are written to")
     return parser.parse_known_args(argv)
@@ -123,19 +127,6 @@ def get_runs(options, train_argv, pairs, mnist):
                 metrics = train.run(args, mnist)[variant]
             runs.setdefault((setting, variant), {})[seed] = metrics
     return runs
-
-
-def mean_std(values, scale=100, digits=1):
-    """'mean ± std' (sample standard deviation; 0 for one value) of `values` × `scale`."""
-    values = scale * np.asarray(values, dtype=np.float64)
-    spread = values.std(ddof=1) if len(values) > 1 else 0.0
-    return f"{values.mean():.{digits}f} ± {spread:.{digits}f}"
-
-
-def with_seeds(values, scale=100, digits=1):
-    """`mean_std`, then every seed's value in parentheses."""
-    each = ", ".join(f"{scale * v:.{digits}f}" for v in values)
-    return f"{mean_std(values, scale, digits)} ({each})"
 
 
 def threads():
@@ -368,7 +359,7 @@ def write_figure(options, docs, mnist):
         weights = run_folder(options, "seen", variant, seed) / f"{variant}.npz"
         if weights.is_file():
             nets[f"{variant} (seed {seed})"] = MnistNet(**train.VARIANTS[variant]).load(weights)
-    viz.plot_sampling_locations(nets, mnist.test, "cpu", docs / FIGURE)
+    write_atomically(docs / FIGURE, lambda file: viz.plot_sampling_locations(nets, mnist.test, "cpu", file))
 
 
 def record_accuracies(runs, path):
@@ -383,7 +374,6 @@ def record_accuracies(runs, path):
 
 def write_table(table, options, train_argv, mnist, command):
     docs = Path(options.docs)
-    docs.mkdir(parents=True, exist_ok=True)
     if table == "complexity":
         text = complexity_table(command)
     else:
@@ -402,7 +392,7 @@ def write_table(table, options, train_argv, mnist, command):
             variants = [variant for _, variant in TABLE_RUNS[table]]
             text = ablation_table(runs, command, variants, ABLATION_INTROS[table])
         record_accuracies(runs, docs / ACCURACY_FILE)
-    (docs / TABLE_FILES[table]).write_text(text)
+    write_atomically(docs / TABLE_FILES[table], lambda file: file.write(text.encode()))
     print(text, flush=True)
 
 
@@ -421,11 +411,16 @@ def main(argv=None):
     keep_freed_memory()
     argv = sys.argv[1:] if argv is None else argv
     tables = [t for t in TABLE_RUNS] if options.table == "all" else [options.table]
-    mnist = train.load_data(train.parse_args(train_argv))
-    for table in tables:
-        rest = [a for a in argv if a != options.table]
-        command = " ".join(["python -m dcn_numba.experiment", table, *rest])
-        write_table(table, options, train_argv, mnist, command)
+    try:
+        for table in tables:
+            check_output_file(Path(options.docs) / TABLE_FILES[table], "--docs")
+        mnist = train.load_data(train.parse_args(train_argv))
+        for table in tables:
+            rest = [a for a in argv if a != options.table]
+            command = " ".join(["python -m dcn_numba.experiment", table, *rest])
+            write_table(table, options, train_argv, mnist, command)
+    except OutputError as error:
+        raise SystemExit(f"python -m dcn_numba.experiment: error: {error}") from None
 
 
 if __name__ == "__main__":

@@ -21,9 +21,13 @@ gets the same data, seed, schedule and number of steps. Each is then scored on e
 each of TEST_FACTORS, and the receptive field it learned is measured on `--spread-digits` test
 digits at each factor (`receptive_field.unit_spreads`).
 
-The run writes to --out: the weights of each variant (<variant>.npz), the training curves
-(training_curves.png), for deformable variants the paper's picture of the sampling points of three
-stacked layers (sampling_locations.png), and, last, metrics.json: per variant the accuracies
+--out is one run (`dcn_numba.runs.outputs`): a folder holding another run is refused unless
+--resume continues it (from its checkpoint, saved at most every --checkpoint-seconds and after
+each variant; the result is the one an uninterrupted run gives) or --overwrite replaces it. Every
+file is written to a temporary name and renamed into place: the weights of each variant
+(<variant>.npz), the training curves (training_curves.png), for deformable variants the paper's
+picture of the sampling points of three stacked layers (sampling_locations.png), and, last,
+metrics.json, the mark of a finished run: per variant the accuracies
 (`test_accuracy` on the setting's test digits, `plain_test_accuracy` on the test digits as
 shipped, `accuracy_by_scale`), the receptive field per factor (`receptive_field`, and for
 deformable variants `spread_by_scale`), parameter counts, seconds per epoch of training steps
@@ -32,11 +36,7 @@ the CUDA kernels when CuPy sees a GPU.
 """
 
 import argparse
-import json
-import math
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -45,11 +45,15 @@ from dcn_numba.engine import functional as F
 from dcn_numba.apps.mnist import viz
 from dcn_numba.runtime.arrays import gpu_available, to_device
 from dcn_numba.engine.autograd import Tensor, no_grad
-from dcn_numba.runtime.settings import keep_freed_memory
+from dcn_numba.runtime.settings import keep_freed_memory, single_threaded_blas
 from dcn_numba.data.mnist import Digits, load_mnist, scale_about_centre, scale_factors, scaled_digits, subset
 from dcn_numba.apps.mnist.models import MnistNet
 from dcn_numba.engine.optim import Adam, CosineSchedule
 from dcn_numba.apps.mnist.receptive_field import unit_spreads
+from dcn_numba.runs.checkpoint import CHECKPOINT, Checkpoint, Checkpoints, capture, restore
+from dcn_numba.runs.options import (add_output_options, positive_float, positive_int, run_settings,
+                                    seed_int)
+from dcn_numba.runs.outputs import OutputError, open_run
 
 VARIANTS = {
     "regular": dict(),
@@ -76,28 +80,7 @@ SETTINGS = {"seen": SCALE_RANGE, "unseen": 1.0, "seen-log": SCALE_RANGE}  # the 
 LOG_UNIFORM_SETTINGS = ("seen-log",)  # factors drawn log-uniformly: as many digits below ×1 as above
 
 
-def positive_int(text):
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def seed_int(text):
-    """argparse type: an integer >= 0 (NumPy's generators take no negative seeds)."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def positive_float(text):
-    """argparse type: a finite number > 0."""
-    value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
+COMMAND = "python -m dcn_numba.train"
 
 
 def build_parser():
@@ -125,7 +108,7 @@ def build_parser():
                         help="test digits per factor on which the receptive field is measured")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto: the GPU when CuPy sees one, else the CPU")
-    parser.add_argument("--out", default="runs/latest", help="output folder")
+    add_output_options(parser, default="runs/latest")
     return parser
 
 
@@ -148,11 +131,10 @@ def pick_device(name):
     return "cuda" if gpu_available() else "cpu"
 
 
-def batches(digits, batch_size, rng):
-    """(images, labels) of every batch of one epoch, in an order drawn from `rng`."""
-    order = rng.permutation(len(digits.labels))
-    for start in range(0, len(order), batch_size):
-        chosen = order[start:start + batch_size]
+def batches(digits, batch_size, order, start=0):
+    """(images, labels) of every batch of one epoch, digits taken in `order` from order[start]."""
+    for first in range(start, len(order), batch_size):
+        chosen = order[first:first + batch_size]
         yield digits.images[chosen], digits.labels[chosen]
 
 
@@ -188,9 +170,13 @@ def setting_test_digits(test, setting):
     return Digits(scale_about_centre(test.images, factors, CANVAS_SIZE), test.labels)
 
 
-def train_variant(variant, train, test, args, device):
+def train_variant(variant, train, test, args, device, checkpoints=None, done=None):
     """Train one variant in the setting args.setting; returns the net, its per-epoch training
-    seconds and its history (loss per step, accuracy on `test`, already on the canvas, per epoch)."""
+    seconds and its history (loss per step, accuracy on `test`, already on the canvas, per epoch).
+
+    With `checkpoints` (runs.checkpoint.Checkpoints) the training state is saved at most every
+    args.checkpoint_seconds, together with `done` (the metrics of the variants finished before),
+    and a saved state of this variant is continued from: the result is the uninterrupted one."""
     net = MnistNet(**VARIANTS[variant], seed=args.seed).to(device)
     optimizer = Adam(net.parameters(), lr=args.lr)
     steps_per_epoch = -(-len(train.labels) // args.batch_size)
@@ -198,13 +184,28 @@ def train_variant(variant, train, test, args, device):
     schedule = CosineSchedule(optimizer, total_steps, warmup_steps=min(50, total_steps // 10))
     # One generator per run draws the batch order and the scales: the same seed replays both.
     rng = np.random.default_rng(args.seed)
-    history = {"loss": [], "test_accuracy": []}
-    seconds = []
-    progress = tqdm(total=total_steps, desc=f"{variant:>16}", unit="step")
-    for _ in range(args.epochs):
+    # Where training stands: the epoch, its batch order, the next digit of that order.
+    progress = dict(epoch=0, position=0, history={"loss": [], "test_accuracy": []}, seconds=[])
+    order = None
+    saved = checkpoints.load() if checkpoints is not None else None
+    if saved is not None and saved.values["command"].get("variant") == variant:
+        arrays, values = restore(saved, net, optimizer, schedule, rng)
+        progress, order = values["progress"], arrays.get("order")
+
+    def save(force=False):
+        if checkpoints is not None:
+            arrays = {} if order is None else {"order": order}
+            values = dict(done=done or {}, variant=variant, progress=progress)
+            checkpoints.save(lambda: capture(net, optimizer, schedule, rng, arrays, values), force)
+
+    history = progress["history"]
+    bar = tqdm(total=total_steps, initial=len(history["loss"]), desc=f"{variant:>16}", unit="step")
+    while progress["epoch"] < args.epochs:
         net.train()
         start = time.perf_counter()
-        for images, labels in batches(train, args.batch_size, rng):
+        if order is None:
+            order = rng.permutation(len(train.labels))
+        for images, labels in batches(train, args.batch_size, order, progress["position"]):
             factors = setting_factors(len(labels), args.setting, int(rng.integers(2**32)))
             images = scale_about_centre(images, factors, CANVAS_SIZE)
             schedule.step()
@@ -213,13 +214,18 @@ def train_variant(variant, train, test, args, device):
             loss.backward()
             optimizer.step()
             history["loss"].append(loss.item())
-            progress.set_postfix(loss=f"{history['loss'][-1]:.3f}", refresh=False)
-            progress.update()
-        seconds.append(time.perf_counter() - start)
+            progress["position"] += len(labels)
+            save()
+            bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", refresh=False)
+            bar.update()
+        progress["seconds"].append(time.perf_counter() - start)
         history["test_accuracy"].append(accuracy(net, test, device))
-        progress.set_postfix(loss=f"{history['loss'][-1]:.3f}", test=f"{history['test_accuracy'][-1]:.3f}")
-    progress.close()
-    return net, seconds, history
+        progress.update(epoch=progress["epoch"] + 1, position=0)
+        order = None
+        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", test=f"{history['test_accuracy'][-1]:.3f}")
+    bar.close()
+    save(force=True)
+    return net, progress["seconds"], history
 
 
 def branch_parameters(net):
@@ -278,49 +284,47 @@ def variant_metrics(variant, net, seconds, history, train, test, args, device):
     return metrics
 
 
-def finite_or_none(value):
-    """`value` with every non-finite float replaced by None: JSON has no NaN or Infinity."""
-    if isinstance(value, dict):
-        return {key: finite_or_none(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_or_none(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json_atomically(data, path):
-    """Write `data` as strict JSON (NaN and Infinity as null) to a temporary file, then move it
-    onto `path`: a reader sees the old file or the whole new one, never a part."""
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(finite_or_none(data), indent=2, allow_nan=False))
-    os.replace(temporary, path)
-
-
 def run(args, mnist=None):
-    """Train every variant of `args`, write the outputs to args.out; returns the metrics dict.
+    """Train every variant of `args` into the run folder args.out; returns the metrics dict.
 
-    metrics.json is written last, once every other output is written: a run that fails
-    part-way leaves none (or the previous run's)."""
+    The folder is checked first (`runs.outputs.open_run`; an OutputError names --out), then the
+    data; metrics.json is written last, once every other output is written: a run that fails
+    part-way leaves none, and --resume continues it. A finished run resumed is read back."""
     device = pick_device(args.device)
+    # The device "auto" picked is part of the run: a run resumed elsewhere must not change it.
+    settings = dict(run_settings(args), device=device)
+    folder = open_run(args.out, COMMAND, settings, args.resume, args.overwrite)
+    if folder.finished:
+        return folder.metrics()
+    if device == "cpu":
+        # The engine holds BLAS to one thread from its first deformable kernel on; holding it from
+        # the first step makes every product of every variant, resumed or not, the same one (the
+        # thread count changes the rounding of a matrix product).
+        single_threaded_blas()
     mnist = load_data(args) if mnist is None else mnist
     train = subset(mnist.train, args.train_size, args.seed)
     test = subset(mnist.test, args.test_size, seed=0)
     setting_test = setting_test_digits(test, args.setting)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").unlink(missing_ok=True)
+    checkpoints = Checkpoints(folder, args.checkpoint_seconds)
+    saved = checkpoints.load()
+    done = dict(saved.values["command"]["done"]) if saved is not None else {}
     metrics, nets = {}, {}
     for variant in args.variants:
-        net, seconds, history = train_variant(variant, train, setting_test, args, device)
-        net.save(out / f"{variant}.npz")
+        if variant in done:  # trained and measured before the run was interrupted
+            nets[variant] = MnistNet(**VARIANTS[variant]).load(folder.folder / f"{variant}.npz").to(device)
+            metrics[variant] = done[variant]
+            continue
+        net, seconds, history = train_variant(variant, train, setting_test, args, device, checkpoints, done)
+        net.save(folder.file(f"{variant}.npz"))
         nets[variant] = net
-        metrics[variant] = variant_metrics(variant, net, seconds, history, train, test, args, device)
-    viz.plot_training_curves({v: m["history"] for v, m in metrics.items()}, out / "training_curves.png")
+        metrics[variant] = done[variant] = variant_metrics(variant, net, seconds, history, train, test, args,
+                                                           device)
+        checkpoints.save(lambda: Checkpoint({}, dict(command=dict(done=done))), force=True)
+    folder.write("training_curves.png",
+                 lambda file: viz.plot_training_curves({v: m["history"] for v, m in metrics.items()}, file))
     if any(VARIANTS[v].get("deformable") for v in nets):
-        viz.plot_sampling_locations(nets, test, device, out / "sampling_locations.png")
-    write_json_atomically(metrics, out / "metrics.json")
+        folder.write("sampling_locations.png", lambda file: viz.plot_sampling_locations(nets, test, device, file))
+    folder.finish(metrics, leftovers=[CHECKPOINT])
     return metrics
 
 
@@ -338,7 +342,10 @@ def format_table(metrics):
 def main(argv=None):
     args = parse_args(argv)
     keep_freed_memory()
-    metrics = run(args)
+    try:
+        metrics = run(args)
+    except OutputError as error:
+        build_parser().error(str(error))
     print(format_table(metrics))
     print(f"setting: {args.setting} scales; accuracy on the setting's test digits, then on every test "
           f"digit at each factor (canvas {CANVAS_SIZE}×{CANVAS_SIZE}); outputs in {args.out}/")

@@ -1,11 +1,14 @@
 """Every file the segmentation commands write goes through one of these functions, one per kind
-of file, so that how outputs are written (where, and how safely) is decided in one place."""
+of file, each written atomically (`dcn_numba.runs.outputs.write_atomically`: a temporary file in
+the same folder, renamed into place), so that a kill never leaves half a file."""
 
 import json
 import math
 from pathlib import Path
 
 import numpy as np
+
+from dcn_numba.runs.outputs import write_atomically
 
 
 def strict_json(value):
@@ -21,17 +24,19 @@ def strict_json(value):
 
 def write_json(path, data):
     """`data` as strict JSON (NaN as null), indented."""
-    Path(path).write_text(json.dumps(strict_json(data), indent=2, allow_nan=False) + "\n")
+    text = json.dumps(strict_json(data), indent=2, allow_nan=False) + "\n"
+    write_atomically(path, lambda file: file.write(text.encode()))
 
 
 def write_npz(path, arrays):
     """The arrays of the dict `arrays`, by name, compressed (.npz)."""
-    np.savez_compressed(path, **arrays)
+    write_atomically(path, lambda file: np.savez_compressed(file, **arrays))
 
 
 def write_text(path, text):
-    Path(path).write_text(text)
+    """`text`, UTF-8."""
+    write_atomically(path, lambda file: file.write(text.encode()))
 
 
 def write_figure(path, figure):
-    figure.savefig(path, dpi=110)
+    write_atomically(path, lambda file: figure.savefig(file, dpi=110, format=Path(path).suffix[1:]))

@@ -189,14 +189,14 @@ def test_dcnv3_gradients_match_finite_differences_in_a_random_direction(geometry
                                              parameters, "random")
 
 
-@pytest.mark.parametrize("changes", [
-    dict(),
-    dict(group=2, group_channels=1, remove_center=1, offset_scale=1.3, pad_h=0, pad_w=2),
-    dict(kernel_h=2, kernel_w=3, stride_h=2, dilation_w=2, offset_scale=0.7),
+@pytest.mark.parametrize("shape, changes", [
+    ((1, 2, 3), dict()),
+    ((1, 3, 2), dict(group=2, group_channels=1, remove_center=1, offset_scale=1.3, pad_h=0, pad_w=2)),
+    ((1, 3, 3), dict(kernel_h=2, kernel_w=3, stride_h=2, dilation_w=2, offset_scale=0.7)),
 ])
-def test_dcnv3_gradients_match_finite_differences_element_by_element(changes):
+def test_dcnv3_gradients_match_finite_differences_element_by_element(shape, changes):
     parameters = dict(UNIT, **changes)
-    call = random_call(np.random.default_rng(7), (1, 2, 3), parameters)
+    call = random_call(np.random.default_rng(7), shape, parameters)
     dcnv3_gradients_match_finite_differences(call, parameters, "elementwise")
 
 

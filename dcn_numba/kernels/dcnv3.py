@@ -36,13 +36,13 @@ from numba import cuda, prange
 
 from dcn_numba.kernels import dcnv3_math, sampling
 from dcn_numba.kernels._targets import (COUNT, FLAT, cpu_kernel, cuda_kernel, for_cuda, geometry_of,
-                                        run_cpu, run_cuda)
-from dcn_numba.kernels.dcnv3_math import (DCNv3Geometry, dcnv3_corner_index, dcnv3_padded_image,
-                                          dcnv3_sample_location, dcnv3_sample_number,
-                                          dcnv3_store_sample_gradient)
+                                        run_cpu, run_cuda, shared)
+from dcn_numba.kernels.dcnv3_math import (DCNv3Geometry, dcnv3_corner_index, dcnv3_output_coordinates,
+                                          dcnv3_padded_image, dcnv3_sample_location, dcnv3_sample_number,
+                                          dcnv3_store_sample_gradient, dcnv3_tap, in_data_type)
 # The bilinear mathematics of §1: the DCNv2 rule on a zero-padded channels-last image.
 from dcn_numba.kernels.sampling import (dcn_column_from_corners, dcn_input_gradient_term, dcn_locate,
-                                        dcn_offset_mask_terms, padded_corners)
+                                        dcn_offset_mask_terms)
 from dcn_numba.runtime.arrays import array_module
 
 # ---------------------------------------------------------------------------------------------
@@ -50,27 +50,50 @@ from dcn_numba.runtime.arrays import array_module
 # ---------------------------------------------------------------------------------------------
 
 
+@shared
+def corner_rows(padded, image, top_left, g, geometry):
+    """The four corners' values of group g's D channels of a located sample, as four contiguous
+    rows of the padded input (a sample that reads no pixel reads the image's first corners, in
+    bounds and meaningless, as `sampling.padded_corners` does). Row views start at index 0, so
+    Numba adds no negative-index wraparound to the loops over them, and they vectorise."""
+    top_left = max(top_left, 0)
+    D = geometry.group_channels
+    v00 = dcnv3_corner_index(image, top_left, 0, g * D, geometry)
+    v01 = dcnv3_corner_index(image, top_left, 1, g * D, geometry)
+    v10 = dcnv3_corner_index(image, top_left, 2, g * D, geometry)
+    v11 = dcnv3_corner_index(image, top_left, 3, g * D, geometry)
+    return padded[v00:v00 + D], padded[v01:v01 + D], padded[v10:v10 + D], padded[v11:v11 + D]
+
+
 @cpu_kernel
 def dcnv3_forward_cpu(n_positions, padded, offset, mask, output, geometry):
     """out[position, :] for the n_positions = N·H_out·W_out output positions: each sample's
-    location and corner weights, found once, serve the contiguous row of its group's channels."""
+    location and corner weights, found once, serve the contiguous row of its group's channels.
+    The taps are the outer loop, so that each tap's (i_x, i_y) is found once for all groups."""
     H, W, C, D = geometry.H, geometry.W, geometry.C, geometry.group_channels
     for position in prange(n_positions):
+        h, w = dcnv3_output_coordinates(position, geometry)
         image = dcnv3_padded_image(position // (geometry.H_out * geometry.W_out), geometry)
         totals = np.zeros(C, dtype=np.float64)
-        for g in range(geometry.group):
-            for p in range(geometry.taps):
-                p_y, p_x = dcnv3_sample_location(offset, position, g, p, geometry)
+        for p in range(geometry.taps):
+            i_x, i_y = dcnv3_tap(p, geometry)
+            for g in range(geometry.group):
+                sample = dcnv3_sample_number(position, g, p, geometry)
+                p_y, p_x = dcnv3_sample_location(offset, sample, h, w, i_x, i_y, geometry)
                 top_left, l_y, l_x = dcn_locate(p_y, p_x, H, W)
-                m = mask[dcnv3_sample_number(position, g, p, geometry)]
-                for c in range(g * D, (g + 1) * D):
-                    v00, v01, v10, v11 = padded_corners(padded, image + c, top_left, W, C)
-                    totals[c] += dcn_column_from_corners(v00, v01, v10, v11, l_y, l_x, top_left, m)
+                l_y, l_x = in_data_type(padded, l_y), in_data_type(padded, l_x)
+                m = mask[sample]
+                v00, v01, v10, v11 = corner_rows(padded, image, top_left, g, geometry)
+                group_totals = totals[g * D:(g + 1) * D]
+                for d in range(D):
+                    group_totals[d] += dcn_column_from_corners(v00[d], v01[d], v10[d], v11[d], l_y, l_x,
+                                                               top_left, m)
+        out = output[position * C:(position + 1) * C]
         for c in range(C):
-            output[position * C + c] = totals[c]
+            out[c] = totals[c]
 
 
-@cpu_kernel
+@cpu_kernel(reassociate=True)
 def dcnv3_backward_cpu(n_tasks, padded, offset, mask, grad_output, grad_padded, grad_offset,
                        grad_mask, geometry):
     """Every gradient of the n_tasks = N·G tasks (image n, group g): the offset and mask gradients
@@ -82,18 +105,22 @@ def dcnv3_backward_cpu(n_tasks, padded, offset, mask, grad_output, grad_padded, 
         n, g = task // geometry.group, task % geometry.group
         image = dcnv3_padded_image(n, geometry)
         for position in range(n * positions, (n + 1) * positions):
+            h, w = dcnv3_output_coordinates(position, geometry)
+            grad_row = grad_output[position * C + g * D:position * C + (g + 1) * D]
             for p in range(geometry.taps):
-                p_y, p_x = dcnv3_sample_location(offset, position, g, p, geometry)
-                top_left, l_y, l_x = dcn_locate(p_y, p_x, H, W)
+                i_x, i_y = dcnv3_tap(p, geometry)
                 sample = dcnv3_sample_number(position, g, p, geometry)
+                p_y, p_x = dcnv3_sample_location(offset, sample, h, w, i_x, i_y, geometry)
+                top_left, l_y, l_x = dcn_locate(p_y, p_x, H, W)
+                l_y, l_x = in_data_type(padded, l_y), in_data_type(padded, l_x)
                 m = mask[sample]
+                v00, v01, v10, v11 = corner_rows(padded, image, top_left, g, geometry)
                 total_y = 0.0
                 total_x = 0.0
                 total_m = 0.0
-                for c in range(g * D, (g + 1) * D):
-                    v00, v01, v10, v11 = padded_corners(padded, image + c, top_left, W, C)
-                    term_y, term_x, term_m = dcn_offset_mask_terms(v00, v01, v10, v11, l_y, l_x,
-                                                                   top_left, m, grad_output[position * C + c])
+                for d in range(D):
+                    term_y, term_x, term_m = dcn_offset_mask_terms(v00[d], v01[d], v10[d], v11[d], l_y, l_x,
+                                                                   top_left, m, grad_row[d])
                     total_y += term_y
                     total_x += term_x
                     total_m += term_m
@@ -102,9 +129,10 @@ def dcnv3_backward_cpu(n_tasks, padded, offset, mask, grad_output, grad_padded, 
                 if top_left < 0:
                     continue  # a sample that reads no pixel scatters nothing
                 for corner in range(4):
-                    for c in range(g * D, (g + 1) * D):
-                        grad_padded[dcnv3_corner_index(image, top_left, corner, c, geometry)] += \
-                            dcn_input_gradient_term(grad_output[position * C + c], m, l_y, l_x, corner)
+                    target = dcnv3_corner_index(image, top_left, corner, g * D, geometry)
+                    grad_pixel = grad_padded[target:target + D]
+                    for d in range(D):
+                        grad_pixel[d] += dcn_input_gradient_term(grad_row[d], m, l_y, l_x, corner)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,14 +151,17 @@ def dcnv3_forward_cuda(n_items, padded, offset, mask, output, geometry):
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
         position, c = index // C, index % C
         g = c // geometry.group_channels
+        h, w = gpu.dcnv3_output_coordinates(position, geometry)
         image = gpu.dcnv3_padded_image(position // (geometry.H_out * geometry.W_out), geometry)
         total = 0.0
         for p in range(geometry.taps):
-            p_y, p_x = gpu.dcnv3_sample_location(offset, position, g, p, geometry)
+            i_x, i_y = gpu.dcnv3_tap(p, geometry)
+            sample = gpu.dcnv3_sample_number(position, g, p, geometry)
+            p_y, p_x = gpu.dcnv3_sample_location(offset, sample, h, w, i_x, i_y, geometry)
             top_left, l_y, l_x = gpu_sampling.dcn_locate(p_y, p_x, H, W)
-            m = mask[gpu.dcnv3_sample_number(position, g, p, geometry)]
+            l_y, l_x = gpu.in_data_type(padded, l_y), gpu.in_data_type(padded, l_x)
             v00, v01, v10, v11 = gpu_sampling.padded_corners(padded, image + c, top_left, W, C)
-            total += gpu_sampling.dcn_column_from_corners(v00, v01, v10, v11, l_y, l_x, top_left, m)
+            total += gpu_sampling.dcn_column_from_corners(v00, v01, v10, v11, l_y, l_x, top_left, mask[sample])
         output[index] = total
 
 
@@ -142,11 +173,14 @@ def dcnv3_backward_cuda(n_items, padded, offset, mask, grad_output, grad_padded,
     H, W, C, D = geometry.H, geometry.W, geometry.C, geometry.group_channels
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
         position, g = index // geometry.group, index % geometry.group
+        h, w = gpu.dcnv3_output_coordinates(position, geometry)
         image = gpu.dcnv3_padded_image(position // (geometry.H_out * geometry.W_out), geometry)
         for p in range(geometry.taps):
-            p_y, p_x = gpu.dcnv3_sample_location(offset, position, g, p, geometry)
-            top_left, l_y, l_x = gpu_sampling.dcn_locate(p_y, p_x, H, W)
+            i_x, i_y = gpu.dcnv3_tap(p, geometry)
             sample = gpu.dcnv3_sample_number(position, g, p, geometry)
+            p_y, p_x = gpu.dcnv3_sample_location(offset, sample, h, w, i_x, i_y, geometry)
+            top_left, l_y, l_x = gpu_sampling.dcn_locate(p_y, p_x, H, W)
+            l_y, l_x = gpu.in_data_type(padded, l_y), gpu.in_data_type(padded, l_x)
             m = mask[sample]
             total_y = 0.0
             total_x = 0.0

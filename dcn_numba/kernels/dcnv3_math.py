@@ -86,18 +86,29 @@ def dcnv3_padded_image(n, geometry):
 
 
 @shared
-def dcnv3_sample_location(offset, position, g, p, geometry):
-    """(p_y, p_x) of tap p of group g at an output position (§3.3), its offset read x first.
+def dcnv3_output_coordinates(position, geometry):
+    """(h, w) of output position (n·H_out + h)·W_out + w."""
+    return position // geometry.W_out % geometry.H_out, position % geometry.W_out
+
+
+@shared
+def dcnv3_sample_location(offset, sample, h, w, i_x, i_y, geometry):
+    """(p_y, p_x) of sample s, tap (i_x, i_y) at output (h, w) (§3.3), its offset read x first.
     Locations are computed in float64 whatever the data's type."""
-    w = position % geometry.W_out
-    h = position // geometry.W_out % geometry.H_out
-    i_x, i_y = dcnv3_tap(p, geometry)
-    sample = dcnv3_sample_number(position, g, p, geometry)
     p_x = dcnv3_location(w, geometry.stride_w, geometry.pad_w, geometry.kernel_w, geometry.dilation_w,
                          i_x, offset[2 * sample], geometry.offset_scale)
     p_y = dcnv3_location(h, geometry.stride_h, geometry.pad_h, geometry.kernel_h, geometry.dilation_h,
                          i_y, offset[2 * sample + 1], geometry.offset_scale)
     return p_y, p_x
+
+
+@shared
+def in_data_type(data, value):
+    """`value` in the dtype of the array `data`. Locations are float64, but a float32 call's
+    interpolation weights l_y, l_x are rounded to float32, so that its per-channel arithmetic stays
+    in float32 (float64 weights would promote every product and halve the width of the CPU's
+    vector loops), as the deformable convolution's located tables do."""
+    return data.dtype.type(value)
 
 
 @shared

@@ -257,32 +257,53 @@ def grouped_softmax_backward(grad_mask, probabilities, group):
     return softmax_backward(grad_mask.reshape(shape), probabilities.reshape(shape)).reshape(grad_mask.shape)
 
 
+def dcnv4_through(dcnv3_function, input, offset_mask, parameters, softmax):
+    """DCNv4 computed by any implementation of DCNv3, `dcnv3_function(input, offset, mask,
+    *parameters)`: DCNv3 on the unpacked offset_mask, its mask first normalised over each
+    group's taps when softmax. The reference below and the kernels' path share it."""
+    offset, mask = unpack_offset_mask(offset_mask, parameters.group, taps_of(parameters))
+    if softmax:
+        mask = grouped_softmax(mask, parameters.group)
+    return dcnv3_function(input, offset, mask, *parameters)
+
+
+def dcnv4_backward_through(dcnv3_backward_function, grad_output, input, offset_mask, parameters,
+                           softmax):
+    """(grad_input, grad_offset_mask) of DCNv4 from any implementation of DCNv3's backward:
+    DCNv3's gradients packed like offset_mask (the padding 0), the mask's gradient taken back
+    through the softmax when softmax."""
+    offset, mask = unpack_offset_mask(offset_mask, parameters.group, taps_of(parameters))
+    if softmax:
+        mask = grouped_softmax(mask, parameters.group)
+    grad_input, grad_offset, grad_mask = dcnv3_backward_function(grad_output, input, offset, mask,
+                                                                 *parameters)
+    if softmax:
+        grad_mask = grouped_softmax_backward(grad_mask, mask, parameters.group)
+    return grad_input, pack_offset_mask(grad_offset, grad_mask, parameters.group, offset_mask.shape[3])
+
+
+def taps_of(parameters):
+    """P = kh·kw − remove_center."""
+    return parameters.kernel_h * parameters.kernel_w - parameters.remove_center
+
+
 def dcnv4(input, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
           dilation_w, group, group_channels, offset_scale, remove_center, softmax):
-    """DCNv3 on the unpacked offset_mask, its mask first normalised per group when softmax."""
-    P = kernel_h * kernel_w - remove_center
-    offset, mask = unpack_offset_mask(offset_mask, group, P)
-    if softmax:
-        mask = grouped_softmax(mask.astype(np.float64), group)
-    return dcnv3(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                 dilation_h, dilation_w, group, group_channels, offset_scale,
-                 remove_center).astype(input.dtype)
+    """DCNv4's forward (§3.4), in float64: `dcnv4_through` the reference DCNv3."""
+    parameters = Parameters(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                            dilation_w, group, group_channels, offset_scale, remove_center)
+    input64, offset_mask = as_float64(input, offset_mask)
+    return dcnv4_through(dcnv3, input64, offset_mask, parameters, softmax).astype(input.dtype)
 
 
 def dcnv4_backward(grad_output, input, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h,
                    pad_w, dilation_h, dilation_w, group, group_channels, offset_scale,
                    remove_center, softmax):
-    """(grad_input, grad_offset_mask): DCNv3's gradients packed like offset_mask (the padding 0),
-    the mask's gradient taken back through the softmax when softmax."""
-    P = kernel_h * kernel_w - remove_center
-    offset, mask = unpack_offset_mask(offset_mask.astype(np.float64), group, P)
-    if softmax:
-        mask = grouped_softmax(mask, group)
-    grad_input, grad_offset, grad_mask = dcnv3_backward(
-        grad_output, input.astype(np.float64), offset, mask, kernel_h, kernel_w, stride_h,
-        stride_w, pad_h, pad_w, dilation_h, dilation_w, group, group_channels, offset_scale,
-        remove_center)
-    if softmax:
-        grad_mask = grouped_softmax_backward(grad_mask, mask, group)
-    grad_offset_mask = pack_offset_mask(grad_offset, grad_mask, group, offset_mask.shape[3])
+    """(grad_input, grad_offset_mask) of DCNv4 (§3.5), in float64: `dcnv4_backward_through` the
+    reference DCNv3."""
+    parameters = Parameters(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                            dilation_w, group, group_channels, offset_scale, remove_center)
+    grad_output64, input64, offset_mask = as_float64(grad_output, input, offset_mask)
+    grad_input, grad_offset_mask = dcnv4_backward_through(dcnv3_backward, grad_output64, input64,
+                                                          offset_mask, parameters, softmax)
     return grad_input.astype(input.dtype), grad_offset_mask.astype(input.dtype)

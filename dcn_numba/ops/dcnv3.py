@@ -19,6 +19,10 @@ from dcn_numba.ops.checks import (as_int, as_real, check_float_dtypes, check_gra
                                   check_output_bytes, check_shape, prepare)
 from dcn_numba.ops.deform_conv import output_size
 from dcn_numba.reference import dcnv3 as reference
+# What the layers above need of the specification besides the operators: the parameters' tuple,
+# DCNv4's row width and the softmax of a group's taps (one definition each, in the reference).
+from dcn_numba.reference.dcnv3 import (Parameters, pad8, softmax as softmax_over_axis,  # noqa: F401
+                                       softmax_backward as softmax_over_axis_backward)
 from dcn_numba.runtime.arrays import array_module
 
 INPUT_LAYOUT = "(N, H, W, C), channels last"
@@ -65,7 +69,7 @@ def _parameters(input, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dil
             f"{kernel_h}×{kernel_w} kernel with stride ({stride_h}, {stride_w}), pad ({pad_h}, {pad_w}) "
             f"and dilation ({dilation_h}, {dilation_w}); expected at least 1×1")
     check_output_bytes((N, H_out, W_out, C), input.itemsize, "the output")
-    parameters = reference.Parameters(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+    parameters = Parameters(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
                                       dilation_w, group, group_channels, offset_scale, remove_center)
     return parameters, (H_out, W_out)
 
@@ -115,7 +119,7 @@ def _validate_dcnv4(input, offset_mask, parameter_values, softmax, grad_output=N
         named.append(("grad_output", grad_output))
     xp = array_module(*(array for _, array in named))
     check_float_dtypes(named)
-    width = reference.pad8(3 * parameters.group * reference.taps_of(parameters))
+    width = pad8(3 * parameters.group * reference.taps_of(parameters))
     check_shape(offset_mask, "offset_mask", (input.shape[0], *output_shape, width),
                 f"N, H_out, W_out, pad8(3·group·P), 3·group·P rounded up to a multiple of 8, with "
                 f"{_sizes(input, parameters, output_shape)}")

@@ -196,8 +196,8 @@ def test_dcnv4_computes_the_published_layer_from_a_loaded_state(dw, center_featu
     rng = np.random.default_rng(5)
     layer = DCNv4(channels=8, group=2, dw_kernel_size=3 if dw else None, center_feature_scale=center_feature_scale,
                   rng=rng).to(dtype=np.float64)
-    state = synthetic_state(published_dcnv4_shapes(8, 2, dk=3 if dw else None, center_feature_scale=center_feature_scale),
-                            rng, small=("offset_mask.weight", "offset_mask.bias"))
+    shapes = published_dcnv4_shapes(8, 2, dk=3 if dw else None, center_feature_scale=center_feature_scale)
+    state = synthetic_state(shapes, rng, small=("offset_mask.weight", "offset_mask.bias"))
     layer.load_state_dict(state)
     input = rng.standard_normal((2, 5 * 4, 8))
     output = layer(Tensor(input), shape=(5, 4)).data

@@ -115,21 +115,26 @@ def test_the_valid_calls_run():
 
 
 @pytest.mark.parametrize("changes, error, message", [
-    (dict(input=np.zeros((4, 5, 4))), ValueError, r"input must have 4 dimensions \(N, H, W, C\), channels last, got shape \(4, 5, 4\)"),
-    (dict(input=np.zeros((2, 4, 5, 5))), ValueError, r"input has C = 5 channels .*expected group·group_channels = 2·2 = 4"),
-    (dict(group_channels=None, input=np.zeros((2, 4, 5, 5))), ValueError, r"C = 5 channels, which group = 2 does not divide"),
+    (dict(input=np.zeros((4, 5, 4))), ValueError,
+     r"input must have 4 dimensions \(N, H, W, C\), channels last, got shape \(4, 5, 4\)"),
+    (dict(input=np.zeros((2, 4, 5, 5))), ValueError,
+     r"input has C = 5 channels .*expected group·group_channels = 2·2 = 4"),
+    (dict(group_channels=None, input=np.zeros((2, 4, 5, 5))), ValueError,
+     r"C = 5 channels, which group = 2 does not divide"),
     (dict(offset=np.zeros((2, 4, 5, 35))), ValueError,
      r"offset has shape \(2, 4, 5, 35\), expected \(2, 4, 5, 36\) \(N, H_out, W_out, group·P·2 with N = 2, "
      r"H_out×W_out = 4×5, group = 2, P = kernel_h·kernel_w − remove_center = 9\)"),
     (dict(mask=np.zeros((2, 4, 5, 9))), ValueError, r"mask has shape \(2, 4, 5, 9\), expected \(2, 4, 5, 18\)"),
     (dict(remove_center=True), ValueError, r"offset has shape \(2, 4, 5, 36\), expected \(2, 4, 5, 32\) .*P = .* = 8"),
-    (dict(kernel_h=2, remove_center=True), ValueError, r"remove_center needs odd kernel_h and kernel_w .*got a 2×3 kernel"),
+    (dict(kernel_h=2, remove_center=True), ValueError,
+     r"remove_center needs odd kernel_h and kernel_w .*got a 2×3 kernel"),
     (dict(remove_center=2), TypeError, r"remove_center must be a bool \(or the int 0 or 1\), got 2"),
     (dict(kernel_w=0), ValueError, r"kernel_w must be >= 1, got 0"),
     (dict(stride_h=1.5), TypeError, r"stride_h must be an int, got 1.5"),
     (dict(pad_w=-1), ValueError, r"pad_w must be >= 0, got -1"),
     (dict(offset_scale=float("nan")), ValueError, r"offset_scale must be a finite number, got nan"),
-    (dict(pad_h=0, kernel_h=7), ValueError, r"input of size 4×5 gives an empty output of size -2×5 for a 7×3 kernel"),
+    (dict(pad_h=0, kernel_h=7), ValueError,
+     r"input of size 4×5 gives an empty output of size -2×5 for a 7×3 kernel"),
     (dict(mask=np.zeros((2, 4, 5, 18), dtype=np.float32)), TypeError, r"mask has dtype float32 but input has float64"),
     (dict(offset=[[0.0]]), TypeError, r"offset must be a NumPy or CuPy array"),
     (dict(backend="gpu"), ValueError, r"backend must be one of"),
@@ -158,7 +163,8 @@ def test_an_empty_batch_gives_empty_results_on_every_backend():
     call = {name: a[:0] for name, a in valid_call().items()}
     for backend in ["reference", *KERNEL_BACKENDS]:
         moved = {name: to_backend(backend, a) for name, a in call.items()}
-        assert dcnv3(moved["input"], moved["offset"], moved["mask"], **PARAMETERS, backend=backend).shape == (0, 4, 5, 4)
+        output = dcnv3(moved["input"], moved["offset"], moved["mask"], **PARAMETERS, backend=backend)
+        assert output.shape == (0, 4, 5, 4)
         gradients = dcnv3_backward(moved["grad_output"], moved["input"], moved["offset"], moved["mask"],
                                    **PARAMETERS, backend=backend)
         assert [g.shape for g in gradients] == [(0, 4, 5, 4), (0, 4, 5, 36), (0, 4, 5, 18)]

@@ -263,10 +263,11 @@ def dcn_numba_backend(backend):
                           backward={op: with_backend(getattr(dcn_numba, op + "_backward")) for op in OPS})
 
 
-def torch_grid_sample(upstream_pads):
-    """DCNv3 and DCNv4 written with torch.nn.functional.grid_sample from the published formulas,
-    in float64, gradients by torch's autograd; with upstream_pads, the input is padded as
-    InternImage's pure-PyTorch function pads it (rows by pad_w, columns by pad_h)."""
+def grid_sample_formulation(upstream_pads=False):
+    """(dcnv3, dcnv4): the two operators on torch tensors, written with
+    torch.nn.functional.grid_sample from the published formulas, with the arguments of
+    dcn_numba.dcnv3 and dcn_numba.dcnv4 (no backend). With upstream_pads the input is padded as
+    InternImage's pure-PyTorch function pads it: rows by pad_w, columns by pad_h."""
     import torch
     import torch.nn.functional as F
 
@@ -276,8 +277,9 @@ def torch_grid_sample(upstream_pads):
         value = F.pad(input, [0, 0, column_pad, column_pad, row_pad, row_pad])  # the input zero-padded
         N, H, W, _ = value.shape
         H_out, W_out = offset.shape[1:3]
-        if (_output_size(H, kernel_h, stride_h, 0, dilation_h), _output_size(W, kernel_w, stride_w, 0, dilation_w)) \
-                != (H_out, W_out):
+        unpadded = dict(kernel_h=kernel_h, kernel_w=kernel_w, stride_h=stride_h, stride_w=stride_w, pad_h=0,
+                        pad_w=0, dilation_h=dilation_h, dilation_w=dilation_w)
+        if _output_sizes(H, W, unpadded) != (H_out, W_out):
             raise NotApplicable("the padded input gives another output size: the published function fails")
         taps = reference.taps(kernel_h, kernel_w, remove_center)
         i_x = torch.tensor([tap[0] for tap in taps], dtype=input.dtype)
@@ -298,7 +300,7 @@ def torch_grid_sample(upstream_pads):
         output = (samples * weights.reshape(N * group, 1, H_out * W_out, len(taps))).sum(-1)
         return output.view(N, group, group_channels, H_out, W_out).permute(0, 3, 4, 1, 2).reshape(N, H_out, W_out, -1)
 
-    def dcnv4(input, offset_mask, softmax, **parameters):
+    def dcnv4(input, offset_mask, softmax=False, **parameters):
         group = parameters["group"]
         P = parameters["kernel_h"] * parameters["kernel_w"] - parameters["remove_center"]
         N, H_out, W_out = offset_mask.shape[:3]
@@ -308,6 +310,14 @@ def torch_grid_sample(upstream_pads):
             mask = torch.softmax(mask, dim=-1)
         return dcnv3(input, groups[..., :2 * P].reshape(N, H_out, W_out, -1),
                      mask.reshape(N, H_out, W_out, -1), **parameters)
+
+    return dcnv3, dcnv4
+
+
+def torch_grid_sample(upstream_pads):
+    """The grid_sample formulation as an Implementation: NumPy float64 arrays in and out, gradients
+    by torch's autograd."""
+    import torch
 
     def forward(op, names):
         def run(**arguments):
@@ -324,7 +334,7 @@ def torch_grid_sample(upstream_pads):
         return run
 
     name = "torch-grid-sample-upstream-pads" if upstream_pads else "torch-grid-sample"
-    ops = {"dcnv3": dcnv3, "dcnv4": dcnv4}
+    ops = dict(zip(OPS, grid_sample_formulation(upstream_pads)))
     return Implementation(name, forward={op: forward(f, GRADIENTS[op]) for op, f in ops.items()},
                           backward={op: backward(f, GRADIENTS[op]) for op, f in ops.items()})
 

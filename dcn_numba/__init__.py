@@ -5,6 +5,7 @@ docs/specification.md), "cpu" (Numba @njit(parallel=True) kernels) and "cuda" (N
 arrays). backend=None picks "cuda" for CuPy arrays and "cpu" for NumPy arrays.
 """
 
+from dcn_numba.ops.dcnv3 import dcnv3, dcnv3_backward, dcnv4, dcnv4_backward
 from dcn_numba.ops.deform_conv import deform_conv2d, deform_conv2d_backward
 from dcn_numba.ops.deform_psroi_pool import deform_psroi_pool, deform_psroi_pool_backward
 from dcn_numba.ops.deform_roi_pool import deform_roi_pool, deform_roi_pool_backward

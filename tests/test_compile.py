@@ -69,6 +69,7 @@ EVERY_CUDA_KERNEL = [
     ("deform_psroi_pool", "deform_psroi_pool_forward_cuda"),
     ("deform_psroi_pool", "deform_psroi_pool_grad_input_cuda"),
     ("deform_psroi_pool", "deform_psroi_pool_grad_trans_cuda"),
+    ("dcnv3", "dcnv3_forward_cuda"), ("dcnv3", "dcnv3_backward_cuda"),
 ]
 
 

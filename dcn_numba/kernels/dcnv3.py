@@ -1,0 +1,259 @@
+"""DCNv3 kernels (docs/specification.md §3) for the CPU and CUDA, and their launchers; DCNv4 runs
+on them after its offset_mask is unpacked (dcn_numba.ops.dcnv3).
+
+With G groups of D channels, P taps and go = ∂L/∂out:
+
+    layout     padded[n, y, x, c]: the channels-last input zero-padded by one pixel
+    forward    out[n, h, w, g·D + d] = Σ_p m · S(x[n, :, :, g·D + d], p)
+    backward   grad_input  += m · go · w_ab at each corner of each valid sample
+               grad_offset  = s · Σ_d m · go_d · ∂S_d/∂p   (x first)
+               grad_mask    = Σ_d go_d · S_d
+
+where p is the location of §3.3 (`dcnv3_math.dcnv3_sample_location`) and S, ∂S/∂p, w_ab are the
+bilinear functions of §1 (`sampling`). A sample's location and corner weights serve every
+channel of its group; with the channels last, those channels are contiguous in memory. Reading a
+padded input makes every corner of a valid sample an in-bounds read (0 in the padding), and
+grad_input is accumulated on a padded gradient whose border is then dropped.
+
+Flat shapes inside the kernels: padded and grad_padded (N·(H + 2)·(W + 2)·C,), offset
+(N·H_out·W_out·G·P·2,), mask (N·H_out·W_out·G·P,), output and grad_output
+(N·H_out·W_out·C,), as laid out in `dcnv3_math`. Every array is C-contiguous.
+
+Must match dcn_numba.reference.dcnv3 (tests/test_dcnv3_kernels.py checks it).
+
+Who owns which output:
+    forward     CPU: one prange iteration per output position (n, h, w), its C channels as a row,
+                summed in float64
+                CUDA: one thread per output element (n, h, w, c), summed in float64
+    backward    CPU: one iteration per image and group (n, g): it alone writes group g's channels
+                of image n in grad_input, so no races, and its samples' offset and mask gradients
+                CUDA: one thread per sample group (n, h, w, g): its offset and mask gradients,
+                summed over the group's channels in float64, and atomic adds into the corners
+"""
+
+import numpy as np
+from numba import cuda, prange
+
+from dcn_numba.kernels import dcnv3_math, sampling
+from dcn_numba.kernels._targets import (COUNT, FLAT, cpu_kernel, cuda_kernel, for_cuda, geometry_of,
+                                        run_cpu, run_cuda, shared)
+from dcn_numba.kernels.dcnv3_math import (DCNv3Geometry, dcnv3_corner_index, dcnv3_output_coordinates,
+                                          dcnv3_padded_image, dcnv3_sample_location, dcnv3_sample_number,
+                                          dcnv3_store_sample_gradient, dcnv3_tap, in_data_type)
+# The bilinear mathematics of §1: the DCNv2 rule on a zero-padded channels-last image.
+from dcn_numba.kernels.sampling import (dcn_column_from_corners, dcn_input_gradient_term, dcn_locate,
+                                        dcn_offset_mask_terms)
+from dcn_numba.runtime.arrays import array_module
+
+# ---------------------------------------------------------------------------------------------
+# CPU kernels: parallel loops whose iterations own disjoint parts of the output
+# ---------------------------------------------------------------------------------------------
+
+
+@shared
+def corner_rows(padded, image, top_left, g, geometry):
+    """The four corners' values of group g's D channels of a located sample, as four contiguous
+    rows of the padded input (a sample that reads no pixel reads the image's first corners, in
+    bounds and meaningless, as `sampling.padded_corners` does). Row views start at index 0, so
+    Numba adds no negative-index wraparound to the loops over them, and they vectorise."""
+    top_left = max(top_left, 0)
+    D = geometry.group_channels
+    v00 = dcnv3_corner_index(image, top_left, 0, g * D, geometry)
+    v01 = dcnv3_corner_index(image, top_left, 1, g * D, geometry)
+    v10 = dcnv3_corner_index(image, top_left, 2, g * D, geometry)
+    v11 = dcnv3_corner_index(image, top_left, 3, g * D, geometry)
+    return padded[v00:v00 + D], padded[v01:v01 + D], padded[v10:v10 + D], padded[v11:v11 + D]
+
+
+@cpu_kernel
+def dcnv3_forward_cpu(n_positions, padded, offset, mask, output, geometry):
+    """out[position, :] for the n_positions = N·H_out·W_out output positions: each sample's
+    location and corner weights, found once, serve the contiguous row of its group's channels.
+    The taps are the outer loop, so that each tap's (i_x, i_y) is found once for all groups."""
+    H, W, C, D = geometry.H, geometry.W, geometry.C, geometry.group_channels
+    for position in prange(n_positions):
+        h, w = dcnv3_output_coordinates(position, geometry)
+        image = dcnv3_padded_image(position // (geometry.H_out * geometry.W_out), geometry)
+        totals = np.zeros(C, dtype=np.float64)
+        for p in range(geometry.taps):
+            i_x, i_y = dcnv3_tap(p, geometry)
+            for g in range(geometry.group):
+                sample = dcnv3_sample_number(position, g, p, geometry)
+                p_y, p_x = dcnv3_sample_location(offset, sample, h, w, i_x, i_y, geometry)
+                top_left, l_y, l_x = dcn_locate(p_y, p_x, H, W)
+                l_y, l_x = in_data_type(padded, l_y), in_data_type(padded, l_x)
+                m = mask[sample]
+                v00, v01, v10, v11 = corner_rows(padded, image, top_left, g, geometry)
+                group_totals = totals[g * D:(g + 1) * D]
+                for d in range(D):
+                    group_totals[d] += dcn_column_from_corners(v00[d], v01[d], v10[d], v11[d], l_y, l_x,
+                                                               top_left, m)
+        out = output[position * C:(position + 1) * C]
+        for c in range(C):
+            out[c] = totals[c]
+
+
+@cpu_kernel(reassociate=True)
+def dcnv3_backward_cpu(n_tasks, padded, offset, mask, grad_output, grad_padded, grad_offset,
+                       grad_mask, geometry):
+    """Every gradient of the n_tasks = N·G tasks (image n, group g): the offset and mask gradients
+    of its samples, each summed over the group's channels in float64, and grad_input of its
+    channels (grad_padded), which this task alone writes."""
+    H, W, C, D = geometry.H, geometry.W, geometry.C, geometry.group_channels
+    positions = geometry.H_out * geometry.W_out
+    for task in prange(n_tasks):
+        n, g = task // geometry.group, task % geometry.group
+        image = dcnv3_padded_image(n, geometry)
+        for position in range(n * positions, (n + 1) * positions):
+            h, w = dcnv3_output_coordinates(position, geometry)
+            grad_row = grad_output[position * C + g * D:position * C + (g + 1) * D]
+            for p in range(geometry.taps):
+                i_x, i_y = dcnv3_tap(p, geometry)
+                sample = dcnv3_sample_number(position, g, p, geometry)
+                p_y, p_x = dcnv3_sample_location(offset, sample, h, w, i_x, i_y, geometry)
+                top_left, l_y, l_x = dcn_locate(p_y, p_x, H, W)
+                l_y, l_x = in_data_type(padded, l_y), in_data_type(padded, l_x)
+                m = mask[sample]
+                v00, v01, v10, v11 = corner_rows(padded, image, top_left, g, geometry)
+                total_y = 0.0
+                total_x = 0.0
+                total_m = 0.0
+                for d in range(D):
+                    term_y, term_x, term_m = dcn_offset_mask_terms(v00[d], v01[d], v10[d], v11[d], l_y, l_x,
+                                                                   top_left, m, grad_row[d])
+                    total_y += term_y
+                    total_x += term_x
+                    total_m += term_m
+                dcnv3_store_sample_gradient(grad_offset, grad_mask, sample, total_y, total_x, total_m,
+                                            geometry)
+                if top_left < 0:
+                    continue  # a sample that reads no pixel scatters nothing
+                for corner in range(4):
+                    target = dcnv3_corner_index(image, top_left, corner, g * D, geometry)
+                    grad_pixel = grad_padded[target:target + D]
+                    for d in range(D):
+                        grad_pixel[d] += dcn_input_gradient_term(grad_row[d], m, l_y, l_x, corner)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA kernels: grid-stride loops
+# ---------------------------------------------------------------------------------------------
+
+gpu = for_cuda(dcnv3_math)
+gpu_sampling = for_cuda(sampling)
+GEOMETRY = geometry_of(DCNv3Geometry)
+
+
+@cuda_kernel(COUNT, FLAT, FLAT, FLAT, FLAT, GEOMETRY)
+def dcnv3_forward_cuda(n_items, padded, offset, mask, output, geometry):
+    """output[n, h, w, c]; one thread per output element."""
+    H, W, C = geometry.H, geometry.W, geometry.C
+    for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
+        position, c = index // C, index % C
+        g = c // geometry.group_channels
+        h, w = gpu.dcnv3_output_coordinates(position, geometry)
+        image = gpu.dcnv3_padded_image(position // (geometry.H_out * geometry.W_out), geometry)
+        total = 0.0
+        for p in range(geometry.taps):
+            i_x, i_y = gpu.dcnv3_tap(p, geometry)
+            sample = gpu.dcnv3_sample_number(position, g, p, geometry)
+            p_y, p_x = gpu.dcnv3_sample_location(offset, sample, h, w, i_x, i_y, geometry)
+            top_left, l_y, l_x = gpu_sampling.dcn_locate(p_y, p_x, H, W)
+            l_y, l_x = gpu.in_data_type(padded, l_y), gpu.in_data_type(padded, l_x)
+            v00, v01, v10, v11 = gpu_sampling.padded_corners(padded, image + c, top_left, W, C)
+            total += gpu_sampling.dcn_column_from_corners(v00, v01, v10, v11, l_y, l_x, top_left, mask[sample])
+        output[index] = total
+
+
+@cuda_kernel(COUNT, FLAT, FLAT, FLAT, FLAT, FLAT, FLAT, FLAT, GEOMETRY)
+def dcnv3_backward_cuda(n_items, padded, offset, mask, grad_output, grad_padded, grad_offset,
+                        grad_mask, geometry):
+    """The gradients of one sample group (position, g) per thread: its P samples' offset and mask
+    gradients, each summed over the group's channels in float64, and their grad_input shares."""
+    H, W, C, D = geometry.H, geometry.W, geometry.C, geometry.group_channels
+    for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
+        position, g = index // geometry.group, index % geometry.group
+        h, w = gpu.dcnv3_output_coordinates(position, geometry)
+        image = gpu.dcnv3_padded_image(position // (geometry.H_out * geometry.W_out), geometry)
+        for p in range(geometry.taps):
+            i_x, i_y = gpu.dcnv3_tap(p, geometry)
+            sample = gpu.dcnv3_sample_number(position, g, p, geometry)
+            p_y, p_x = gpu.dcnv3_sample_location(offset, sample, h, w, i_x, i_y, geometry)
+            top_left, l_y, l_x = gpu_sampling.dcn_locate(p_y, p_x, H, W)
+            l_y, l_x = gpu.in_data_type(padded, l_y), gpu.in_data_type(padded, l_x)
+            m = mask[sample]
+            total_y = 0.0
+            total_x = 0.0
+            total_m = 0.0
+            for c in range(g * D, (g + 1) * D):
+                v00, v01, v10, v11 = gpu_sampling.padded_corners(padded, image + c, top_left, W, C)
+                term_y, term_x, term_m = gpu_sampling.dcn_offset_mask_terms(
+                    v00, v01, v10, v11, l_y, l_x, top_left, m, grad_output[position * C + c])
+                total_y += term_y
+                total_x += term_x
+                total_m += term_m
+            gpu.dcnv3_store_sample_gradient(grad_offset, grad_mask, sample, total_y, total_x, total_m,
+                                            geometry)
+            if top_left < 0:
+                continue
+            for corner in range(4):
+                for c in range(g * D, (g + 1) * D):
+                    # Atomic: samples of other positions and taps reach this pixel too.
+                    cuda.atomic.add(grad_padded, gpu.dcnv3_corner_index(image, top_left, corner, c, geometry),
+                                    gpu_sampling.dcn_input_gradient_term(grad_output[position * C + c], m,
+                                                                         l_y, l_x, corner))
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
+
+
+def dcnv3_geometry(input, offset, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                   dilation_w, group, group_channels, offset_scale, remove_center):
+    """The DCNv3Geometry of a validated call. offset_scale is a NumPy float64, so that locations are
+    computed in float64 under the CUDA simulator too (a Python float would be narrowed by the
+    float32 constants of the bilinear functions)."""
+    N, H, W, C = input.shape
+    H_out, W_out = offset.shape[1:3]
+    return DCNv3Geometry(N, H, W, C, H_out, W_out, group, group_channels,
+                         kernel_h * kernel_w - int(remove_center), kernel_h, kernel_w, stride_h,
+                         stride_w, pad_h, pad_w, dilation_h, dilation_w, int(remove_center),
+                         np.float64(offset_scale))
+
+
+def zero_padded(xp, input):
+    """input (N, H, W, C) → (N, H + 2, W + 2, C), one pixel of zeros around, as a flat array."""
+    return xp.pad(input, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(-1)
+
+
+def dcnv3(input, offset, mask, *parameters, backend):
+    """Forward on the "cpu" or "cuda" backend; `parameters` as dcn_numba.reference.dcnv3.dcnv3."""
+    xp = array_module(input)
+    geometry = dcnv3_geometry(input, offset, *parameters)
+    output = xp.empty((geometry.N, geometry.H_out, geometry.W_out, geometry.C), dtype=input.dtype)
+    arrays = (zero_padded(xp, input), offset.reshape(-1), mask.reshape(-1), output.reshape(-1))
+    if backend == "cpu":
+        run_cpu(dcnv3_forward_cpu, geometry.N * geometry.H_out * geometry.W_out, *arrays, geometry)
+    else:
+        run_cuda(dcnv3_forward_cuda, output.size, *arrays, geometry)
+    return output
+
+
+def dcnv3_backward(grad_output, input, offset, mask, *parameters, backend):
+    """(grad_input, grad_offset, grad_mask) on the "cpu" or "cuda" backend."""
+    xp = array_module(input)
+    geometry = dcnv3_geometry(input, offset, *parameters)
+    N, H, W, C = input.shape
+    grad_padded = xp.zeros((N, H + 2, W + 2, C), dtype=input.dtype)
+    grad_offset = xp.empty_like(offset)
+    grad_mask = xp.empty_like(mask)
+    arrays = (zero_padded(xp, input), offset.reshape(-1), mask.reshape(-1), grad_output.reshape(-1),
+              grad_padded.reshape(-1), grad_offset.reshape(-1), grad_mask.reshape(-1))
+    if backend == "cpu":
+        run_cpu(dcnv3_backward_cpu, N * geometry.group, *arrays, geometry)
+    else:
+        run_cuda(dcnv3_backward_cuda, N * geometry.H_out * geometry.W_out * geometry.group, *arrays,
+                 geometry)
+    grad_input = xp.ascontiguousarray(grad_padded[:, 1:H + 1, 1:W + 1])
+    return grad_input, grad_offset, grad_mask

@@ -55,7 +55,11 @@ from dcn_numba.apps.mnist import train
 from dcn_numba.apps.mnist import viz
 from dcn_numba.data.mnist import load_mnist, scaled_digits, subset
 from dcn_numba.apps.mnist.models import MnistNet
+from dcn_numba.engine import functional as F
+from dcn_numba.engine import optim
+from dcn_numba.engine.autograd import Tensor
 
+import checks
 import exercises
 from exercises import check
 
@@ -135,6 +139,39 @@ assert abs(ink_ratio - 4) < 0.2
 # linear classifier. In the deformable variant the three convolutions are `nn.DeformConv2d`
 # layers, each with its zero-initialised offset branch; nothing else differs. `train.train_variant`
 # trains either with the same seed, batches, digit sizes and schedule (Adam, cosine decay).
+#
+# ## Exercise 7.1: one training step
+#
+# Training repeats one step: the loss of a batch, its gradient, an update of the weights. Write it:
+# `training_step(net, optimizer, images, labels)` computes the logits `net(Tensor(images))` and the
+# loss `F.cross_entropy(logits, labels)`, clears the gradients of the step before
+# (`optimizer.zero_grad()`: `backward` *adds* into every `.grad`, notebook 4), runs
+# `loss.backward()` and `optimizer.step()`, and returns the loss as a float (`loss.item()`). The
+# check runs three steps of a deformable `MnistNet` with Adam on random batches and compares the
+# losses and every weight with those of three right steps. `train.train_variant` runs these lines
+# for every batch, after scaling its digits, with a learning rate that warms up and then decays
+# along a cosine.
+
+# %%
+@exercise
+def training_step(net, optimizer, images, labels):
+    """One step on a batch: the loss, fresh gradients of it, one update; returns the loss as a float."""
+    raise NotImplementedError("Exercise 7.1: loss, zero_grad, backward, step")
+
+
+# %%
+check(training_step, checks.trains_like_the_package)
+
+# %% [markdown]
+# Ten of your steps on one batch of 16 training digits (at factor 1) show it learning that batch:
+
+# %%
+step_net = MnistNet(deformable=True, seed=0)
+step_optimizer = optim.Adam(step_net.parameters(), lr=3e-3)
+batch = scaled_digits(subset(mnist.train, 16, seed=1), 1.0, canvas_size=canvas)
+step_losses = [training_step(step_net, step_optimizer, batch.images, batch.labels) for _ in range(10)]
+print("loss per step:", " ".join(f"{loss:.3f}" for loss in step_losses))
+assert step_losses[-1] < step_losses[0]
 
 # %%
 nets, histories = {}, {}
@@ -239,7 +276,7 @@ assert np.allclose(grid_spreads[1:], 8.0), "a fixed grid of three 3×3 layers at
 # network, whose points move where its offset branches send them.
 
 # %% [markdown]
-# ## Exercise 7.1: the spread of a set of points
+# ## Exercise 7.2: the spread of a set of points
 #
 # The one number this notebook measures a receptive field by is the spread σ of N points p_n with
 # weights w_n: their root-mean-square distance from their weighted centre p̄ = Σ w_n p_n / Σ w_n,
@@ -255,19 +292,8 @@ def spread(points, weights=None):
     raise NotImplementedError("write the weighted root-mean-square distance from the weighted centre")
 
 
-def matches_receptive_field_spread(f):
-    rng = np.random.default_rng(7)
-    for _ in range(20):
-        points = rng.normal(0, 5, (int(rng.integers(1, 50)), 2))
-        weights = rng.random(len(points))
-        assert np.isclose(f(points, weights), receptive_field.spread(points, weights)), \
-            f"weighted spread {f(points, weights)}, expected {receptive_field.spread(points, weights)}"
-        assert np.isclose(f(points), receptive_field.spread(points)), "spread with weights None"
-    grid = np.stack(np.meshgrid(np.arange(3.0), np.arange(3.0)), axis=-1).reshape(-1, 2)
-    assert np.isclose(f(grid), np.sqrt(4 / 3)), "a 3 × 3 grid of unit spacing spreads by sqrt(4/3) px"
-
-
-check(spread, matches_receptive_field_spread)
+# %%
+check(spread, checks.matches_receptive_field_spread)
 
 # %% [markdown]
 # ## Spread against size

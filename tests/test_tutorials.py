@@ -226,5 +226,5 @@ def test_a_scatter_without_atomics_fails_the_col2im_check():
 
 
 def test_the_col2im_solution_scatters_with_atomics():
-    solution = exercises.solutions_of("04_cuda_kernels_in_numba").naive_col2im
+    solution = exercises.solutions_of("05_cuda_kernels_in_numba").naive_col2im
     exercises.scatters_with_atomics(solution, "grad_x")

@@ -64,7 +64,7 @@ B, C_in, H, W = digit.shape
 # dcn_numba has an ordinary convolution of its own, `dcn_numba.engine.windows.conv2d`, which shares no
 # code with the deformable one: it copies the kernel windows of the padded input into columns
 # (im2col) and multiplies them with the weights, and never interpolates. It is an autograd
-# Function (notebook 6), so here it gets its arrays wrapped in Tensors:
+# Function (notebook 4), so here it gets its arrays wrapped in Tensors:
 
 # %%
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1):
@@ -298,7 +298,7 @@ print(f"mask channel k = {tap} scales tap (ki, kj) = {divmod(tap, kw)}")
 #   part of the column buffer is sampled and multiplied by the weights (BLAS) while it is still in
 #   the core's cache, so the whole buffer never exists;
 # * `"cuda"`: the deformable im2col as a CUDA kernel filling the column buffer of a chunk of the
-#   batch, then CuPy's GEMM (notebook 4).
+#   batch, then CuPy's GEMM (notebook 5).
 #
 # On a layer of realistic shape, with random offsets and masks, the CPU kernel must agree with the
 # reference to rounding error, in both precisions:

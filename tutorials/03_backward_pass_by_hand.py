@@ -252,9 +252,9 @@ print("all five gradients by hand agree with deform_conv2d_backward")
 
 # %% [markdown]
 # The adds into `grad_input` are the one place where the backward pass is not "one output, one
-# owner": many samples write into the same pixel. Notebook 4 shows how the CUDA kernel makes that
-# safe (atomic adds) and how the CPU kernel avoids the question by giving each input plane to one
-# thread.
+# owner": many samples write into the same pixel. Notebook 5 shows how the CUDA kernel makes that
+# safe (atomic adds) and how the CPU kernel avoids the question: each of its threads owns whole
+# images, and is the only one to write their gradient.
 #
 # ## Checking against finite differences
 #
@@ -419,4 +419,5 @@ else:
 #   beyond −1, H, W) it returns no offset or mask gradient (the DCNv2 rule). Zero offsets hit
 #   both cases, so gradient checks use offsets with fractional parts away from 0.
 #
-# Notebook 4 turns these loops into CUDA kernels.
+# Notebook 4 puts these gradients into an autograd engine, which can then train a network;
+# notebook 5 turns these loops into CUDA kernels.

@@ -1,4 +1,4 @@
-"""Solutions to the exercises of notebook 5, Deformable RoI pooling."""
+"""Solutions to the exercises of notebook 6, Deformable RoI pooling."""
 
 import numpy as np
 
@@ -7,7 +7,7 @@ from dcn_numba.reference import deform_roi_pool as roi_reference
 
 
 def bin_offset_gradient(image, positions, roi_width, roi_height, gamma):
-    """Exercise 5.2: (∂out/∂Δx̂, ∂out/∂Δŷ) = γ·(roi_w·mean ∂B/∂x, roi_h·mean ∂B/∂y), x first."""
+    """Exercise 6.2: (∂out/∂Δx̂, ∂out/∂Δŷ) = γ·(roi_w·mean ∂B/∂x, roi_h·mean ∂B/∂y), x first."""
     H, W = image.shape
     slopes = np.array([sampling.roi_align_sample_gradient(image.ravel(), 0, H, W, y, x)
                        for y, x in positions])  # (samples, 2) as (∂B/∂y, ∂B/∂x)
@@ -16,14 +16,14 @@ def bin_offset_gradient(image, positions, roi_width, roi_height, gamma):
 
 
 def score_map_channel(ctop, ph, pw, group_size, pooled_size):
-    """Exercise 5.3: the input channel (ctop·group_size + gh)·group_size + gw that bin (ph, pw) reads."""
+    """Exercise 6.3: the input channel (ctop·group_size + gh)·group_size + gw that bin (ph, pw) reads."""
     gh = min(ph * group_size // pooled_size, group_size - 1)
     gw = min(pw * group_size // pooled_size, group_size - 1)
     return (ctop * group_size + gh) * group_size + gw
 
 
 def roi_align_pool(image, roi, offset, output_size, sampling_ratio, gamma):
-    """Exercise 5.1: out (C, P, P), each bin the mean of its sampling_ratio² samples at sub-bin centres."""
+    """Exercise 6.1: out (C, P, P), each bin the mean of its sampling_ratio² samples at sub-bin centres."""
     x1, y1, x2, y2 = roi
     start_x, start_y = x1 - 0.5, y1 - 0.5  # pixel centres at integers: the box's edge is half a pixel before
     roi_width, roi_height = x2 - x1, y2 - y1

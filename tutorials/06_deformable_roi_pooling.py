@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 5. Deformable RoI pooling and its position-sensitive variant
+# # 6. Deformable RoI pooling and its position-sensitive variant
 #
 # Object detectors look at a feature map through boxes, regions of interest (RoIs), and turn each
 # box into a fixed-size grid of features by pooling. The paper makes that pooling deformable too:
@@ -60,7 +60,7 @@ import checks
 import exercises
 from exercises import check
 
-exercise = exercises.exercises_of("05_deformable_roi_pooling")
+exercise = exercises.exercises_of("06_deformable_roi_pooling")
 
 # %% [markdown]
 # ## Bins and samples
@@ -155,7 +155,7 @@ for (ph, pw, before), (_, _, after) in zip(bins, moved):
 print(f"an offset of 1 moves a bin by 0.1 · ({roi_width:.0f}, {roi_height:.0f}) pixels (x, y) on this RoI")
 
 # %% [markdown]
-# **Exercise 5.1.** Now write the whole forward pass for one RoI:
+# **Exercise 6.1.** Now write the whole forward pass for one RoI:
 # `roi_align_pool(image, roi, offset, output_size, sampling_ratio, gamma)` takes a feature map
 # `image` (C, H, W), a box `roi` = (x1, y1, x2, y2) in its pixels, `offset` (2, P, P), x first,
 # or None, and returns (C, P, P). With pixel centres at integers the box starts at
@@ -170,7 +170,7 @@ print(f"an offset of 1 moves a bin by 0.1 · ({roi_width:.0f}, {roi_height:.0f})
 @exercise
 def roi_align_pool(image, roi, offset, output_size, sampling_ratio, gamma):
     """out (C, P, P): bin (ph, pw), moved by γ·(roi_w·Δx̂, roi_h·Δŷ), averages its sampling_ratio² samples."""
-    raise NotImplementedError("Exercise 5.1: the bins, their shifts and their samples")
+    raise NotImplementedError("Exercise 6.1: the bins, their shifts and their samples")
 
 
 # %%
@@ -228,7 +228,7 @@ print("a box at fractional corners", fractional[1:], "starts at",
 #
 # The RoI coordinates themselves get no gradient: detectors treat the boxes as given.
 #
-# **Exercise 5.2.** Write `bin_offset_gradient(image, positions, roi_width, roi_height, gamma)`:
+# **Exercise 6.2.** Write `bin_offset_gradient(image, positions, roi_width, roi_height, gamma)`:
 # the gradient (∂out/∂Δx̂, ∂out/∂Δŷ), x first, of one bin whose samples sit at `positions` (a list
 # of (y, x)) on a 2-D `image`. The check compares it with `deform_roi_pool_backward` for every bin
 # of a RoI with random offsets on a random image; the cell then does the same on the digit's
@@ -238,7 +238,7 @@ print("a box at fractional corners", fractional[1:], "starts at",
 @exercise
 def bin_offset_gradient(image, positions, roi_width, roi_height, gamma):
     """(γ·roi_w·mean ∂B/∂x, γ·roi_h·mean ∂B/∂y) over the samples at `positions`, x first."""
-    raise NotImplementedError("Exercise 5.2: the chain rule through the bin's samples")
+    raise NotImplementedError("Exercise 6.2: the chain rule through the bin's samples")
 
 
 # %%
@@ -286,7 +286,7 @@ print("deform_roi_pool and deform_psroi_pool: input and offset gradients match f
 # In the paper the offsets come from the RoI itself: pool it once without offsets, let fully
 # connected layers turn those features into normalised offsets Δp̂ (the last one initialised at
 # zero), and pool again at the shifted bins. `nn.DeformRoIPool` is exactly that, and trains through
-# the autograd engine of notebook 6: the gradient of the offsets from `deform_roi_pool_backward`
+# the autograd engine of notebook 4: the gradient of the offsets from `deform_roi_pool_backward`
 # flows on into the fully connected layers. At initialisation it is RoIAlign:
 
 # %%
@@ -357,7 +357,7 @@ plt.show()
 # The maps are the input channels `(ctop·group_size + gh)·group_size + gw` (output channel ctop,
 # map (gh, gw)).
 #
-# **Exercise 5.3.** Write `score_map_channel(ctop, ph, pw, group_size, pooled_size)`: the input
+# **Exercise 6.3.** Write `score_map_channel(ctop, ph, pw, group_size, pooled_size)`: the input
 # channel that bin (ph, pw) of output channel ctop reads. The check pools one-hot inputs (a
 # single channel of ones) and sees which bin lights up.
 
@@ -365,7 +365,7 @@ plt.show()
 @exercise
 def score_map_channel(ctop, ph, pw, group_size, pooled_size):
     """(ctop·group_size + gh)·group_size + gw with gh = ⌊ph·group_size/P⌋, gw = ⌊pw·group_size/P⌋."""
-    raise NotImplementedError("Exercise 5.3: the position-sensitive channel of a bin")
+    raise NotImplementedError("Exercise 6.3: the position-sensitive channel of a bin")
 
 
 # %%
@@ -511,4 +511,4 @@ plt.show()
 #   when each bin finds its part; `deform_psroi_pool` adds per-part offsets (`trans`, scaled by
 #   `trans_std`), which let the bins follow the parts of a deformed object.
 #
-# Notebook 6 puts these operators and the convolution into layers, behind a small autograd engine.
+# Notebook 7 trains a network of deformable layers on MNIST and looks at where it reads.

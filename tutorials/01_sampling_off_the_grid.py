@@ -341,6 +341,11 @@ for axis, (title, positions) in zip(axes, grids.items()):
     axis.scatter([0], [0], marker="+", s=60, color="k")
     axis.set(xlim=(-2.6, 2.6), ylim=(2.6, -2.6), aspect="equal", title=title, xticks=[], yticks=[])
     axis.title.set_fontsize(9)
+fig.legend(handles=[plt.Line2D([], [], ls="", marker="o", mfc="none", mec="0.6", label="regular grid p0 + p_n"),
+                    plt.Line2D([], [], ls="", marker="o", color="tab:blue", label="sampled at p0 + p_n + Δp_n"),
+                    plt.Line2D([], [], color="tab:red", lw=0.8, label="offset Δp_n"),
+                    plt.Line2D([], [], ls="", marker="+", ms=8, color="k", label="p0")],
+           loc="outside lower center", ncols=4, fontsize=8)
 plt.show()
 
 # %% [markdown]

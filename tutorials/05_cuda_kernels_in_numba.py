@@ -30,6 +30,8 @@
 #   against the reference;
 # * to write col2im, why its scatter needs atomic adds (lost updates, shown), and how the CPU
 #   version avoids them (exercise 5.2);
+# * to check a kernel before timing it, and how the naive kernel's time compares with the
+#   package's (on the CPU, where there is no GPU);
 # * what the package's kernels add, precomputed sample locations and a zero-padded channels-last input, and
 #   what each saves;
 # * how to run CUDA kernels on a machine without a GPU, in Numba's CUDA simulator, which also

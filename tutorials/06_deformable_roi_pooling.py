@@ -25,6 +25,7 @@
 # * how RoI pooling cuts a box into bins and averages bilinear samples inside each bin;
 # * deformable RoI pooling: one offset per bin, *normalised* by the RoI's width and height so that
 #   the same offsets mean the same part on a small and a large object;
+# * to write the pooling forward of one RoI yourself, bins, shifts and samples;
 # * the two operators' box conventions, side by side;
 # * the backward pass of RoI pooling derived, written by you for the offsets, and checked by
 #   finite differences;
@@ -39,7 +40,7 @@
 # both exactly. Note one convention they share, the opposite of the deformable convolution's: RoI
 # offsets are stored **x first, then y**. The part offsets that a trained detector learns are the
 # subject of notebook 8, [the toy detector](08_toy_detector.py); here the objects are hand-made,
-# so that we know the answer. Two exercises (set `exercises.SOLUTIONS = True` in the next cell to
+# so that we know the answer. Three exercises (set `exercises.SOLUTIONS = True` in the next cell to
 # use the worked solutions).
 
 # %%

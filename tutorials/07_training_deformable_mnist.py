@@ -28,17 +28,19 @@
 #   canvas, where factor 1 returns the digit unchanged;
 # * the two settings of the experiment: *seen scales* (training digits drawn at sizes 0.5–2.0,
 #   as the test ones) and *unseen scales* (training at size 1 only);
-# * how `dcn_numba.train` trains the two variants of `models.MnistNet` on identical terms, and
-#   their accuracy at each of eight sizes;
+# * to write one training step yourself (the loss, fresh gradients, an update), and how
+#   `dcn_numba.train` repeats it for the two variants of `models.MnistNet` on identical terms;
+# * their accuracy at each of eight sizes;
 # * the paper's picture of sampling locations: the 9, 81 and 729 points that one unit of the
 #   third layer reads through three layers, for a unit on the background, on a small digit and on
 #   a large one, and their spread against the digit's size, plain and weighted by the gradient as
-#   in DCNv2.
+#   in DCNv2 (you write the spread);
+# * the answer the numbers give to the question of the paper: does the receptive field adapt?
 #
 # The notebook uses the weights that `make train` writes to `runs/latest` when they are there;
 # otherwise it trains both variants itself on the seen-scales setting, a short run of 100 steps
-# each (about a minute and a half on two cores), keeps them in `runs/tutorial-07` and loads them
-# from there the next time. Its first cell prints which of the three happened. The numbers of a
+# each (its measured time is in the tutorials' README), keeps them in `runs/tutorial-07` and
+# loads them from there the next time. Its first cell prints which of the three happened. The numbers of a
 # short run are a sketch; the last section reads the full runs' numbers. With
 # `DCN_NUMBA_TUTORIAL_SMOKE=1` (the test suite sets it) it tests on fewer digits and saves nothing.
 

@@ -33,8 +33,8 @@
 #
 # The notebook loads the weights that `make detect` (`python -m dcn_numba.detect --out
 # runs/detect`, 600 steps per detector) writes, when they are there; otherwise it trains both
-# detectors itself for a short run of 200 steps each (about a minute and a half on two cores),
-# keeps them in `runs/tutorial-08` and loads them from there the next time. Its first cell prints
+# detectors itself for a short run of 200 steps each (its measured time is in the tutorials'
+# README), keeps them in `runs/tutorial-08` and loads them from there the next time. Its first cell prints
 # which of the three happened. A short run's numbers are a sketch. With
 # `DCN_NUMBA_TUTORIAL_SMOKE=1` (the test suite sets it) it uses fewer canvases and saves nothing.
 
@@ -67,7 +67,7 @@ VARIANTS = ("rfcn", "rfcn_droi")
 SAVED = Path("..") / "runs" / "tutorial-08"  # where this notebook keeps its own short run for the next time
 TRAINED = all((RUN / f"{v}.npz").is_file() for v in VARIANTS) and (RUN / "metrics.json").is_file()
 settings = (["--steps", "200", "--train-canvases", "500", "--test-canvases", "40"] if SMOKE
-            else ["--steps", "200", "--train-canvases", "1000", "--test-canvases", "100"])
+            else ["--steps", "200", "--train-canvases", "500", "--test-canvases", "60"])
 REUSED = (not TRAINED and not SMOKE and all((SAVED / f"{v}.npz").is_file() for v in VARIANTS)
           and (SAVED / "run.json").is_file() and json.loads((SAVED / "run.json").read_text())["settings"] == settings)
 args = command.parse_args(settings + ["--variants", *VARIANTS])
@@ -205,12 +205,22 @@ for variant, m in scores.items():
 figure, shifts = part_offsets_figure(detectors["rfcn_droi"], test, anchors, count=6, min_score=0.0)
 print(f"mean bin shift on these {len(shifts)} detections: {np.mean(shifts):.2f} px")
 assert len(shifts) == 6
+for axis in figure.axes:  # a bin moved past the canvas is cut at its edge, not drawn over the next panel
+    for patch in axis.patches:
+        patch.set_clip_on(True)
+figure.set_layout_engine("constrained")  # room for every panel's title
+figure.canvas.draw()
+panels = [axis.get_window_extent() for axis in figure.axes]
+for axis in figure.axes:  # no title overlaps a panel
+    title = axis.title.get_window_extent()
+    assert not any(title.overlaps(panel) for panel in panels), f"the title {axis.get_title()!r} overlaps a panel"
 plt.show()
 
 # %% [markdown]
 # **Figure 2.** The best detection on each of the first six test canvases, from the deformable
 # R-FCN detector (its score in the title): the RoI (gold), its 3 × 3 bins without offsets
-# (dashed, cyan) and where they pool after the learned offsets (solid, red). The mean shift of a bin, printed above the figure, is measured on these
+# (dashed, cyan) and where they pool after the learned offsets (solid, red; a bin moved past the
+# canvas is drawn cut at its edge). The mean shift of a bin, printed above the figure, is measured on these
 # detections. Look at whether the red bins gather on the strokes of the digit or drift off them:
 # the offsets are learned only to lower the detection loss, with no other guidance.
 

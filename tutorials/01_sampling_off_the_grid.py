@@ -215,8 +215,8 @@ plt.show()
 # for an invalid position, and otherwise the value of `bilinear_by_hand` on `np.pad(image, 1)`, where
 # the position p becomes p + 1 (`bilinear_by_hand` returns (value, weights, corners): keep the
 # value). The check, `checks.matches_dcn_sample` in [checks.py](checks.py) like every check of the
-# course, compares it with dcn_numba's sampler at 2000 random positions in and around a 4 × 5
-# image.
+# course, compares it with the package's reference sampler at 2000 random positions in and around
+# a 4 × 5 image.
 
 # %%
 @exercise

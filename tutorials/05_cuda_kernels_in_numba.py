@@ -158,6 +158,8 @@ sample_grid_stride[2, 8](n, cuda.to_device(image.ravel()), H, W, cuda.to_device(
                          cuda.to_device(p_x), out, owner)
 assert_close(out.copy_to_host(), expected, what="grid-stride kernel against the scalar function")
 owner = owner.copy_to_host()
+loops = np.bincount(owner, minlength=16)  # outputs per thread: the passes of its loop
+assert set(loops.tolist()) == {18, 19}, loops  # 300 outputs over 16 threads, as Figure 1's caption says
 
 # %%
 threads, passes_shown = 2 * 8, 6

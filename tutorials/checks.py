@@ -33,7 +33,7 @@ from exercises import scatters_with_atomics
 # Notebook 1, sampling off the grid ----------------------------------------------------------------
 
 def matches_dcn_sample(sample_zero_padded):
-    """S(p) by the DCNv2 rule equals dcn_numba's sampler at 2000 random positions in and around a 4 × 5 image."""
+    """S(p) by the DCNv2 rule equals the reference's sampler at 2000 random positions in and around a 4 × 5 image."""
     rng = np.random.default_rng(0)
     image = rng.integers(0, 10, (4, 5)).astype(np.float64)
     H, W = image.shape

@@ -76,8 +76,9 @@ def test_notebooks_run_on_this_python():
 @pytest.mark.slow
 @pytest.mark.parametrize("source", SOURCES, ids=notebook_id)
 def test_notebook_runs_top_to_bottom_and_draws_every_figure(source, monkeypatch, tmp_path):
-    """...and, where mkdocs and mkdocs-jupyter are installed (the docs extra), its page of the course
-    site, built from this very execution, shows every image the notebook drew."""
+    """Every figure cell draws one image; and where mkdocs and mkdocs-jupyter are installed (the dev
+    and docs extras), the notebook's page of the course site, built from this very execution
+    rather than a second one, shows every image the notebook drew."""
     monkeypatch.setenv("MPLBACKEND", INLINE_BACKEND)
     monkeypatch.setenv("DCN_NUMBA_TUTORIAL_SOLUTIONS", "1")
     monkeypatch.setenv("DCN_NUMBA_TUTORIAL_SMOKE", "1")

@@ -111,13 +111,14 @@ def assemble(notebooks, folder):
     notebooks {stem: notebook} as tutorials/<stem>.ipynb, and the tutorials' helper modules."""
     folder = Path(folder)
     (folder / "tutorials").mkdir(parents=True, exist_ok=True)
-    (folder / "index.md").write_text(site_links((ROOT / "README.md").read_text(), "tutorials/"))
+    readme = (ROOT / "README.md").read_text().replace("](tutorials/README.md)", "](tutorials/index.md)")
+    (folder / "index.md").write_text(site_links(readme, "tutorials/"))
     shutil.copytree(ROOT / "docs", folder / "docs", dirs_exist_ok=True)
     (folder / "benchmarks").mkdir(exist_ok=True)
     shutil.copy(ROOT / "benchmarks" / "RESULTS.md", folder / "benchmarks" / "RESULTS.md")
     readme = (TUTORIALS / "README.md").read_text().replace("](README.md)", "](index.md)")
     (folder / "tutorials" / "index.md").write_text(site_links(readme))
-    for helper in ("checks.py", "exercises.py"):
+    for helper in ("checks.py", "exercises.py", "course_site.py"):
         shutil.copy(TUTORIALS / helper, folder / "tutorials" / helper)
     shutil.copytree(TUTORIALS / "solutions", folder / "tutorials" / "solutions", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__"))

@@ -30,8 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 TUTORIALS = ROOT / "tutorials"
 CONFIG = ROOT / "mkdocs.yml"
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
-# The kernel environment of an executed notebook: every exercise on its solution, figures inline.
-NOTEBOOK_ENVIRONMENT = {"MPLBACKEND": INLINE_BACKEND, "DCN_NUMBA_TUTORIAL_SOLUTIONS": "1"}
+# The kernel environment of an executed notebook: every exercise on its solution, figures inline,
+# and no warning from tqdm that it draws text progress bars, not widgets (a page cannot run widgets).
+NOTEBOOK_ENVIRONMENT = {"MPLBACKEND": INLINE_BACKEND, "DCN_NUMBA_TUTORIAL_SOLUTIONS": "1",
+                        "PYTHONWARNINGS": "ignore:IProgress not found"}
 CELL_TIMEOUT_S = 600
 
 

@@ -35,6 +35,13 @@ tutorials: $(VENV)/.installed
 	$(VENV)/bin/jupytext --to ipynb tutorials/*.py
 	$(VENV)/bin/jupyter notebook tutorials/
 
+# The course as a static site in build/site (open build/site/index.html): every notebook executed
+# once, with its figures, beside the README, the specification and the results pages.
+.PHONY: docs
+docs: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[docs]"
+	$(PY) tutorials/course_site.py --out build/site
+
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench.py
 

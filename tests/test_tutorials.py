@@ -36,7 +36,8 @@ from nbclient import NotebookClient
 TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
 SOURCES = sorted(TUTORIALS.glob("[0-9][0-9]_*.py"))
 sys.path.insert(0, str(TUTORIALS))
-import exercises  # noqa: E402  (the tutorials' own helper module, found in tutorials/)
+import course_site  # noqa: E402  (the tutorials' own modules, found in tutorials/)
+import exercises  # noqa: E402
 
 # A bound per cell, generous for a loaded 2-core machine: the slowest cell is the short training
 # run of notebook 7, and Numba's first compilation of a parallel kernel takes tens of seconds.
@@ -74,7 +75,10 @@ def test_notebooks_run_on_this_python():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("source", SOURCES, ids=notebook_id)
-def test_notebook_runs_top_to_bottom_and_draws_every_figure(source, monkeypatch):
+def test_notebook_runs_top_to_bottom_and_draws_every_figure(source, monkeypatch, tmp_path):
+    """Every figure cell draws one image; and where mkdocs and mkdocs-jupyter are installed (the dev
+    and docs extras), the notebook's page of the course site, built from this very execution
+    rather than a second one, shows every image the notebook drew."""
     monkeypatch.setenv("MPLBACKEND", INLINE_BACKEND)
     monkeypatch.setenv("DCN_NUMBA_TUTORIAL_SOLUTIONS", "1")
     monkeypatch.setenv("DCN_NUMBA_TUTORIAL_SMOKE", "1")
@@ -89,6 +93,12 @@ def test_notebook_runs_top_to_bottom_and_draws_every_figure(source, monkeypatch)
                   if output.get("output_type") == "display_data" and "image/png" in output.get("data", {})]
         assert len(images) == 1, \
             f"{source.name}: the figure cell {index} produced {len(images)} image/png outputs, expected 1"
+    if course_site.site_tool_missing() is None:  # else test_the_course_site_links_every_notebook says why
+        drawn = sum("image/png" in output.get("data", {}) for cell in notebook.cells
+                    for output in cell.get("outputs", []))
+        site = course_site.build({source.stem: notebook}, tmp_path / "site", tmp_path / "course")
+        shown = course_site.page_images(course_site.notebook_page(site, source.stem))
+        assert len(shown) == drawn, f"{source.name}: its page shows {len(shown)} images, the notebook drew {drawn}"
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=notebook_id)
@@ -226,5 +236,29 @@ def test_a_scatter_without_atomics_fails_the_col2im_check():
 
 
 def test_the_col2im_solution_scatters_with_atomics():
-    solution = exercises.solutions_of("04_cuda_kernels_in_numba").naive_col2im
+    solution = exercises.solutions_of("05_cuda_kernels_in_numba").naive_col2im
     exercises.scatters_with_atomics(solution, "grad_x")
+
+
+def test_the_course_site_links_every_notebook(tmp_path):
+    """`make docs` renders README, specification and notebooks; built here from each notebook's
+    title cell alone (the pages' figures are checked where each notebook runs), every notebook has
+    its page, linked from the home page and from the course's index."""
+    missing = course_site.site_tool_missing()
+    if missing:
+        pytest.skip(f"the course site cannot be built: {missing}")
+    titles = {path.stem: nbformat.v4.new_notebook(cells=[load(path).cells[0]]) for path in SOURCES}
+    site = course_site.build(titles, tmp_path / "site", tmp_path / "course")
+    home = (site / "index.html").read_text()
+    index = (site / "tutorials" / "index.html").read_text()
+    for path in SOURCES:
+        assert (site / "tutorials" / path.stem / "index.html").is_file(), f"no page for {path.name}"
+        assert f'href="tutorials/{path.stem}/"' in home, f"the home page does not link {path.stem}"
+        assert f'href="{path.stem}/"' in index, f"the course's index does not link {path.stem}"
+    assert (site / "docs" / "specification" / "index.html").is_file(), "no page for the specification"
+
+
+def test_the_site_lists_every_notebook_in_order():
+    config = (TUTORIALS.parent / "mkdocs.yml").read_text()
+    listed = re.findall(r"tutorials/(\d\d_\w+)\.ipynb", config)
+    assert listed == [path.stem for path in SOURCES], f"mkdocs.yml's nav lists {listed}"

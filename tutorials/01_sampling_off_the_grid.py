@@ -47,6 +47,7 @@ from dcn_numba.kernels import sampling
 import matplotlib.pyplot as plt
 import numpy as np
 
+import checks
 import exercises
 from exercises import check
 
@@ -212,8 +213,10 @@ plt.show()
 #
 # **Exercise 1.1.** Write that sentence as code: `sample_zero_padded(image, p_y, p_x)` returns 0
 # for an invalid position, and otherwise the value of `bilinear_by_hand` on `np.pad(image, 1)`, where
-# the position p becomes p + 1 (`bilinear_by_hand` returns (value, weights, corners): keep the value). The check compares it with dcn_numba's `dcn_sample` at 2000 random
-# positions in and around the image.
+# the position p becomes p + 1 (`bilinear_by_hand` returns (value, weights, corners): keep the
+# value). The check, `checks.matches_dcn_sample` in [checks.py](checks.py) like every check of the
+# course, compares it with the package's reference sampler at 2000 random positions in and around
+# a 4 × 5 image.
 
 # %%
 @exercise
@@ -223,17 +226,7 @@ def sample_zero_padded(image, p_y, p_x):
 
 
 # %%
-rng = np.random.default_rng(0)
-positions = rng.uniform([-1.5, -1.5], [H + 0.5, W + 0.5], size=(2000, 2))
-
-
-def matches_dcn_sample(sample):
-    for p_y, p_x in positions:
-        assert_close(sample(image, p_y, p_x), sampling.dcn_sample(image.ravel(), 0, H, W, p_y, p_x),
-                     what=f"S at {(p_y, p_x)}")
-
-
-check(sample_zero_padded, matches_dcn_sample)
+check(sample_zero_padded, checks.matches_dcn_sample)
 
 # %% [markdown]
 # Picture it on an image of ones, where the rule is easiest to see: inside the pixel centres S is
@@ -311,6 +304,7 @@ def conv_by_sampling(image, weight, offset, stride=1, padding=0, dilation=1):
 # zero-padded image:
 
 # %%
+rng = np.random.default_rng(0)
 weight = rng.standard_normal((3, 3))
 padding = 1
 H_out, W_out = H + 2 * padding - 2, W + 2 * padding - 2
@@ -347,6 +341,11 @@ for axis, (title, positions) in zip(axes, grids.items()):
     axis.scatter([0], [0], marker="+", s=60, color="k")
     axis.set(xlim=(-2.6, 2.6), ylim=(2.6, -2.6), aspect="equal", title=title, xticks=[], yticks=[])
     axis.title.set_fontsize(9)
+fig.legend(handles=[plt.Line2D([], [], ls="", marker="o", mfc="none", mec="0.6", label="regular grid p0 + p_n"),
+                    plt.Line2D([], [], ls="", marker="o", color="tab:blue", label="sampled at p0 + p_n + Δp_n"),
+                    plt.Line2D([], [], color="tab:red", lw=0.8, label="offset Δp_n"),
+                    plt.Line2D([], [], ls="", marker="+", ms=8, color="k", label="p0")],
+           loc="outside lower center", ncols=4, fontsize=8)
 plt.show()
 
 # %% [markdown]

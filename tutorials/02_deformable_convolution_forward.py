@@ -43,6 +43,7 @@ from dcn_numba.reference import deform_conv_vectorised as reference
 import matplotlib.pyplot as plt
 import numpy as np
 
+import checks
 import exercises
 from exercises import check
 
@@ -63,7 +64,7 @@ B, C_in, H, W = digit.shape
 # dcn_numba has an ordinary convolution of its own, `dcn_numba.engine.windows.conv2d`, which shares no
 # code with the deformable one: it copies the kernel windows of the padded input into columns
 # (im2col) and multiplies them with the weights, and never interpolates. It is an autograd
-# Function (notebook 6), so here it gets its arrays wrapped in Tensors:
+# Function (notebook 4), so here it gets its arrays wrapped in Tensors:
 
 # %%
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1):
@@ -108,7 +109,8 @@ print("channel of Δx for each tap:\n", channels[..., 1])
 # **Exercise 2.1.** Write `scale_offsets(s, kh, kw)`: the (2K,) offset bias Δp_n = (s − 1)·p_n,
 # with p_n = (ki − (kh − 1)/2, kj − (kw − 1)/2) the tap's place around the kernel's centre, laid
 # out as channel 2k + d (d = 0 for Δy, 1 for Δx). The check runs it for s = 2 and s = 3 and
-# compares the deformable layer with the independent convolution of dilation s.
+# compares the deformable layer with the independent convolution of dilation s, on random
+# features.
 
 # %%
 @exercise
@@ -118,15 +120,7 @@ def scale_offsets(s, kh, kw):
 
 
 # %%
-def acts_as_dilation(scale_offsets):
-    for scale in (2, 3):
-        offset = conv2d(digit, offset_weight, scale_offsets(scale, kh, kw), padding=1)
-        assert_close(dcn_numba.deform_conv2d(digit, offset, weight, padding=1),
-                     conv2d(digit, weight, padding=scale, dilation=scale),
-                     what=f"offsets (s − 1)·p_n against dilation s = {scale}")
-
-
-check(scale_offsets, acts_as_dilation)
+check(scale_offsets, checks.acts_as_dilation)
 tap_y, tap_x = np.divmod(np.arange(K), kw)
 p_n = np.stack([tap_y - 1, tap_x - 1], axis=1)  # (K, 2): the regular grid around p0, (y, x)
 
@@ -238,8 +232,8 @@ plt.show()
 # **Exercise 2.2.** Write `forward_by_gemm(weight, col, bias)`: the output (B, C_out,
 # H_out·W_out) from the column buffer `col` (B, G, C_in/G·K, H_out·W_out) as `reference.columns`
 # returns it, with G weight groups (G = col.shape[1]; output channels of group g, the g-th block
-# of C_out/G, read only `col[:, g]`). The check tries it with one group on the digit and with two
-# groups on random features.
+# of C_out/G, read only `col[:, g]`). The check tries it with one and with two weight groups on
+# random features; the cell then runs it on the digit's column buffer above.
 
 # %%
 @exercise
@@ -249,21 +243,10 @@ def forward_by_gemm(weight, col, bias):
 
 
 # %%
+check(forward_by_gemm, checks.matches_deform_conv2d)
 bias = rng.standard_normal(4)
-
-
-def matches_deform_conv2d(forward_by_gemm):
-    ungrouped = forward_by_gemm(weight, col, bias).reshape(1, 4, H, W)
-    assert_close(ungrouped, dcn_numba.deform_conv2d(digit, stretched, weight, bias, padding=1),
-                 what="weight @ col + bias against deform_conv2d")
-    grouped_weight = rng.standard_normal((6, 2, kh, kw))  # C_in = 4, 2 channels per group → G = 2
-    grouped_col = reference.columns(features, two_groups[:, :2 * K], grouped_weight, mask=None, **pairs)
-    grouped = forward_by_gemm(grouped_weight, grouped_col, np.zeros(6)).reshape(2, 6, 6, 6)
-    assert_close(grouped, dcn_numba.deform_conv2d(features, two_groups[:, :2 * K], grouped_weight,
-                                                  padding=1), what="one GEMM per weight group")
-
-
-check(forward_by_gemm, matches_deform_conv2d)
+assert_close(forward_by_gemm(weight, col, bias).reshape(1, 4, H, W),
+             dcn_numba.deform_conv2d(digit, stretched, weight, bias, padding=1), what="the digit's layer by GEMM")
 
 # %% [markdown]
 # This split is the whole trick: the sampling (where deformable convolution differs from a
@@ -315,7 +298,7 @@ print(f"mask channel k = {tap} scales tap (ki, kj) = {divmod(tap, kw)}")
 #   part of the column buffer is sampled and multiplied by the weights (BLAS) while it is still in
 #   the core's cache, so the whole buffer never exists;
 # * `"cuda"`: the deformable im2col as a CUDA kernel filling the column buffer of a chunk of the
-#   batch, then CuPy's GEMM (notebook 4).
+#   batch, then CuPy's GEMM (notebook 5).
 #
 # On a layer of realistic shape, with random offsets and masks, the CPU kernel must agree with the
 # reference to rounding error, in both precisions:

@@ -44,6 +44,7 @@ from dcn_numba.kernels import sampling
 import matplotlib.pyplot as plt
 import numpy as np
 
+import checks
 import exercises
 from exercises import check
 
@@ -187,8 +188,9 @@ def mask_gradient(gcol, S):
 
 
 # %%
-check(mask_gradient, lambda f: assert_close(f(gcol, S), package["mask"], what="grad_mask"))
+check(mask_gradient, checks.matches_the_mask_gradient)
 grad_mask = mask_gradient(gcol, S)
+assert_close(grad_mask, package["mask"], what="grad_mask of this notebook's layer")
 
 # %% [markdown]
 # ## Step 4: the offsets
@@ -219,9 +221,9 @@ def offset_gradient(gcol, m, dS_dpy, dS_dpx):
 
 
 # %%
-check(offset_gradient, lambda f: assert_close(f(gcol, m, dS_dpy, dS_dpx), package["offset"],
-                                              what="grad_offset"))
+check(offset_gradient, checks.matches_the_offset_gradient)
 grad_offset = offset_gradient(gcol, m, dS_dpy, dS_dpx)
+assert_close(grad_offset, package["offset"], what="grad_offset of this notebook's layer")
 
 # %% [markdown]
 # ## Step 5: the input
@@ -250,9 +252,9 @@ print("all five gradients by hand agree with deform_conv2d_backward")
 
 # %% [markdown]
 # The adds into `grad_input` are the one place where the backward pass is not "one output, one
-# owner": many samples write into the same pixel. Notebook 4 shows how the CUDA kernel makes that
-# safe (atomic adds) and how the CPU kernel avoids the question by giving each input plane to one
-# thread.
+# owner": many samples write into the same pixel. Notebook 5 shows how the CUDA kernel makes that
+# safe (atomic adds) and how the CPU kernel avoids the question: each of its threads owns whole
+# images, and is the only one to write their gradient.
 #
 # ## Checking against finite differences
 #
@@ -417,4 +419,5 @@ else:
 #   beyond −1, H, W) it returns no offset or mask gradient (the DCNv2 rule). Zero offsets hit
 #   both cases, so gradient checks use offsets with fractional parts away from 0.
 #
-# Notebook 4 turns these loops into CUDA kernels.
+# Notebook 4 puts these gradients into an autograd engine, which can then train a network;
+# notebook 5 turns these loops into CUDA kernels.

@@ -3,19 +3,21 @@
 A notebook marks each function the learner writes with the decorator `exercises_of(notebook)`
 gives, and checks it right away:
 
+    import checks
     from exercises import check, exercises_of
     exercise = exercises_of("01_sampling_off_the_grid")
 
     @exercise
-    def bilinear_weights(l_y, l_x):
-        '''Exercise 1.1: the four corner weights (w00, w01, w10, w11) of S(p).'''
-        raise NotImplementedError("Exercise 1.1: write the four weights")
+    def sample_zero_padded(image, p_y, p_x):
+        '''S(p) by the DCNv2 rule: ...'''
+        raise NotImplementedError("Exercise 1.1: write the DCNv2 boundary rule")
 
-    check(bilinear_weights, lambda f: assert_close(f(0.25, 0.5), (0.375, 0.375, 0.125, 0.125)))
+    check(sample_zero_padded, checks.matches_dcn_sample)
 
-Until the body is written, `check` fails and says which exercise to fill in. The worked solutions
-live in tutorials/solutions/, one file per notebook named like it, one function per exercise
-under the exercise's name. With the environment variable DCN_NUMBA_TUTORIAL_SOLUTIONS=1 set
+where the test, a function of tutorials/checks.py, asserts what a right answer does. Until the body
+is written, `check` fails and says which exercise to fill in. The worked solutions live in
+tutorials/solutions/, one file per notebook named like it, one function per exercise under the
+exercise's name. With the environment variable DCN_NUMBA_TUTORIAL_SOLUTIONS=1 set
 before the notebook starts, `@exercise` hands back the solution instead of the learner's function,
 so the rest of the notebook runs; the tests run every notebook that way. Inside a running notebook,
 `exercises.SOLUTIONS = True` takes effect for the `@exercise` cells run after it: run it, then

@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 4. Writing the CUDA kernels in Numba
+# # 5. Writing the CUDA kernels in Numba
 #
 # Notebooks 2 and 3 computed the deformable convolution with loops over every sample. On a GPU
 # those loops become *kernels*: functions that thousands of threads run at once, each on its own
@@ -26,10 +26,12 @@
 #
 # * the thread-to-output mapping: each thread computes one output, found from its index;
 # * grid-stride loops, which let a bounded grid of threads cover any problem size;
-# * to write a deformable im2col kernel with the shared sampler (exercise 4.1) and check it
+# * to write a deformable im2col kernel with the shared sampler (exercise 5.1) and check it
 #   against the reference;
 # * to write col2im, why its scatter needs atomic adds (lost updates, shown), and how the CPU
-#   version avoids them (exercise 4.2);
+#   version avoids them (exercise 5.2);
+# * to check a kernel before timing it, and how the naive kernel's time compares with the
+#   package's (on the CPU, where there is no GPU);
 # * what the package's kernels add, precomputed sample locations and a zero-padded channels-last input, and
 #   what each saves;
 # * how to run CUDA kernels on a machine without a GPU, in Numba's CUDA simulator, which also
@@ -68,6 +70,7 @@ from dcn_numba.reference import deform_conv_vectorised as reference
 
 import inspect
 import math
+import time
 import re
 import tempfile
 import threading
@@ -77,10 +80,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from numba import config, cuda, njit
 
+import checks
 import exercises
-from exercises import check, scatters_with_atomics
+from exercises import check
 
-exercise = exercises.exercises_of("04_cuda_kernels_in_numba")
+exercise = exercises.exercises_of("05_cuda_kernels_in_numba")
 
 SIMULATED = bool(config.ENABLE_CUDASIM)
 print("kernels run in the", "CUDA simulator (no GPU here)" if SIMULATED else "GPU")
@@ -154,6 +158,8 @@ sample_grid_stride[2, 8](n, cuda.to_device(image.ravel()), H, W, cuda.to_device(
                          cuda.to_device(p_x), out, owner)
 assert_close(out.copy_to_host(), expected, what="grid-stride kernel against the scalar function")
 owner = owner.copy_to_host()
+loops = np.bincount(owner, minlength=16)  # outputs per thread: the passes of its loop
+assert set(loops.tolist()) == {18, 19}, loops  # 300 outputs over 16 threads, as Figure 1's caption says
 
 # %%
 threads, passes_shown = 2 * 8, 6
@@ -183,40 +189,28 @@ plt.show()
 # independent, so thread `index` can own element `index` of the flat buffer (C_in, K, H_out,
 # W_out). Keep it simple: one image, one offset group, stride and dilation 1, no mask.
 #
-# **Exercise 4.1.** Write the body of `naive_im2col`. In a grid-stride loop over `index`:
+# **Exercise 5.1.** Write the body of `naive_im2col`. In a grid-stride loop over `index`:
 # unpack it into (c, k, i, j) (divisions and remainders by W_out, H_out and K, innermost last),
 # find (ki, kj) from k, read Δy and Δx from the flat offset array (B = 1, so channel 2k of it
 # starts at flat index 2k·H_out·W_out), and write
 # `col[index] = gpu.dcn_sample(x, c·H·W, H, W, p_y, p_x)`, the shared sampler of notebook 1
 # reading channel c of the flat input. The next cell compiles it for the GPU, or for the
-# simulator here, and checks it against the reference's column buffer.
+# simulator here, launches it as 2 blocks of 8 threads on a 2-channel 5 × 5 input with random
+# offsets, and compares it with the reference's column buffer.
 
 # %%
 @exercise
 def naive_im2col(n_items, x, offset, H, W, kh, kw, padding, H_out, W_out, col):
     """col[c, k, i, j] = S(x_c, i − padding + ki + Δy_k, j − padding + kj + Δx_k); one thread per element."""
-    raise NotImplementedError("Exercise 4.1: a grid-stride loop that samples one element of col per step")
+    raise NotImplementedError("Exercise 5.1: a grid-stride loop that samples one element of col per step")
 
 
 # %%
-naive_im2col_kernel = cuda.jit(naive_im2col)
+check(naive_im2col, checks.matches_the_reference_columns)
 C_in, size, kh, kw, padding = 2, 5, 3, 3, 1
 K = kh * kw
 x = rng.standard_normal((1, C_in, size, size))
 offset = rng.normal(0, 1.5, (1, 2 * K, size, size))  # H_out = W_out = size with padding 1
-no_weight = np.zeros((1, C_in, kh, kw))  # `columns` reads only the weight's shape
-
-
-def matches_the_reference_columns(naive_im2col):
-    kernel = naive_im2col_kernel if naive_im2col is naive_im2col_kernel.py_func else cuda.jit(naive_im2col)
-    col = cuda.to_device(np.zeros(C_in * K * size * size))
-    kernel[2, 8](col.size, cuda.to_device(x.ravel()), cuda.to_device(offset.ravel()), size, size, kh, kw,
-                 padding, size, size, col)
-    expected = reference.columns(x, offset, no_weight, (1, 1), (padding, padding), (1, 1), None)
-    assert_close(col.copy_to_host(), expected.ravel(), what="naive_im2col against reference.columns")
-
-
-check(naive_im2col, matches_the_reference_columns)
 
 # %% [markdown]
 # ## col2im, and why it needs atomics
@@ -324,41 +318,28 @@ plt.show()
 # 49 adds, 36.2 on average (each output has 9 taps and each tap adds into 4 pixels: 36 adds per
 # output, spread unevenly by the offsets), so collisions are the rule, not a corner case.
 #
-# **Exercise 4.2.** Write `naive_col2im`, the adjoint of your im2col: in a grid-stride loop over
-# the gcol elements, recompute p as in exercise 4.1, skip invalid samples
+# **Exercise 5.2.** Write `naive_col2im`, the adjoint of your im2col: in a grid-stride loop over
+# the gcol elements, recompute p as in exercise 5.1, skip invalid samples
 # (`gpu.dcn_is_valid(p_y, p_x, H, W)`), and for each of the four corners
 # (y0 + corner // 2, x0 + corner % 2) that lies inside the image add
 # `gcol[index] · gpu.corner_weight(l_y, l_x, corner)` into `grad_x` with
 # `cuda.atomic.add(grad_x, flat_index, value)`, which makes read-add-write one indivisible step.
-# (`gpu.fractional_part(p)` gives l = p − ⌊p⌋.) The check compares it with the package's
-# grad_input for a weight that copies col to the output, so that grad_out is gcol.
+# (`gpu.fractional_part(p)` gives l = p − ⌊p⌋.) The check first reads your code:
+# `grad_x` may be written only through `cuda.atomic.add` (the simulator runs threads one after
+# another often enough that a plain `+=` can still give the right numbers there, so the numbers
+# alone cannot tell). Then it compares the result with the package's grad_input for a weight that
+# copies col to the output, so that grad_out is gcol.
 
 # %%
 @exercise
 def naive_col2im(n_items, gcol, offset, H, W, kh, kw, padding, H_out, W_out, grad_x):
     """grad_x[c] += gcol[c, k, i, j] · w_ab at the four in-image corners of each valid sample."""
-    raise NotImplementedError("Exercise 4.2: scatter with cuda.atomic.add")
+    raise NotImplementedError("Exercise 5.2: scatter with cuda.atomic.add")
 
 
 # %%
-naive_col2im_kernel = cuda.jit(naive_col2im)
-size = 5
-gcol = rng.standard_normal((C_in * K, size, size))
-copy_weight = np.eye(C_in * K).reshape(C_in * K, C_in, kh, kw)  # out channel (c, k) = col[c, k]
-
-
-def matches_the_package_backward(naive_col2im):
-    kernel = naive_col2im_kernel if naive_col2im is naive_col2im_kernel.py_func else cuda.jit(naive_col2im)
-    grad_x = cuda.to_device(np.zeros(C_in * size * size))
-    kernel[2, 8](gcol.size, cuda.to_device(gcol.ravel()), cuda.to_device(offset.ravel()), size, size,
-                 kh, kw, padding, size, size, grad_x)
-    expected = dcn_numba.deform_conv2d_backward(gcol[None], x, offset, copy_weight, padding=padding,
-                                                backend="reference")[0]
-    assert_close(grad_x.copy_to_host(), expected.ravel(), what="naive_col2im against grad_input")
-    scatters_with_atomics(naive_col2im, "grad_x")
-
-
-check(naive_col2im, matches_the_package_backward)
+check(naive_col2im, checks.matches_the_package_backward)
+size = 5  # the layer of exercise 5.1 again (the count of collisions used a 12 × 12 channel)
 
 # %% [markdown]
 # Atomics cost throughput and make floating-point sums order-dependent (the last bits vary from
@@ -366,6 +347,84 @@ check(naive_col2im, matches_the_package_backward)
 # did: each `prange` iteration owns whole *images*, walks every sample of them and is the only
 # writer of their gradient. No two iterations touch the same memory, so plain `+=` is safe and the
 # result is deterministic.
+#
+# ## How fast is the naive kernel?
+#
+# There is no GPU here to time a CUDA kernel on, and the simulator runs Python thread by thread, so
+# its times say nothing. The CPU can still compare the two *algorithms*: your im2col's loop body,
+# compiled for the CPU with `@njit` and run by one thread over every element in turn (a grid-stride
+# loop whose grid has one thread), followed by one GEMM per image, against the package's CPU
+# forward kernel. Check first, then time: both must match the reference before either is timed.
+
+# %%
+@njit
+def naive_im2col_cpu(x, offset, H, W, kh, kw, padding, H_out, W_out, col):
+    """Exercise 5.1's loop on one CPU thread: col[c, k, i, j] = S(x_c, p) for every element in turn."""
+    K, HW_out = kh * kw, H_out * W_out
+    for index in range(col.size):
+        c, k, i, j = index // HW_out // K, index // HW_out % K, index // W_out % H_out, index % W_out
+        p_y = i - padding + k // kw + offset[2 * k * HW_out + i * W_out + j]
+        p_x = j - padding + k % kw + offset[(2 * k + 1) * HW_out + i * W_out + j]
+        col[index] = sampling.dcn_sample(x, c * H * W, H, W, p_y, p_x)
+
+
+def naive_forward(x, offset, weight):
+    """A 3 × 3 deformable convolution with padding 1: the naive im2col, then weight @ col, image by image."""
+    B, C_in, H, W = x.shape
+    C_out = weight.shape[0]
+    out = np.empty((B, C_out, H * W))
+    col = np.empty(C_in * 9 * H * W)
+    for b in range(B):
+        naive_im2col_cpu(x[b].ravel(), offset[b].ravel(), H, W, 3, 3, 1, H, W, col)
+        out[b] = weight.reshape(C_out, -1) @ col.reshape(C_in * 9, H * W)
+    return out.reshape(B, C_out, H, W)
+
+
+def best_time(function, repeats=5):
+    """The fastest of `repeats` runs, in seconds: the run least disturbed by the machine's other work."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+timing_sizes, timings = (8, 16, 32), {"naive im2col + GEMM": [], "package's CPU kernel": []}
+for side in timing_sizes:
+    layer_input = rng.standard_normal((2, 16, side, side))
+    layer_offset = rng.normal(0, 1.5, (2, 18, side, side))
+    layer_weight = rng.standard_normal((16, 16, 3, 3))
+    expected = dcn_numba.deform_conv2d(layer_input, layer_offset, layer_weight, padding=1, backend="reference")
+    runs = {"naive im2col + GEMM": lambda: naive_forward(layer_input, layer_offset, layer_weight),
+            "package's CPU kernel": lambda: dcn_numba.deform_conv2d(layer_input, layer_offset, layer_weight,
+                                                                    padding=1, backend="cpu")}
+    for name, run in runs.items():
+        assert_close(run(), expected, what=f"{name} against the reference, {side} × {side}")  # check first
+        timings[name].append(best_time(run))
+for name, seconds in timings.items():
+    print(f"{name:22s}" + "".join(f"{side:>4} × {side}: {1e3 * s:7.2f} ms" for side, s in zip(timing_sizes, seconds)))
+ratios = np.array(timings["naive im2col + GEMM"]) / np.array(timings["package's CPU kernel"])
+print("naive / package, this run:", " ".join(f"{r:.1f}×" for r in ratios))
+
+# %%
+fig, axis = plt.subplots(figsize=(5, 2.8), layout="constrained")
+for (name, seconds), marker in zip(timings.items(), ("o", "s")):
+    axis.plot([side * side for side in timing_sizes], 1e3 * np.array(seconds), marker=marker, label=name)
+axis.set(xscale="log", yscale="log", xlabel="output positions per image (H·W)", ylabel="ms per forward, best of 5",
+         xticks=[side * side for side in timing_sizes], xticklabels=[f"{s}×{s}" for s in timing_sizes])
+axis.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# **Figure 3.** The time of one forward pass of a 3 × 3 deformable layer, 2 images, 16 → 16
+# channels, at three sizes, on the CPU in float64: the naive im2col (one thread, one element at a
+# time) plus a GEMM per image, against the package's kernel, both checked against the reference
+# before they were timed. The caption states no ratio because it is a property of the machine and
+# of what else runs on it (the test suite runs this notebook with one Numba thread, two notebooks at
+# a time); the cell above prints this run's. The next section says where the difference comes
+# from. `make bench` measures realistic layers, with every backend, the same way: checked first,
+# then timed against baselines measured in the same run.
 #
 # ## What the package's kernels do differently
 #
@@ -413,25 +472,24 @@ assert col_elements // samples == layer["C_in"] // layer["G_off"]
 
 # %% [markdown]
 # The price is memory: three arrays of the sample count (small next to col, C_in/G_off times
-# larger) and one padded copy of the input. Here is the package's im2col kernel; every name in it
-# is now yours: the grid-stride loop of exercise 4.1, the element's coordinates
-# (`dcn_column_coordinates`), `dcn_table_index` and `top_left`, `l_y`, `l_x` for the precomputed
-# location, `padded_corners` on the channels-last input, and `dcn_column_from_corners`, which blends
-# and takes `dcn_unlocated_value` for a sample outside, times the mask m of v2:
+# larger) and one padded copy of the input. Every name in the package's im2col kernel is now
+# yours: the grid-stride loop of exercise 5.1, the element's coordinates (`dcn_column_coordinates`),
+# `dcn_table_index` and `top_left`, `l_y`, `l_x` for the precomputed location, `padded_corners` on
+# the channels-last input, and `dcn_column_from_corners`, which blends and takes
+# `dcn_unlocated_value` for a sample outside, times the mask m of v2. Its col2im is your exercise
+# 5.2 on the same precomputed locations, with the one atomic, `cuda.atomic.add`. The CPU avoids
+# atomics by ownership, as the two threads above did: each `prange` iteration of its backward owns
+# whole images, and `backpropagate_tile` scatters a tile of one image's gcol into that image alone
+# (and, in the same pass over the samples, sums their offset and mask gradients). Read them next to
+# your own kernels; here is where each one is:
 
 # %%
-print(inspect.getsource(conv_kernels.deformable_im2col_cuda))
-
-# %% [markdown]
-# Its col2im is your exercise 4.2 on the same precomputed locations, with the one atomic,
-# `cuda.atomic.add`. The CPU avoids atomics by ownership, as the two threads above did: each
-# `prange` iteration of its backward owns whole images, and `backpropagate_tile` scatters a tile
-# of one image's gcol into that image alone (and, in the same pass over the samples, sums their
-# offset and mask gradients):
-
-# %%
-print(inspect.getsource(conv_kernels.deformable_col2im_cuda))
-print(inspect.getsource(conv_kernels.backpropagate_tile))
+for kernel in (conv_kernels.deformable_im2col_cuda, conv_kernels.deformable_col2im_cuda,
+               conv_kernels.backpropagate_tile):
+    function = getattr(kernel, "py_func", kernel)
+    path = Path(inspect.getsourcefile(function)).resolve().relative_to(Path(dcn_numba.__file__).resolve().parents[1])
+    lines, first = inspect.getsourcelines(function)
+    print(f"{function.__name__:24s} {path}, lines {first}–{first + len(lines) - 1}")
 
 # %% [markdown]
 # The package launches its kernels with `launch(kernel, n_items, stream, *args)`, which picks
@@ -593,7 +651,7 @@ assert tallest.startswith("offset_mask_gradient_cuda"), f"the tallest bar is {ta
 plt.show()
 
 # %% [markdown]
-# **Figure 3.** Registers per thread of each deformable convolution kernel, compiled for sm_80, in
+# **Figure 4.** Registers per thread of each deformable convolution kernel, compiled for sm_80, in
 # float32 and float64. Look at the tallest bar: the kernel that keeps the most values live per
 # thread (the offset and mask gradient, which carries three running sums through its loop over
 # channels) needs the most registers, and the table above translates that into fewer resident
@@ -669,4 +727,4 @@ print("reference, cpu and cuda agree:", to_host(results["cuda"])[0, 0, 0].round(
 # * The sampling math is written once (`sampling.py`) and inlined into both the CPU and the CUDA
 #   kernels.
 #
-# Notebook 5 turns to the other deformable operator: RoI pooling.
+# Notebook 6 turns to the other deformable operator: RoI pooling.

@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 5. Deformable RoI pooling and its position-sensitive variant
+# # 6. Deformable RoI pooling and its position-sensitive variant
 #
 # Object detectors look at a feature map through boxes, regions of interest (RoIs), and turn each
 # box into a fixed-size grid of features by pooling. The paper makes that pooling deformable too:
@@ -25,6 +25,7 @@
 # * how RoI pooling cuts a box into bins and averages bilinear samples inside each bin;
 # * deformable RoI pooling: one offset per bin, *normalised* by the RoI's width and height so that
 #   the same offsets mean the same part on a small and a large object;
+# * to write the pooling forward of one RoI yourself, bins, shifts and samples;
 # * the two operators' box conventions, side by side;
 # * the backward pass of RoI pooling derived, written by you for the offsets, and checked by
 #   finite differences;
@@ -39,7 +40,7 @@
 # both exactly. Note one convention they share, the opposite of the deformable convolution's: RoI
 # offsets are stored **x first, then y**. The part offsets that a trained detector learns are the
 # subject of notebook 8, [the toy detector](08_toy_detector.py); here the objects are hand-made,
-# so that we know the answer. Two exercises (set `exercises.SOLUTIONS = True` in the next cell to
+# so that we know the answer. Three exercises (set `exercises.SOLUTIONS = True` in the next cell to
 # use the worked solutions).
 
 # %%
@@ -56,10 +57,11 @@ from dcn_numba.reference import deform_roi_pool as roi_reference
 import matplotlib.pyplot as plt
 import numpy as np
 
+import checks
 import exercises
 from exercises import check
 
-exercise = exercises.exercises_of("05_deformable_roi_pooling")
+exercise = exercises.exercises_of("06_deformable_roi_pooling")
 
 # %% [markdown]
 # ## Bins and samples
@@ -154,6 +156,30 @@ for (ph, pw, before), (_, _, after) in zip(bins, moved):
 print(f"an offset of 1 moves a bin by 0.1 · ({roi_width:.0f}, {roi_height:.0f}) pixels (x, y) on this RoI")
 
 # %% [markdown]
+# **Exercise 6.1.** Now write the whole forward pass for one RoI:
+# `roi_align_pool(image, roi, offset, output_size, sampling_ratio, gamma)` takes a feature map
+# `image` (C, H, W), a box `roi` = (x1, y1, x2, y2) in its pixels, `offset` (2, P, P), x first,
+# or None, and returns (C, P, P). With pixel centres at integers the box starts at
+# (x1 − 0.5, y1 − 0.5) and is (x2 − x1) wide and (y2 − y1) high; bin (ph, pw) of size
+# roi_w/P × roi_h/P moves by γ·(roi_w·Δx̂, roi_h·Δŷ) and averages sampling_ratio² samples at the
+# centres of its sub-bins. Read each sample with `roi_reference.bilinear(image, y, x)`, RoIAlign's
+# sampler with its border rule, which returns all C channels at once. The check compares it with
+# `deform_roi_pool` on four RoIs of a random 2-channel map (fractional corners, one reaching past
+# the border), without and with random offsets; the cell then pools the digit's RoI with it.
+
+# %%
+@exercise
+def roi_align_pool(image, roi, offset, output_size, sampling_ratio, gamma):
+    """out (C, P, P): bin (ph, pw), moved by γ·(roi_w·Δx̂, roi_h·Δŷ), averages its sampling_ratio² samples."""
+    raise NotImplementedError("Exercise 6.1: the bins, their shifts and their samples")
+
+
+# %%
+check(roi_align_pool, checks.pools_like_deform_roi_pool)
+assert_close(roi_align_pool(feature_map[0], rois[0, 1:], normalised[0], P, sampling_ratio, 0.1), shifted[0],
+             what="the digit's RoI, shifted, pooled by roi_align_pool")
+
+# %% [markdown]
 # ## Two box conventions
 #
 # The two operators read the same row `(batch_index, x1, y1, x2, y2)` differently (§2 of the
@@ -203,28 +229,26 @@ print("a box at fractional corners", fractional[1:], "starts at",
 #
 # The RoI coordinates themselves get no gradient: detectors treat the boxes as given.
 #
-# **Exercise 5.1.** Write `bin_offset_gradient(image, positions, roi_width, roi_height, gamma)`:
+# **Exercise 6.2.** Write `bin_offset_gradient(image, positions, roi_width, roi_height, gamma)`:
 # the gradient (∂out/∂Δx̂, ∂out/∂Δŷ), x first, of one bin whose samples sit at `positions` (a list
 # of (y, x)) on a 2-D `image`. The check compares it with `deform_roi_pool_backward` for every bin
-# of the shifted RoI above.
+# of a RoI with random offsets on a random image; the cell then does the same on the digit's
+# shifted RoI above.
 
 # %%
 @exercise
 def bin_offset_gradient(image, positions, roi_width, roi_height, gamma):
     """(γ·roi_w·mean ∂B/∂x, γ·roi_h·mean ∂B/∂y) over the samples at `positions`, x first."""
-    raise NotImplementedError("Exercise 5.1: the chain rule through the bin's samples")
+    raise NotImplementedError("Exercise 6.2: the chain rule through the bin's samples")
 
 
 # %%
-def matches_the_backward(bin_offset_gradient):
-    _, grad_offset = dcn_numba.deform_roi_pool_backward(np.ones((1, 1, P, P)), feature_map, rois, normalised,
-                                                        output_size=P, sampling_ratio=sampling_ratio)
-    for ph, pw, positions in moved:
-        assert_close(bin_offset_gradient(feature_map[0, 0], positions, roi_width, roi_height, 0.1),
-                     grad_offset[0, :, ph, pw], what=f"∂out/∂(Δx̂, Δŷ) of bin {(ph, pw)}")
-
-
-check(bin_offset_gradient, matches_the_backward)
+check(bin_offset_gradient, checks.matches_the_roi_backward)
+_, grad_offset = dcn_numba.deform_roi_pool_backward(np.ones((1, 1, P, P)), feature_map, rois, normalised,
+                                                    output_size=P, sampling_ratio=sampling_ratio)
+for ph, pw, positions in moved:
+    assert_close(bin_offset_gradient(feature_map[0, 0], positions, roi_width, roi_height, 0.1),
+                 grad_offset[0, :, ph, pw], what=f"∂out/∂(Δx̂, Δŷ) of bin {(ph, pw)} on the digit")
 
 # %% [markdown]
 # Agreeing with the package shows we derived what it implements. The independent check is finite
@@ -263,7 +287,7 @@ print("deform_roi_pool and deform_psroi_pool: input and offset gradients match f
 # In the paper the offsets come from the RoI itself: pool it once without offsets, let fully
 # connected layers turn those features into normalised offsets Δp̂ (the last one initialised at
 # zero), and pool again at the shifted bins. `nn.DeformRoIPool` is exactly that, and trains through
-# the autograd engine of notebook 6: the gradient of the offsets from `deform_roi_pool_backward`
+# the autograd engine of notebook 4: the gradient of the offsets from `deform_roi_pool_backward`
 # flows on into the fully connected layers. At initialisation it is RoIAlign:
 
 # %%
@@ -334,7 +358,7 @@ plt.show()
 # The maps are the input channels `(ctop·group_size + gh)·group_size + gw` (output channel ctop,
 # map (gh, gw)).
 #
-# **Exercise 5.2.** Write `score_map_channel(ctop, ph, pw, group_size, pooled_size)`: the input
+# **Exercise 6.3.** Write `score_map_channel(ctop, ph, pw, group_size, pooled_size)`: the input
 # channel that bin (ph, pw) of output channel ctop reads. The check pools one-hot inputs (a
 # single channel of ones) and sees which bin lights up.
 
@@ -342,24 +366,11 @@ plt.show()
 @exercise
 def score_map_channel(ctop, ph, pw, group_size, pooled_size):
     """(ctop·group_size + gh)·group_size + gw with gh = ⌊ph·group_size/P⌋, gw = ⌊pw·group_size/P⌋."""
-    raise NotImplementedError("Exercise 5.2: the position-sensitive channel of a bin")
+    raise NotImplementedError("Exercise 6.3: the position-sensitive channel of a bin")
 
 
 # %%
-def reads_the_right_map(score_map_channel):
-    output_dim, group_size, pooled_size = 2, 2, 4
-    box = np.array([[0, 1, 1, 8, 8]], dtype=np.float64)
-    for channel in range(output_dim * group_size ** 2):
-        one_hot = np.zeros((1, output_dim * group_size ** 2, 10, 10))
-        one_hot[0, channel] = 1
-        lit = dcn_numba.deform_psroi_pool(one_hot, box, output_dim=output_dim, group_size=group_size,
-                                          pooled_size=pooled_size)[0] > 0.5
-        for ctop, ph, pw in np.ndindex(output_dim, pooled_size, pooled_size):
-            reads = score_map_channel(ctop, ph, pw, group_size, pooled_size) == channel
-            assert lit[ctop, ph, pw] == reads, f"bin {(ph, pw)} of output {ctop}: channel {channel}"
-
-
-check(score_map_channel, reads_the_right_map)
+check(score_map_channel, checks.reads_the_right_map)
 
 # %% [markdown]
 # Let us hand-make the 3 × 3 maps of an object that fills
@@ -501,4 +512,4 @@ plt.show()
 #   when each bin finds its part; `deform_psroi_pool` adds per-part offsets (`trans`, scaled by
 #   `trans_std`), which let the bins follow the parts of a deformed object.
 #
-# Notebook 6 puts these operators and the convolution into layers, behind a small autograd engine.
+# Notebook 7 trains a network of deformable layers on MNIST and looks at where it reads.

@@ -1,4 +1,4 @@
-"""Solutions to the exercises of notebook 4, Writing the CUDA kernels in Numba.
+"""Solutions to the exercises of notebook 5, Writing the CUDA kernels in Numba.
 
 Plain Python functions: the notebook compiles them with cuda.jit (for a GPU, or for the
 simulator), so they use `cuda` and the shared sampling functions as a kernel does.
@@ -27,14 +27,14 @@ def channel_and_position(index, offset, kh, kw, padding, H_out, W_out):
 
 
 def naive_im2col(n_items, x, offset, H, W, kh, kw, padding, H_out, W_out, col):
-    """Exercise 4.1: col[c, k, i, j] = S(x_c, i − padding + ki + Δy_k, j − padding + kj + Δx_k)."""
+    """Exercise 5.1: col[c, k, i, j] = S(x_c, i − padding + ki + Δy_k, j − padding + kj + Δx_k)."""
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
         c, p_y, p_x = channel_and_position(index, offset, kh, kw, padding, H_out, W_out)
         col[index] = gpu.dcn_sample(x, c * H * W, H, W, p_y, p_x)
 
 
 def naive_col2im(n_items, gcol, offset, H, W, kh, kw, padding, H_out, W_out, grad_x):
-    """Exercise 4.2: grad_x[c] += gcol[c, k, i, j] · w_ab at the in-image corners, atomically."""
+    """Exercise 5.2: grad_x[c] += gcol[c, k, i, j] · w_ab at the in-image corners, atomically."""
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
         c, p_y, p_x = channel_and_position(index, offset, kh, kw, padding, H_out, W_out)
         if not gpu.dcn_is_valid(p_y, p_x, H, W):

@@ -1,8 +1,8 @@
-"""Solutions to the exercises of notebook 6, The autograd engine."""
+"""Solutions to the exercises of notebook 4, The autograd engine."""
 
 
 def topological_order(tensor):
-    """Exercise 6.1: every tensor that leads to `tensor`, each after all of its inputs."""
+    """Exercise 4.1: every tensor that leads to `tensor`, each after all of its inputs."""
     order, visited = [], set()
 
     def visit(t):
@@ -18,7 +18,7 @@ def topological_order(tensor):
 
 
 def unbroadcast_mine(grad, shape):
-    """Exercise 6.2: sum `grad` over its extra leading axes and the axes where `shape` has length 1."""
+    """Exercise 4.2: sum `grad` over its extra leading axes and the axes where `shape` has length 1."""
     leading = grad.ndim - len(shape)
     grad = grad.sum(axis=tuple(range(leading)))
     repeated = tuple(axis for axis, length in enumerate(shape) if length == 1)

@@ -14,9 +14,9 @@
 # ---
 
 # %% [markdown]
-# # 6. The autograd engine
+# # 4. The autograd engine
 #
-# Notebooks 2 to 5 wrote each operator's forward and backward pass by hand. To train a network,
+# Notebooks 2 and 3 wrote the deformable convolution's forward and backward pass by hand. To train a network,
 # something must call those passes in the right order and hand each one the gradient it needs.
 # dcn_numba's answer is a small reverse-mode autograd engine, `dcn_numba.engine.autograd`. This notebook
 # first builds one like it in front of you, in a few dozen lines, then reads the package's and
@@ -41,7 +41,7 @@ from dcn_numba.engine import functional as F
 from dcn_numba.apps.mnist import models
 from dcn_numba.engine import nn
 from dcn_numba.engine import optim
-from dcn_numba.engine.autograd import Function, Tensor, no_grad, unbroadcast
+from dcn_numba.engine.autograd import Function, Tensor, no_grad
 from dcn_numba.data.mnist import Affine, affine_transform, load_mnist
 from dcn_numba.reference.gradcheck import assert_close, check_gradients
 from dcn_numba.kernels import sampling
@@ -51,10 +51,11 @@ import inspect
 import matplotlib.pyplot as plt
 import numpy as np
 
+import checks
 import exercises
 from exercises import check
 
-exercise = exercises.exercises_of("06_autograd_engine")
+exercise = exercises.exercises_of("04_autograd_engine")
 rng = np.random.default_rng(0)
 
 # %% [markdown]
@@ -133,7 +134,7 @@ class MiniSum(MiniFunction):
 # %% [markdown]
 # Two functions are missing, and they are yours.
 #
-# **Exercise 6.1, the topological order.** `backward` needs every tensor that leads to the loss,
+# **Exercise 4.1, the topological order.** `backward` needs every tensor that leads to the loss,
 # each listed *after* all of its inputs (the tensors its creator read), and each exactly once
 # even when it is used twice. Write `topological_order(tensor)`: a depth-first walk from `tensor`
 # through `creator.inputs` that appends a tensor once all its inputs have been appended. (Keep a
@@ -143,27 +144,14 @@ class MiniSum(MiniFunction):
 @exercise
 def topological_order(tensor):
     """Every tensor that leads to `tensor` (itself included), each after all of its inputs."""
-    raise NotImplementedError("Exercise 6.1: a depth-first walk through creator.inputs")
+    raise NotImplementedError("Exercise 4.1: a depth-first walk through creator.inputs")
 
 
 # %%
-def is_topological(topological_order):
-    a, b = MiniTensor([1.0, 2.0]), MiniTensor([3.0, 4.0])
-    product = a * b
-    loss = (product + product * a).sum()  # `product` and `a` are used twice
-    order = topological_order(loss)
-    assert len(order) == len({id(t) for t in order}) == 6, f"expected 6 distinct tensors, got {len(order)}"
-    position = {id(t): n for n, t in enumerate(order)}
-    for t in order:
-        for parent in (t.creator.inputs if t.creator else ()):
-            assert position[id(parent)] < position[id(t)], "a tensor comes before one of its inputs"
-    assert order[-1] is loss, "the loss, which uses everything, must come last"
-
-
-check(topological_order, is_topological)
+check(topological_order, checks.is_topological)
 
 # %% [markdown]
-# **Exercise 6.2, `unbroadcast`.** NumPy *broadcasts*: `a + b` with a of shape (3, 4) and b of
+# **Exercise 4.2, `unbroadcast`.** NumPy *broadcasts*: `a + b` with a of shape (3, 4) and b of
 # shape (4,) adds b to every row, as if b had been repeated along a new leading axis; an axis of
 # length 1, as in (1, 4) or (3, 1), is repeated the same way. Each repetition is another use of
 # the same numbers, so the backward pass must sum the gradient over the repeated axes to get back
@@ -175,18 +163,11 @@ check(topological_order, is_topological)
 @exercise
 def unbroadcast_mine(grad, shape):
     """Sum `grad` down to `shape`: the backward of broadcasting."""
-    raise NotImplementedError("Exercise 6.2: sum over the leading axes and the axes of length 1")
+    raise NotImplementedError("Exercise 4.2: sum over the leading axes and the axes of length 1")
 
 
 # %%
-def sums_like_the_package(unbroadcast_mine):
-    grad = rng.standard_normal((2, 3, 4))
-    for shape in [(2, 3, 4), (3, 4), (4,), (1, 4), (3, 1), (2, 1, 4), (1, 1, 1), ()]:
-        assert_close(unbroadcast_mine(grad, shape), unbroadcast(grad, shape), what=f"unbroadcast to {shape}")
-        assert np.shape(unbroadcast_mine(grad, shape)) == shape, f"the result must have shape {shape}"
-
-
-check(unbroadcast_mine, sums_like_the_package)
+check(unbroadcast_mine, checks.sums_like_the_package)
 
 # %% [markdown]
 # The engine is complete. Try it on a graph that broadcasts and reuses a tensor, and compare with
@@ -330,14 +311,14 @@ for name, deform in (("by hand", lambda *t: ByHandDeformConv2d.apply(*t, padding
     gradients[name] = {key: tensor.grad for key, tensor in tensors.items()}
 for key in leaves:
     assert_close(gradients["by hand"][key], gradients["package"][key], what=f"∂L/∂{key}")
-print("notebook 3's gradients, as a Function, train the same as dcn_numba's DeformConv2d:",
-      ", ".join(leaves))
+print("notebook 3's gradients, as a Function, give every leaf of this graph the gradient that the package's",
+      "F.deform_conv2d gives it:", ", ".join(leaves))
 
 # %% [markdown]
 # ## The package's deformable Function
 #
 # The package's own Function is shorter still, because all the work is in the compiled
-# `deform_conv2d` and `deform_conv2d_backward` (notebooks 2 to 4); the backward returns its five
+# `deform_conv2d` and `deform_conv2d_backward` (notebooks 2 and 3; notebook 5 compiles them for the GPU); the backward returns its five
 # gradients in the order of the forward's inputs:
 
 # %%
@@ -384,24 +365,31 @@ def draw_graph(axis, output, names):
     edges = []
     visit(output)
     place.update({key: (column, 0) for key, column in depth.items()})
-    for start, end in edges:
-        axis.annotate("", place[end], place[start],
-                      arrowprops=dict(arrowstyle="->", color="0.6", shrinkA=14, shrinkB=14))
-    for key, (column, row) in place.items():
-        axis.text(column, row, labels[key], ha="center", va="center", fontsize=8,
-                  bbox=dict(boxstyle="round", facecolor="white" if key in depth else "lightyellow",
-                            edgecolor="tab:orange" if labels[key] == "DeformConv2d" else "0.5"))
+    boxes = {key: axis.text(column, row, labels[key], ha="center", va="center", fontsize=8,
+                            bbox=dict(boxstyle="round", facecolor="white" if key in depth else "lightyellow",
+                                      edgecolor="tab:orange" if labels[key] == "DeformConv2d" else "0.5"))
+             for key, (column, row) in place.items()}
+    # Each arrow is clipped to the boxes it joins, so that its head ends on the edge of the result's box.
+    arrows = [(start, end, axis.annotate("", place[end], place[start], arrowprops=dict(
+        arrowstyle="->", color="0.4", patchA=boxes[start].get_bbox_patch(), patchB=boxes[end].get_bbox_patch(),
+        shrinkA=1, shrinkB=1))) for start, end in edges]
     columns, rows = zip(*place.values())
     axis.set(xlim=(min(columns) - 0.5, max(columns) + 0.5), ylim=(min(rows) - 0.6, max(rows) + 0.6))
     axis.axis("off")
-    return place
+    return place, boxes, labels, arrows
 
 
 fig, axis = plt.subplots(figsize=(8, 3), layout="constrained")
-place = draw_graph(axis, loss, names)
+place, boxes, labels, arrows = draw_graph(axis, loss, names)
 (left, right), (bottom, top) = axis.get_xlim(), axis.get_ylim()
 for column, row in place.values():  # every node is drawn inside the axes
     assert left < column < right and bottom < row < top, f"node at {(column, row)} outside the axes"
+fig.canvas.draw()  # lay the figure out, so that boxes and arrows have their places in pixels
+for start, end, arrow in arrows:  # no arrow, head included, reaches under the box it points at
+    drawn = arrow.arrow_patch.get_path().transformed(arrow.arrow_patch.get_transform()).vertices
+    inside = boxes[end].get_bbox_patch().get_window_extent().padded(-1.5)  # pixels, 1.5 inside the edge
+    assert not any(inside.contains(*vertex) for vertex in drawn), \
+        f"the arrowhead from {labels[start]} to {labels[end]} is hidden under {labels[end]}'s box"
 plt.show()
 
 # %% [markdown]
@@ -455,7 +443,14 @@ print("gradients of", ", ".join(parameters), "match finite differences")
 # pixels down and 2 pixels left, and the model is a single 1 × 1 deformable layer whose weight is
 # fixed at 1, so it can only *resample* its input, out(p) = x(p + Δp). To reproduce the target it
 # must learn Δp = (−1.5, +2): read up and to the right. The offsets come from the offset branch;
-# its bias alone can hold a constant shift. Adam, 120 steps, through the engine:
+# its bias alone can hold a constant shift.
+#
+# An *optimizer* turns gradients into updates. `optim.Adam(parameters, lr)` keeps, for every
+# parameter, running means of its gradient and of the gradient's square, and `step()` moves each
+# weight by lr times the first over the square root of the second, so every weight moves by about
+# lr per step whatever the scale of its gradient. `zero_grad()` clears every `.grad` first, because
+# `backward()` *adds* into them (a tensor used twice gets the sum). One step is those three calls
+# around `backward()`; 120 of them:
 
 # %%
 layer = nn.DeformConv2d(1, 1, 1, bias=False, rng=rng)
@@ -536,4 +531,6 @@ print("the model gives the same logits on the CPU kernels and on the NumPy refer
 # * Trained by this engine, a deformable layer learns where to read its input; a context switches
 #   the backend of a whole model.
 #
-# Notebook 7 trains the toy MNIST model and looks at what its offsets learned.
+# Notebook 5 writes the CUDA kernels that the engine calls on a GPU, notebook 6 the other
+# deformable operator, RoI pooling, trained by this engine too, and notebook 7 trains the toy MNIST
+# model and looks at what its offsets learned.

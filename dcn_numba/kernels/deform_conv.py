@@ -65,11 +65,10 @@ from dcn_numba.kernels import sampling
 from dcn_numba.kernels._targets import (COUNT, FLAG, FLAT, INDICES, KernelPair, cpu_kernel, cuda_kernel,
                                         for_cuda, geometry_of, optional_argument, run, run_cpu_calling_blas,
                                         run_cuda, shared)
-from dcn_numba.kernels.sampling import (ONE, dcn_column_from_corners, dcn_column_index,
-                                        dcn_input_gradient_term, dcn_locate, dcn_offset_mask_terms,
-                                        dcn_padded_image, dcn_padded_pixel, dcn_sample_number,
-                                        dcn_store_sample_gradient, dcn_table_index, dcn_tap_position,
-                                        padded_corner)
+from dcn_numba.kernels.sampling import (dcn_column_from_corners, dcn_column_index, dcn_input_gradient_term,
+                                        dcn_locate, dcn_modulation, dcn_offset_mask_terms, dcn_padded_image,
+                                        dcn_padded_pixel, dcn_sample_number, dcn_store_sample_gradient,
+                                        dcn_table_index, dcn_tap_position, padded_corner)
 
 # How many bytes the column buffer of a batch chunk may take on a GPU: a memory knob (results do
 # not depend on it beyond rounding); bigger chunks make bigger cuBLAS GEMMs.
@@ -137,16 +136,23 @@ def channels_last_copy_cpu(n_rows, planes, padded, to_padded, geometry):
 
 
 @shared
-def locate_positions(offset, b, first, stop, top_left, l_y, l_x, table_start, geometry):
-    """(top_left, l_y, l_x) of every sample of image b at the output positions first..stop−1, kept
-    at `dcn_table_index` − table_start: a CPU tile locates its own samples into tables of its own."""
-    K = geometry.kh * geometry.kw
+def tile_table_index(b, position, g, k, first, geometry):
+    """Where sample (b, g, k) at an output position lies in the tables of a CPU tile whose first
+    output position is `first`: its `dcn_table_index` counted from the tile's first entry."""
+    return dcn_table_index(b, position, g, k, geometry) - dcn_table_index(b, first, 0, 0, geometry)
+
+
+@shared
+def locate_positions(offset, b, first, stop, tables, geometry):
+    """(top_left, l_y, l_x) of every sample of image b at the output positions first..stop−1, into
+    the worker's `tables` at `tile_table_index`: a CPU tile locates its own samples."""
+    top_left, l_y, l_x = tables
     for position in range(first, stop):
         i, j = position // geometry.W_out, position % geometry.W_out
         for g in range(geometry.offset_groups):
-            for k in range(K):
+            for k in range(geometry.kh * geometry.kw):
                 p_y, p_x = dcn_tap_position(offset, dcn_sample_number(b, g, k, geometry), i, j, geometry)
-                here = dcn_table_index(b, position, g, k, geometry) - table_start
+                here = tile_table_index(b, position, g, k, first, geometry)
                 top_left[here], l_y[here], l_x[here] = dcn_locate(p_y, p_x, geometry.H, geometry.W)
 
 
@@ -166,36 +172,36 @@ def corner_rows(padded, image, top_left, W, C, first_channel, length):
 
 
 @shared
-def worker_tables(positions_per_tile, dtype, geometry):
-    """(top_left, l_y, l_x) buffers for the located samples of one tile, a worker's own."""
+def worker_buffers(positions_per_tile, dtype, geometry):
+    """A worker's own memory for one tile at a time: its column buffer (K·C_in values per output
+    position) and the (top_left, l_y, l_x) tables of its located samples."""
     samples = positions_per_tile * geometry.offset_groups * geometry.kh * geometry.kw
-    return (np.empty(samples, dtype=np.int64), np.empty(samples, dtype=dtype),
-            np.empty(samples, dtype=dtype))
+    return (np.empty(positions_per_tile * geometry.kh * geometry.kw * geometry.C_in, dtype=dtype),
+            np.empty(samples, dtype=np.int64), np.empty(samples, dtype=dtype), np.empty(samples, dtype=dtype))
 
 
 @shared
-def fill_columns(padded, top_left, l_y, l_x, table_start, mask, use_mask, b, group, first, stop, columns,
-                 geometry):
+def fill_columns(padded, tables, mask, use_mask, b, group, first, stop, columns, geometry):
     """The rows of weight group `group` in a tile's column buffer (G, positions, K, C_in/G) (see
     `dcn_column_index`): m · S for the output positions first..stop−1 of image b, their samples
-    located in tables starting at table_start. The CPU's walk of im2col: per sample, its run of
-    channels shares the corners' places and weights, and the innermost loop streams those
-    contiguous channels (over row views, whose indices start at 0, so that Numba adds no
-    negative-index wraparound and the loop vectorises)."""
-    K = geometry.kh * geometry.kw
+    located in the tile's `tables`. The CPU's walk of im2col: per sample, its run of channels
+    shares the corners' places and weights, and the innermost loop streams those contiguous
+    channels (over row views, whose indices start at 0, so that Numba adds no negative-index
+    wraparound and the loop vectorises)."""
+    top_left, l_y, l_x = tables
     HW_out = geometry.H_out * geometry.W_out
     run_length = geometry.channel_run
     channels_per_group = geometry.C_in // geometry.groups
     channels_per_offset_group = geometry.C_in // geometry.offset_groups
     image = dcn_padded_image(b, geometry)
     for position in range(first, stop):
-        for k in range(K):
+        for k in range(geometry.kh * geometry.kw):
             for channel_run in range(channels_per_group // run_length):
                 first_channel = group * channels_per_group + channel_run * run_length
                 g = first_channel // channels_per_offset_group
-                here = dcn_table_index(b, position, g, k, geometry) - table_start
+                here = tile_table_index(b, position, g, k, first, geometry)
                 corner, fraction_y, fraction_x = top_left[here], l_y[here], l_x[here]
-                m = mask[dcn_sample_number(b, g, k, geometry) * HW_out + position] if use_mask else ONE
+                m = dcn_modulation(mask, use_mask, dcn_sample_number(b, g, k, geometry), position, HW_out)
                 v00, v01, v10, v11 = corner_rows(padded, image, corner, geometry.W, geometry.C_in,
                                                  first_channel, run_length)
                 row = dcn_column_index(0, group, position - first, k, channel_run * run_length, stop - first,
@@ -204,6 +210,23 @@ def fill_columns(padded, top_left, l_y, l_x, table_start, mask, use_mask, b, gro
                 for c in range(run_length):
                     out[c] = dcn_column_from_corners(v00[c], v01[c], v10[c], v11[c], fraction_y, fraction_x,
                                                      corner, m)
+
+
+@shared
+def sample_tile(padded, offset, mask, use_mask, b, first, stop, tables, columns, geometry):
+    """What both passes do first with a tile (output positions first..stop−1 of image b): locate
+    its samples into the worker's `tables`, then fill every weight group's rows of its column
+    buffer with m · S."""
+    locate_positions(offset, b, first, stop, tables, geometry)
+    for group in range(geometry.groups):
+        fill_columns(padded, tables, mask, use_mask, b, group, first, stop, columns, geometry)
+
+
+@shared
+def group_rows(columns, group, n, group_taps):
+    """The rows (n, K·C_in/G) of weight group `group` in the column buffer of a tile of n output
+    positions: the matrix its GEMMs read."""
+    return columns[group * n * group_taps:(group + 1) * n * group_taps].reshape((n, group_taps))
 
 
 @cpu_kernel
@@ -215,28 +238,23 @@ def deformable_conv_tiles_cpu(n_workers, n_tiles, padded, offset, mask, use_mask
     a worker samples the tile's column block (G, positions, K·C_in/G) into memory of its own,
     allocated once for all its tiles, and multiplies it group by group (BLAS, on the worker's thread)
     while it is still in cache. Tiles are independent, so the results do not depend on
-    n_workers. A tile locates its own samples first, into tables of the worker's.
-    weights (G, C_out/G, K·C_in/G), laid out like the column rows (`weight_rows`)."""
+    n_workers. weights (G, C_out/G, K·C_in/G), laid out like the column rows (`weight_rows`)."""
     HW_out = geometry.H_out * geometry.W_out
     G, group_outputs, group_taps = weights.shape
     tiles_per_image = (HW_out + positions_per_tile - 1) // positions_per_tile
     for worker in prange(n_workers):
-        columns = np.empty(G * positions_per_tile * group_taps, dtype=weights.dtype)
+        columns, top_left, l_y, l_x = worker_buffers(positions_per_tile, weights.dtype, geometry)
+        tables = (top_left, l_y, l_x)
         products = np.empty(group_outputs * positions_per_tile, dtype=weights.dtype)
-        top_left, l_y, l_x = worker_tables(positions_per_tile, weights.dtype, geometry)
         for tile in range(worker * n_tiles // n_workers, (worker + 1) * n_tiles // n_workers):
             b = tile // tiles_per_image
             first = tile % tiles_per_image * positions_per_tile
             stop = min(first + positions_per_tile, HW_out)
             n = stop - first
+            sample_tile(padded, offset, mask, use_mask, b, first, stop, tables, columns, geometry)
             product = products[:group_outputs * n].reshape((group_outputs, n))
-            table_start = dcn_table_index(b, first, 0, 0, geometry)
-            locate_positions(offset, b, first, stop, top_left, l_y, l_x, table_start, geometry)
             for group in range(G):
-                fill_columns(padded, top_left, l_y, l_x, table_start, mask, use_mask, b, group, first, stop,
-                             columns, geometry)
-                block = columns[group * n * group_taps:(group + 1) * n * group_taps].reshape((n, group_taps))
-                np.dot(weights[group], block.T, product)
+                np.dot(weights[group], group_rows(columns, group, n, group_taps).T, product)
                 for o in range(group_outputs):
                     channel = group * group_outputs + o
                     out = (b * G * group_outputs + channel) * HW_out + first
@@ -246,14 +264,14 @@ def deformable_conv_tiles_cpu(n_workers, n_tiles, padded, offset, mask, use_mask
 
 
 @shared
-def backpropagate_tile(padded, top_left, l_y, l_x, table_start, mask, use_mask, b, first, stop, gcol,
-                       grad_padded, grad_offset, grad_mask, geometry):
+def backpropagate_tile(padded, tables, mask, use_mask, b, first, stop, gcol, grad_padded, grad_offset, grad_mask,
+                       geometry):
     """col2im and the offset/mask gradient of the output positions first..stop−1 of image b, whose
     gcol the tile holds as rows (G, positions, K·C_in/G), in one pass over each sample's runs of
     channels: grad_padded[b] += m · gcol · w_ab at the four corners of a valid sample, and
     ∂L/∂Δp_d = Σ_c m · gcol · ∂S/∂p_d, ∂L/∂m = Σ_c gcol · S over the channels of its offset group,
     summed in float64 and stored once."""
-    K = geometry.kh * geometry.kw
+    top_left, l_y, l_x = tables
     HW_out = geometry.H_out * geometry.W_out
     run_length = geometry.channel_run
     channels_per_group = geometry.C_in // geometry.groups
@@ -262,11 +280,11 @@ def backpropagate_tile(padded, top_left, l_y, l_x, table_start, mask, use_mask, 
     image = dcn_padded_image(b, geometry)
     for position in range(first, stop):
         for g in range(geometry.offset_groups):
-            for k in range(K):
+            for k in range(geometry.kh * geometry.kw):
                 s = dcn_sample_number(b, g, k, geometry)
-                here = dcn_table_index(b, position, g, k, geometry) - table_start
+                here = tile_table_index(b, position, g, k, first, geometry)
                 corner, fraction_y, fraction_x = top_left[here], l_y[here], l_x[here]
-                m = mask[s * HW_out + position] if use_mask else ONE
+                m = dcn_modulation(mask, use_mask, s, position, HW_out)
                 grad_p_y = 0.0
                 grad_p_x = 0.0
                 grad_m = 0.0
@@ -312,29 +330,26 @@ def deformable_conv_backward_cpu(n_workers, n_images, padded, offset, mask, use_
     HW_out = geometry.H_out * geometry.W_out
     G, group_outputs, group_taps = weights.shape
     for worker in prange(n_workers):
-        columns = np.empty(G * positions_per_tile * group_taps, dtype=weights.dtype)
+        columns, top_left, l_y, l_x = worker_buffers(positions_per_tile, weights.dtype, geometry)
+        tables = (top_left, l_y, l_x)
         grads = np.empty(group_outputs * positions_per_tile, dtype=weights.dtype)
         product = np.empty((group_outputs, group_taps), dtype=weights.dtype)
-        top_left, l_y, l_x = worker_tables(positions_per_tile, weights.dtype, geometry)
         for b in range(worker * n_images // n_workers, (worker + 1) * n_images // n_workers):
             for first in range(0, HW_out, positions_per_tile):
                 stop = min(first + positions_per_tile, HW_out)
                 n = stop - first
+                sample_tile(padded, offset, mask, use_mask, b, first, stop, tables, columns, geometry)
                 grad_block = grads[:group_outputs * n].reshape((group_outputs, n))
-                table_start = dcn_table_index(b, first, 0, 0, geometry)
-                locate_positions(offset, b, first, stop, top_left, l_y, l_x, table_start, geometry)
                 for group in range(G):
-                    fill_columns(padded, top_left, l_y, l_x, table_start, mask, use_mask, b, group, first, stop,
-                                 columns, geometry)
-                    block = columns[group * n * group_taps:(group + 1) * n * group_taps].reshape((n, group_taps))
+                    block = group_rows(columns, group, n, group_taps)
                     for o in range(group_outputs):
                         row = (b * G * group_outputs + group * group_outputs + o) * HW_out + first
                         grad_block[o] = grad_output[row:row + n]
                     np.dot(grad_block, block, product)
                     grad_weight_workers[worker, group] += product
                     np.dot(grad_block.T, weights[group], block)  # the tile now holds gcol = ∂L/∂col
-                backpropagate_tile(padded, top_left, l_y, l_x, table_start, mask, use_mask, b, first, stop,
-                                   columns, grad_padded, grad_offset, grad_mask, geometry)
+                backpropagate_tile(padded, tables, mask, use_mask, b, first, stop, columns, grad_padded,
+                                   grad_offset, grad_mask, geometry)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,13 +377,8 @@ def channels_last_copy_cuda(n_items, planes, padded, to_padded, geometry):
 @cuda_kernel(COUNT, FLAT, INDICES, FLAT, FLAT, GEOMETRY)
 def locate_samples_cuda(n_items, offset, top_left, l_y, l_x, geometry):
     """(top_left, l_y, l_x) of every sample; one thread per table entry (b, position, g, k)."""
-    K = geometry.kh * geometry.kw
-    HW_out = geometry.H_out * geometry.W_out
     for here in range(cuda.grid(1), n_items, cuda.gridsize(1)):
-        k = here % K
-        g = here // K % geometry.offset_groups
-        position = here // (K * geometry.offset_groups) % HW_out
-        b = here // (K * geometry.offset_groups * HW_out)
+        b, position, g, k = gpu.dcn_table_coordinates(here, geometry)
         p_y, p_x = gpu.dcn_tap_position(offset, gpu.dcn_sample_number(b, g, k, geometry),
                                         position // geometry.W_out, position % geometry.W_out, geometry)
         top_left[here], l_y[here], l_x[here] = gpu.dcn_locate(p_y, p_x, geometry.H, geometry.W)
@@ -382,7 +392,7 @@ def deformable_im2col_cuda(n_items, padded, top_left, l_y, l_x, mask, use_mask, 
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
         b, group, position, k, channel_in_group, c, g = gpu.dcn_column_coordinates(index, geometry)
         here = gpu.dcn_table_index(b, position, g, k, geometry)
-        m = mask[gpu.dcn_sample_number(b, g, k, geometry) * HW_out + position] if use_mask else gpu.ONE
+        m = gpu.dcn_modulation(mask, use_mask, gpu.dcn_sample_number(b, g, k, geometry), position, HW_out)
         corner = top_left[here]
         v00, v01, v10, v11 = gpu.padded_corners(padded, gpu.dcn_padded_image(b, geometry) + c, corner, geometry.W,
                                                 geometry.C_in)
@@ -399,7 +409,7 @@ def deformable_col2im_cuda(n_items, gcol, top_left, l_y, l_x, mask, use_mask, gr
         corner = top_left[here]
         if corner < 0:
             continue
-        m = mask[gpu.dcn_sample_number(b, g, k, geometry) * HW_out + position] if use_mask else gpu.ONE
+        m = gpu.dcn_modulation(mask, use_mask, gpu.dcn_sample_number(b, g, k, geometry), position, HW_out)
         image = gpu.dcn_padded_image(b, geometry) + c
         for which in range(4):
             # Atomic: the samples of other taps and outputs may share this pixel.
@@ -412,17 +422,13 @@ def offset_mask_gradient_cuda(n_items, padded, gcol, top_left, l_y, l_x, mask, u
                               grad_offset, grad_mask, geometry):
     """grad_offset and grad_mask of one sample (b, g, k) at one output position per thread, summed
     in float64 registers over the channels of offset group g: each thread owns its three outputs."""
-    K = geometry.kh * geometry.kw
     HW_out = geometry.H_out * geometry.W_out
     channels_per_group = geometry.C_in // geometry.groups
     channels_per_offset_group = geometry.C_in // geometry.offset_groups
     for here in range(cuda.grid(1), n_items, cuda.gridsize(1)):
-        k = here % K
-        g = here // K % geometry.offset_groups
-        position = here // (K * geometry.offset_groups) % HW_out
-        b = here // (K * geometry.offset_groups * HW_out)
+        b, position, g, k = gpu.dcn_table_coordinates(here, geometry)
         s = gpu.dcn_sample_number(b, g, k, geometry)
-        m = mask[s * HW_out + position] if use_mask else gpu.ONE
+        m = gpu.dcn_modulation(mask, use_mask, s, position, HW_out)
         corner, fraction_y, fraction_x = top_left[here], l_y[here], l_x[here]
         image = gpu.dcn_padded_image(b, geometry)
         grad_p_y = 0.0

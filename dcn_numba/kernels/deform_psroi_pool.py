@@ -38,9 +38,9 @@ from dcn_numba.runtime.arrays import array_module
 from dcn_numba.kernels import sampling
 from dcn_numba.kernels._targets import (BINS, COUNT, FLAG, FLAT, ROWS, KernelPair, cpu_kernel, cuda_kernel,
                                         for_cuda, geometry_of, optional_argument, run)
-from dcn_numba.kernels.sampling import (bin_cell, is_finite_position, psroi_average, psroi_average_gradient,
-                                        psroi_bin, psroi_corner, psroi_count, psroi_is_skipped,
-                                        psroi_output_index, psroi_sample_position)
+from dcn_numba.kernels.sampling import (bin_cell, is_finite_position, psroi_average, psroi_bin, psroi_corner,
+                                        psroi_count, psroi_is_skipped, psroi_output_index, psroi_plane,
+                                        psroi_sample_position, psroi_trans_gradient)
 
 
 class PSRoIGeometry(NamedTuple):
@@ -70,8 +70,7 @@ def deform_psroi_pool_forward_cpu(n_items, input, rois, trans, has_trans, output
     for index in prange(n_items):
         n, ctop, ph, pw = psroi_output_index(index, geometry)
         bin_ = psroi_bin(rois, trans, has_trans, n, ctop, ph, pw, geometry)
-        plane = (bin_.batch * geometry.C + bin_.channel) * geometry.H * geometry.W
-        output[n, ctop, ph, pw] = psroi_average(input, plane, geometry.H, geometry.W, bin_,
+        output[n, ctop, ph, pw] = psroi_average(input, psroi_plane(bin_, geometry), geometry.H, geometry.W, bin_,
                                                 geometry.sample_per_part)
 
 
@@ -125,12 +124,9 @@ def deform_psroi_pool_grad_trans_cpu(n_items, input, rois, trans, grad_output, g
             for ph in range(P):
                 for pw in range(P):
                     bin_ = psroi_bin(rois, trans, True, n, ctop, ph, pw, geometry)
-                    plane = (bin_.batch * geometry.C + bin_.channel) * geometry.H * geometry.W
-                    d_h, d_w = psroi_average_gradient(input, plane, geometry.H, geometry.W, bin_,
-                                                      geometry.sample_per_part)
-                    share = geometry.trans_std * grad_output[n, ctop, ph, pw]
-                    grad[0, bin_.part_h, bin_.part_w] += share * bin_.roi_width * d_w
-                    grad[1, bin_.part_h, bin_.part_w] += share * bin_.roi_height * d_h
+                    grad_x, grad_y = psroi_trans_gradient(input, bin_, grad_output[n, ctop, ph, pw], geometry)
+                    grad[0, bin_.part_h, bin_.part_w] += grad_x
+                    grad[1, bin_.part_h, bin_.part_w] += grad_y
         grad_trans[n, 2 * class_id:2 * class_id + 2] = grad
 
 
@@ -148,9 +144,8 @@ def deform_psroi_pool_forward_cuda(n_items, input, rois, trans, has_trans, outpu
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
         n, ctop, ph, pw = gpu.psroi_output_index(index, geometry)
         bin_ = gpu.psroi_bin(rois, trans, has_trans, n, ctop, ph, pw, geometry)
-        plane = (bin_.batch * geometry.C + bin_.channel) * geometry.H * geometry.W
-        output[n, ctop, ph, pw] = gpu.psroi_average(input, plane, geometry.H, geometry.W, bin_,
-                                                    geometry.sample_per_part)
+        output[n, ctop, ph, pw] = gpu.psroi_average(input, gpu.psroi_plane(bin_, geometry), geometry.H, geometry.W,
+                                                    bin_, geometry.sample_per_part)
 
 
 @cuda_kernel(COUNT, ROWS, BINS, FLAG, BINS, FLAT, GEOMETRY)
@@ -164,7 +159,7 @@ def deform_psroi_pool_grad_input_cuda(n_items, rois, trans, has_trans, grad_outp
         count = gpu.psroi_count(bin_, H, W, geometry.sample_per_part)
         if count == 0:
             continue
-        plane = (bin_.batch * geometry.C + bin_.channel) * H * W
+        plane = gpu.psroi_plane(bin_, geometry)
         share = grad_output[n, ctop, ph, pw] / count
         for ih in range(geometry.sample_per_part):
             for iw in range(geometry.sample_per_part):
@@ -184,15 +179,10 @@ def deform_psroi_pool_grad_trans_cuda(n_items, input, rois, trans, grad_output, 
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
         n, ctop, ph, pw = gpu.psroi_output_index(index, geometry)
         bin_ = gpu.psroi_bin(rois, trans, True, n, ctop, ph, pw, geometry)
-        plane = (bin_.batch * geometry.C + bin_.channel) * geometry.H * geometry.W
-        d_h, d_w = gpu.psroi_average_gradient(input, plane, geometry.H, geometry.W, bin_,
-                                              geometry.sample_per_part)
-        share = geometry.trans_std * grad_output[n, ctop, ph, pw]
+        grad_x, grad_y = gpu.psroi_trans_gradient(input, bin_, grad_output[n, ctop, ph, pw], geometry)
         # Atomic: every channel of the class and every bin of the part cell add into it.
-        cuda.atomic.add(grad_trans, (n, 2 * bin_.class_id, bin_.part_h, bin_.part_w),
-                        share * bin_.roi_width * d_w)
-        cuda.atomic.add(grad_trans, (n, 2 * bin_.class_id + 1, bin_.part_h, bin_.part_w),
-                        share * bin_.roi_height * d_h)
+        cuda.atomic.add(grad_trans, (n, 2 * bin_.class_id, bin_.part_h, bin_.part_w), grad_x)
+        cuda.atomic.add(grad_trans, (n, 2 * bin_.class_id + 1, bin_.part_h, bin_.part_w), grad_y)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,7 +39,8 @@ from dcn_numba.kernels._targets import (BINS, COUNT, FLAG, FLAT, ROWS, cpu_kerne
                                         geometry_of, optional_argument, run_cpu, run_cuda, shared)
 from dcn_numba.kernels.sampling import (roi_align_bin, roi_align_bin_index, roi_align_corner,
                                         roi_align_corner_gradient, roi_align_count, roi_align_is_valid,
-                                        roi_align_outside_value, roi_align_sample_position)
+                                        roi_align_offset_from_start, roi_align_outside_value,
+                                        roi_align_sample_position)
 
 
 class RoIAlignGeometry(NamedTuple):
@@ -166,8 +167,8 @@ def deform_roi_pool_grad_offset_cpu(n_bins, pixels, rois, offset, grad_output, g
             grad_y += grad_output[n, c, ph, pw] * out_d_y[c]
             grad_x += grad_output[n, c, ph, pw] * out_d_x[c]
         count = roi_align_count(bin_)
-        grad_offset[n, 0, ph, pw] = geometry.gamma * bin_.roi_width * grad_x / count
-        grad_offset[n, 1, ph, pw] = geometry.gamma * bin_.roi_height * grad_y / count
+        grad_offset[n, 0, ph, pw], grad_offset[n, 1, ph, pw] = roi_align_offset_from_start(
+            bin_, geometry.gamma, grad_x / count, grad_y / count)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,8 +185,8 @@ def deform_roi_pool_forward_cuda(n_items, input, rois, offset, has_offset, outpu
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
         n, c, ph, pw = gpu.roi_align_output_index(index, geometry)
         bin_ = gpu.roi_align_bin(rois, offset, has_offset, n, ph, pw, geometry)
-        plane = (bin_.batch * geometry.C + c) * geometry.H * geometry.W
-        output[n, c, ph, pw] = gpu.roi_align_average(input, plane, geometry.H, geometry.W, bin_)
+        output[n, c, ph, pw] = gpu.roi_align_average(input, gpu.roi_align_plane(bin_, c, geometry), geometry.H,
+                                                     geometry.W, bin_)
 
 
 @cuda_kernel(COUNT, ROWS, BINS, FLAG, BINS, FLAT, GEOMETRY)
@@ -196,7 +197,7 @@ def deform_roi_pool_grad_input_cuda(n_items, rois, offset, has_offset, grad_outp
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
         n, c, ph, pw = gpu.roi_align_output_index(index, geometry)
         bin_ = gpu.roi_align_bin(rois, offset, has_offset, n, ph, pw, geometry)
-        plane = (bin_.batch * geometry.C + c) * H * W
+        plane = gpu.roi_align_plane(bin_, c, geometry)
         share = grad_output[n, c, ph, pw] / gpu.roi_align_count(bin_)
         for iy in range(bin_.grid_h):
             for ix in range(bin_.grid_w):

@@ -154,6 +154,13 @@ def dcn_sample_number(b, g, k, geometry):
     return (b * geometry.offset_groups + g) * geometry.kh * geometry.kw + k
 
 
+@shared
+def dcn_modulation(mask, use_mask, s, position, HW_out):
+    """m of sample s at one output position: channel s of the flat mask (B, G_off·K, H_out, W_out)
+    in v2 (use_mask), 1 in v1."""
+    return mask[s * HW_out + position] if use_mask else ONE
+
+
 # Where the kernels keep things, as flat indices (every array is flat and C-contiguous inside a
 # kernel); `geometry` is a kernels.deform_conv.DeformConvGeometry.
 
@@ -163,6 +170,17 @@ def dcn_table_index(b, position, g, k, geometry):
     (B, H_out·W_out, G_off, K): the samples of one output position side by side."""
     return ((b * geometry.H_out * geometry.W_out + position) * geometry.offset_groups + g) \
         * geometry.kh * geometry.kw + k
+
+
+@shared
+def dcn_table_coordinates(here, geometry):
+    """(b, position, g, k) of entry `here` of the located tables, the inverse of `dcn_table_index`."""
+    K = geometry.kh * geometry.kw
+    k = here % K
+    g = here // K % geometry.offset_groups
+    position = here // (K * geometry.offset_groups) % (geometry.H_out * geometry.W_out)
+    b = here // (K * geometry.offset_groups * geometry.H_out * geometry.W_out)
+    return b, position, g, k
 
 
 @shared
@@ -344,6 +362,31 @@ def corner_pixel(plane, W, y_low, y_high, x_low, x_high, corner):
 
 
 @shared
+def corners_blend(data, plane, W, y_low, y_high, x_low, x_high, l_y, l_x):
+    """Σ_corner corner_weight · value over the four corners (y_low|y_high, x_low|x_high) that a
+    RoI rule chose for a position, l being the weights toward the high corners."""
+    value = 0.0
+    for corner in range(4):
+        weight = corner_weight(l_y, l_x, corner)
+        value += weight * data[corner_pixel(plane, W, y_low, y_high, x_low, x_high, corner)]
+    return value
+
+
+@shared
+def corners_slopes(data, plane, W, y_low, y_high, x_low, x_high, l_y, l_x):
+    """(∂/∂l_y, ∂/∂l_x) of `corners_blend`: Σ_corner (∂w/∂l_y, ∂w/∂l_x) · value
+    (`corner_weight_gradient`), which the RoI kernels also apply corner by corner."""
+    d_y = 0.0
+    d_x = 0.0
+    for corner in range(4):
+        value = data[corner_pixel(plane, W, y_low, y_high, x_low, x_high, corner)]
+        weight_d_y, weight_d_x = corner_weight_gradient(l_y, l_x, corner)
+        d_y += weight_d_y * value
+        d_x += weight_d_x * value
+    return d_y, d_x
+
+
+@shared
 def bin_start(roi_start, bin_index, bin_size, shift):
     """Where bin `bin_index` of a RoI begins along one axis: roi_start + bin_index·bin_size + shift,
     shift being the learned offset of the bin in pixels (γ·Δ·roi_extent in §2a,
@@ -429,6 +472,13 @@ def roi_align_bin(rois, offset, has_offset, n, ph, pw, geometry):
 
 
 @shared
+def roi_align_plane(bin_, c, geometry):
+    """Flat index of pixel (0, 0) of the plane of channel c that a bin reads, in the input
+    (B, C, H, W)."""
+    return (bin_.batch * geometry.C + c) * geometry.H * geometry.W
+
+
+@shared
 def roi_align_sample_position(bin_, iy, ix):
     """(y, x) of sample (iy, ix) of a bin, at a sub-bin centre:
     y = y_start + (iy + 0.5)·bin_height/grid_h, x = x_start + (ix + 0.5)·bin_width/grid_w."""
@@ -485,11 +535,9 @@ def roi_align_sample(data, plane, H, W, y, x):
     NaN or infinite one (so that bad offsets propagate instead of vanishing)."""
     if not roi_align_is_valid(y, x, H, W):
         return roi_align_outside_value(y, x)
-    value = 0.0
-    for corner in range(4):
-        index, weight = roi_align_corner(plane, H, W, y, x, corner)
-        value += weight * data[index]
-    return value
+    y_low, y_high, l_y, _ = roi_align_axis(y, H)
+    x_low, x_high, l_x, _ = roi_align_axis(x, W)
+    return corners_blend(data, plane, W, y_low, y_high, x_low, x_high, l_y, l_x)
 
 
 @shared
@@ -513,13 +561,10 @@ def roi_align_sample_gradient(data, plane, H, W, y, x):
     if not roi_align_is_valid(y, x, H, W):
         outside = roi_align_outside_value(y, x)
         return outside, outside
-    d_y = 0.0
-    d_x = 0.0
-    for corner in range(4):
-        index, weight_d_y, weight_d_x = roi_align_corner_gradient(plane, H, W, y, x, corner)
-        d_y += weight_d_y * data[index]
-        d_x += weight_d_x * data[index]
-    return d_y, d_x
+    y_low, y_high, l_y, slope_y = roi_align_axis(y, H)
+    x_low, x_high, l_x, slope_x = roi_align_axis(x, W)
+    d_y, d_x = corners_slopes(data, plane, W, y_low, y_high, x_low, x_high, l_y, l_x)
+    return slope_y * d_y, slope_x * d_x
 
 
 @shared
@@ -550,20 +595,26 @@ def roi_align_average_gradient(data, plane, H, W, bin_):
 
 
 @shared
+def roi_align_offset_from_start(bin_, gamma, grad_x_start, grad_y_start):
+    """(∂L/∂offset x, ∂L/∂offset y) of a bin from (∂L/∂x_start, ∂L/∂y_start): the bin moves by
+    γ·roi_width per unit of offset x and by γ·roi_height per unit of offset y."""
+    return gamma * bin_.roi_width * grad_x_start, gamma * bin_.roi_height * grad_y_start
+
+
+@shared
 def roi_align_offset_gradient(input, rois, offset, grad_output, n, ph, pw, geometry):
     """(grad_offset[n, 0, ph, pw], grad_offset[n, 1, ph, pw]) = γ·(roi_width, roi_height) ·
     Σ_c grad_out[n, c, ph, pw] · ∂out[n, c, ph, pw]/∂(x_start, y_start), summed in float64 over
     the C channels of the input (B, C, H, W), flat."""
     bin_ = roi_align_bin(rois, offset, True, n, ph, pw, geometry)
-    plane_size = geometry.H * geometry.W
     grad_x = 0.0
     grad_y = 0.0
     for c in range(geometry.C):
-        d_y, d_x = roi_align_average_gradient(input, (bin_.batch * geometry.C + c) * plane_size,
-                                              geometry.H, geometry.W, bin_)
+        d_y, d_x = roi_align_average_gradient(input, roi_align_plane(bin_, c, geometry), geometry.H, geometry.W,
+                                              bin_)
         grad_x += grad_output[n, c, ph, pw] * d_x
         grad_y += grad_output[n, c, ph, pw] * d_y
-    return geometry.gamma * bin_.roi_width * grad_x, geometry.gamma * bin_.roi_height * grad_y
+    return roi_align_offset_from_start(bin_, geometry.gamma, grad_x, grad_y)
 
 
 # §2b deform_psroi_pool: position-sensitive deformable RoI pooling, the original R-FCN rules.
@@ -655,6 +706,12 @@ def psroi_bin(rois, trans, has_trans, n, ctop, ph, pw, geometry):
 
 
 @shared
+def psroi_plane(bin_, geometry):
+    """Flat index of pixel (0, 0) of the score map a bin reads, in the input (B, C, H, W)."""
+    return (bin_.batch * geometry.C + bin_.channel) * geometry.H * geometry.W
+
+
+@shared
 def psroi_sample_position(bin_, ih, iw):
     """(h, w) of sample (ih, iw) of a bin, at a sub-bin start: h_start + ih·sub_bin_height,
     w_start + iw·sub_bin_width."""
@@ -692,11 +749,9 @@ def psroi_sample(data, plane, H, W, h, w):
     """The bilinear value at a kept sample (h, w) under the original rule; NaN for a non-finite one."""
     if not is_finite_position(h, w):
         return math.nan
-    value = 0.0
-    for corner in range(4):
-        index, weight = psroi_corner(plane, H, W, h, w, corner)
-        value += weight * data[index]
-    return value
+    y_low, y_high, l_y = psroi_axis(h, H)
+    x_low, x_high, l_x = psroi_axis(w, W)
+    return corners_blend(data, plane, W, y_low, y_high, x_low, x_high, l_y, l_x)
 
 
 @shared
@@ -710,14 +765,7 @@ def psroi_sample_gradient(data, plane, H, W, h, w):
         return math.nan, math.nan
     y_low, y_high, l_y = psroi_axis(h, H)
     x_low, x_high, l_x = psroi_axis(w, W)
-    d_h = 0.0
-    d_w = 0.0
-    for corner in range(4):
-        value = data[corner_pixel(plane, W, y_low, y_high, x_low, x_high, corner)]
-        weight_d_h, weight_d_w = corner_weight_gradient(l_y, l_x, corner)
-        d_h += weight_d_h * value
-        d_w += weight_d_w * value
-    return d_h, d_w
+    return corners_slopes(data, plane, W, y_low, y_high, x_low, x_high, l_y, l_x)
 
 
 @shared
@@ -736,13 +784,12 @@ def psroi_count(bin_, H, W, sample_per_part):
 def psroi_average(data, plane, H, W, bin_, sample_per_part):
     """out = Σ_kept value / count over the kept samples of a bin, 0 when none is kept."""
     total = 0.0
-    count = 0
     for ih in range(sample_per_part):
         for iw in range(sample_per_part):
             h, w = psroi_sample_position(bin_, ih, iw)
             if not psroi_is_skipped(h, w, H, W):
                 total += psroi_sample(data, plane, H, W, h, w)
-                count += 1
+    count = psroi_count(bin_, H, W, sample_per_part)
     return total / count if count > 0 else 0.0
 
 
@@ -752,7 +799,6 @@ def psroi_average_gradient(data, plane, H, W, bin_, sample_per_part):
     every sample of a bin moves with the bin's start."""
     d_h = 0.0
     d_w = 0.0
-    count = 0
     for ih in range(sample_per_part):
         for iw in range(sample_per_part):
             h, w = psroi_sample_position(bin_, ih, iw)
@@ -760,7 +806,19 @@ def psroi_average_gradient(data, plane, H, W, bin_, sample_per_part):
                 sample_d_h, sample_d_w = psroi_sample_gradient(data, plane, H, W, h, w)
                 d_h += sample_d_h
                 d_w += sample_d_w
-                count += 1
+    count = psroi_count(bin_, H, W, sample_per_part)
     if count == 0:
         return 0.0, 0.0
     return d_h / count, d_w / count
+
+
+@shared
+def psroi_trans_gradient(input, bin_, grad_out, geometry):
+    """What one output element, of gradient grad_out and bin `bin_`, adds to the gradient of the
+    bin's trans cell (class_id, part_h, part_w): (trans_std·grad_out·roi_width·∂out/∂w_start,
+    trans_std·grad_out·roi_height·∂out/∂h_start), x then y, as the bin moves by trans_std·roi_width
+    per unit of trans x and by trans_std·roi_height per unit of trans y."""
+    d_h, d_w = psroi_average_gradient(input, psroi_plane(bin_, geometry), geometry.H, geometry.W, bin_,
+                                      geometry.sample_per_part)
+    share = geometry.trans_std * grad_out
+    return share * bin_.roi_width * d_w, share * bin_.roi_height * d_h

@@ -21,7 +21,9 @@ around every CPU kernel: concurrent calls take turns, each using every core. Set
 NUMBA_THREADING_LAYER chooses another layer instead.
 """
 
+import functools
 import math
+import sys
 import threading
 import types
 from typing import NamedTuple
@@ -80,17 +82,28 @@ def for_cuda(module):
     of `module`."""
     if not SIMULATED:
         return module
-    # Rebuild every compiled function of the module as plain Python over one globals dict, so
-    # that shared functions calling each other also stay in Python under the simulator.
-    python_globals = dict(vars(module))
-    compiled = {name: f for name, f in vars(module).items() if hasattr(f, "py_func")}
-    for name, dispatcher in compiled.items():
-        code = dispatcher.py_func
-        python_globals[name] = types.FunctionType(
-            code.__code__, python_globals, name, code.__defaults__, code.__closure__
-        )
+    python = python_functions(module.__name__)
+    compiled = [name for name, value in vars(module).items() if hasattr(value, "py_func")]
     constants = {name: value for name, value in vars(module).items() if isinstance(value, np.generic)}
-    return types.SimpleNamespace(**constants, **{name: python_globals[name] for name in compiled})
+    return types.SimpleNamespace(**constants, **{name: python[name] for name in compiled})
+
+
+@functools.cache
+def python_functions(module_name):
+    """The globals of a module with every compiled function rebuilt as plain Python (for the
+    simulator): each over the globals of the module that defines it, so that shared functions
+    calling each other, across modules too, all stay in Python."""
+    python_globals = dict(vars(sys.modules[module_name]))
+    for name, value in vars(sys.modules[module_name]).items():
+        if not hasattr(value, "py_func"):
+            continue
+        code = value.py_func
+        if code.__module__ != module_name:
+            python_globals[name] = python_functions(code.__module__)[code.__name__]
+        else:
+            python_globals[name] = types.FunctionType(code.__code__, python_globals, name, code.__defaults__,
+                                                      code.__closure__)
+    return python_globals
 
 
 THREADS_PER_BLOCK = 256

@@ -9,9 +9,9 @@ channel c = (ctop·group_size + gh)·group_size + gw of image b = rois[n, 0]:
                grad_trans[n, 2·class, part_h, part_w]     += trans_std·roi_width  · grad_out · ∂out/∂w_start
                grad_trans[n, 2·class + 1, part_h, part_w] += trans_std·roi_height · grad_out · ∂out/∂h_start
 
-where the bin geometry is `sampling.psroi_bin`, count the number of kept samples (recomputed by
-the backward, `sampling.psroi_count`), and the values, weights and slopes are the shared scalar
-functions of `sampling`. trans is stored x first, then y, for each class.
+where the bin geometry is `deform_psroi_pool_math.psroi_bin`, count the number of kept samples
+(recomputed by the backward, `psroi_count`), and the values, weights and slopes are the shared
+scalar functions of `deform_psroi_pool_math`. trans is stored x first, then y, for each class.
 
 Shapes: input and grad_input flat (B·C·H·W,) with C = output_dim·group_size², rois (N, 5),
 trans and grad_trans (N, 2·num_classes, part_size, part_size) (an empty stand-in without trans,
@@ -35,12 +35,13 @@ import numpy as np
 from numba import cuda, prange
 
 from dcn_numba.runtime.arrays import array_module
-from dcn_numba.kernels import sampling
+from dcn_numba.kernels import deform_psroi_pool_math
 from dcn_numba.kernels._targets import (BINS, COUNT, FLAG, FLAT, ROWS, KernelPair, cpu_kernel, cuda_kernel,
                                         for_cuda, geometry_of, optional_argument, run)
-from dcn_numba.kernels.sampling import (bin_cell, is_finite_position, psroi_average, psroi_bin, psroi_corner,
-                                        psroi_count, psroi_is_skipped, psroi_output_index, psroi_plane,
-                                        psroi_sample_position, psroi_trans_gradient)
+from dcn_numba.kernels.bilinear import is_finite_position
+from dcn_numba.kernels.deform_psroi_pool_math import (bin_cell, psroi_average, psroi_bin, psroi_corner, psroi_count,
+                                                      psroi_is_skipped, psroi_output_index, psroi_plane,
+                                                      psroi_sample_position, psroi_trans_gradient)
 
 
 class PSRoIGeometry(NamedTuple):
@@ -134,7 +135,7 @@ def deform_psroi_pool_grad_trans_cpu(n_items, input, rois, trans, grad_output, g
 # CUDA kernels: grid-stride loops, one thread per output element (n, ctop, ph, pw)
 # ---------------------------------------------------------------------------------------------
 
-gpu = for_cuda(sampling)
+gpu = for_cuda(deform_psroi_pool_math)
 GEOMETRY = geometry_of(PSRoIGeometry)
 
 

@@ -7,8 +7,8 @@ RoIAlign (aligned) with a learned shift per bin. For RoI n, channel c and bin (p
                grad_offset[n, :, ph, pw] = γ·(roi_width, roi_height) · Σ_c grad_out · ∂out/∂(x, y)
                                                                                 (roi_align_offset_gradient)
 
-where b = rois[n, 0], the bin geometry is `sampling.roi_align_bin` and B, w_ab, ∂B/∂p are the
-shared scalar functions of `sampling`. The offsets are stored x first, then y.
+where b = rois[n, 0], the bin geometry is `deform_roi_pool_math.roi_align_bin` and B, w_ab, ∂B/∂p are
+the shared scalar functions of `deform_roi_pool_math`. The offsets are stored x first, then y.
 
 Shapes: input and grad_input flat (B·C·H·W,) on a GPU; on the CPU `pixels` and `grad_pixels`
 (B, H·W, C), the same with the channels last, so that one computation of a sample's corners and
@@ -34,13 +34,13 @@ import numpy as np
 from numba import cuda, prange
 
 from dcn_numba.runtime.arrays import array_module
-from dcn_numba.kernels import sampling
+from dcn_numba.kernels import deform_roi_pool_math
 from dcn_numba.kernels._targets import (BINS, COUNT, FLAG, FLAT, ROWS, cpu_kernel, cuda_kernel, for_cuda,
                                         geometry_of, optional_argument, run_cpu, run_cuda, shared)
-from dcn_numba.kernels.sampling import (roi_align_bin, roi_align_bin_index, roi_align_corner,
-                                        roi_align_corner_gradient, roi_align_count, roi_align_is_valid,
-                                        roi_align_offset_from_start, roi_align_outside_value,
-                                        roi_align_sample_position)
+from dcn_numba.kernels.deform_roi_pool_math import (roi_align_bin, roi_align_bin_index, roi_align_corner,
+                                                     roi_align_corner_gradient, roi_align_count, roi_align_is_valid,
+                                                     roi_align_offset_from_start, roi_align_outside_value,
+                                                     roi_align_sample_position)
 
 
 class RoIAlignGeometry(NamedTuple):
@@ -175,7 +175,7 @@ def deform_roi_pool_grad_offset_cpu(n_bins, pixels, rois, offset, grad_output, g
 # CUDA kernels: grid-stride loops over the same index spaces
 # ---------------------------------------------------------------------------------------------
 
-gpu = for_cuda(sampling)
+gpu = for_cuda(deform_roi_pool_math)
 GEOMETRY = geometry_of(RoIAlignGeometry)
 
 

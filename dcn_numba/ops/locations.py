@@ -15,7 +15,7 @@ import numpy as np
 from dcn_numba.runtime.arrays import to_device
 from dcn_numba.ops.checks import as_pair
 from dcn_numba.kernels.deform_psroi_pool import PSRoIGeometry
-from dcn_numba.kernels.sampling import psroi_bin
+from dcn_numba.kernels.deform_psroi_pool_math import psroi_bin
 from dcn_numba.reference.deform_conv_vectorised import regular_positions, sampling_positions
 
 

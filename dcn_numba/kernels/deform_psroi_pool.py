@@ -152,7 +152,8 @@ def deform_psroi_pool_forward_cuda(n_items, input, rois, trans, has_trans, outpu
 @cuda_kernel(COUNT, ROWS, BINS, FLAG, BINS, FLAT, GEOMETRY)
 def deform_psroi_pool_grad_input_cuda(n_items, rois, trans, has_trans, grad_output, grad_input,
                                       geometry):
-    """grad_input contributions of one output element (n, ctop, ph, pw) per thread."""
+    """grad_input contributions of one output element (n, ctop, ph, pw) per thread (the walk of
+    deform_roi_pool's grad_input kernel under this op's rule: see there why it is written out)."""
     H, W = geometry.H, geometry.W
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
         n, ctop, ph, pw = gpu.psroi_output_index(index, geometry)

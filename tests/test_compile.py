@@ -61,8 +61,8 @@ print(json.dumps(results))
 # this list, fails the test.
 EVERY_CUDA_KERNEL = [
     ("deform_conv", "channels_last_copy_cuda"),
-    ("deform_conv", "locate_samples_cuda"), ("deform_conv", "deformable_im2col_cuda"),
-    ("deform_conv", "deformable_col2im_cuda"), ("deform_conv", "offset_mask_gradient_cuda"),
+    ("deform_conv_cuda", "locate_samples_cuda"), ("deform_conv_cuda", "deformable_im2col_cuda"),
+    ("deform_conv_cuda", "deformable_col2im_cuda"), ("deform_conv_cuda", "offset_mask_gradient_cuda"),
     ("deform_roi_pool", "deform_roi_pool_forward_cuda"),
     ("deform_roi_pool", "deform_roi_pool_grad_input_cuda"),
     ("deform_roi_pool", "deform_roi_pool_grad_offset_cuda"),

@@ -14,14 +14,12 @@ from dcn_numba import deform_conv2d, deform_conv2d_backward
 from dcn_numba.runtime.arrays import array_module
 from dcn_numba.reference.gradcheck import assert_close, check_gradients
 from dcn_numba.kernels import deform_conv as kernels
+from dcn_numba.kernels import deform_conv_cpu, deform_conv_cuda
+from dcn_numba.ops.deform_conv import output_size
 from helpers import KERNEL_BACKENDS, to_backend, to_numpy, assert_op_matches_reference
 
 GRADIENT_NAMES = ["grad_input", "grad_offset", "grad_weight", "grad_bias", "grad_mask"]
 TOLERANCE = {np.float64: 1e-10, np.float32: 2e-4}
-
-
-def output_size(size, kernel, stride, padding, dilation):
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 @st.composite
@@ -160,15 +158,15 @@ def test_cpu_tiles_fit_the_budget():
     geometry = kernels.conv_geometry(np.empty((1, 4, 5, 6)), np.empty((1, 36, 5, 6)), np.empty((4, 2, 3, 3)),
                                      (1, 1), (1, 1), (1, 1))
     per_position = 9 * 4 * 8  # K · C_in values of 8 bytes
-    assert kernels.positions_per_tile(geometry, 8, 7 * per_position + 1) == 7
-    assert kernels.positions_per_tile(geometry, 8, 1) == 1
-    assert kernels.positions_per_tile(geometry, 8, None) == 30  # the whole 5 × 6 image fits CPU_TILE_BYTES
+    assert deform_conv_cpu.positions_per_tile(geometry, 8, 7 * per_position + 1) == 7
+    assert deform_conv_cpu.positions_per_tile(geometry, 8, 1) == 1
+    assert deform_conv_cpu.positions_per_tile(geometry, 8, None) == 30  # the whole 5 × 6 image fits CPU_TILE_BYTES
 
 
 def test_chunks_cover_the_batch_within_the_budget():
-    assert kernels.batch_chunks(5, 100, 250) == [(0, 2), (2, 4), (4, 5)]
-    assert kernels.batch_chunks(3, 100, 1) == [(0, 1), (1, 2), (2, 3)]
-    assert kernels.batch_chunks(0, 100, 1000) == []
+    assert deform_conv_cuda.batch_chunks(5, 100, 250) == [(0, 2), (2, 4), (4, 5)]
+    assert deform_conv_cuda.batch_chunks(3, 100, 1) == [(0, 1), (1, 2), (2, 3)]
+    assert deform_conv_cuda.batch_chunks(0, 100, 1000) == []
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)

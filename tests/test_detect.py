@@ -166,3 +166,13 @@ def test_detection_viz_draws_the_figure_of_a_finished_run(tiny_run, tmp_path):
     viz_main(["--run", str(tiny_run), "--out", str(tmp_path / "figure.png")])
     assert [p.name for p in tmp_path.iterdir()] == ["figure.png"]
     assert (tmp_path / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_part_bins_round_halves_away_from_zero_as_the_operator():
+    """At .5 coordinates the operator rounds as C does, halves away from zero: the RoI [2.5, 1.5,
+    12.5, 13.5) has last-pixel corners (2.5, 1.5, 11.5, 12.5), rounded to (3, 2, 12, 13) (NumPy's
+    round would give 2 and 12). At stride 2 that is x from 1 to 6.5 − 0.5 on the feature map, 5
+    cells, y from 0.5 to 6.5, 6 cells: 2×2 bins of 2.5 × 3 cells, 5 × 6 pixels."""
+    bins = part_bins([2.5, 1.5, 12.5, 13.5], np.zeros((2, 2, 2)), 2, 0.1, 0.5)
+    np.testing.assert_allclose(bins[0, 0], [3, 2, 8, 8])
+    np.testing.assert_allclose(bins[1, 1], [8, 8, 13, 14])

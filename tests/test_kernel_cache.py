@@ -1,6 +1,6 @@
 """An edit of the shared mathematics takes effect on the next run, without clearing any cache.
 
-A copy of the package runs a CPU kernel in a fresh process, `sampling.bilinear_blend` is edited
+A copy of the package runs a CPU kernel in a fresh process, `bilinear.bilinear_blend` is edited
 to return 0, and the next process must see the edit (while loading every kernel from the cache
 when nothing changed)."""
 
@@ -16,13 +16,13 @@ import dcn_numba
 
 RUN_A_KERNEL = """
 import numpy as np
-from dcn_numba.kernels import deform_conv
+from dcn_numba.kernels import deform_conv_cpu
 import dcn_numba
 
 x = np.arange(16.0).reshape(1, 1, 4, 4)
 offset = np.full((1, 2, 4, 4), 0.25)
 output = dcn_numba.deform_conv2d(x, offset, np.ones((1, 1, 1, 1)), backend="cpu")
-print(float(np.abs(output).sum()), len(deform_conv.deformable_conv_tiles_cpu.stats.cache_hits))
+print(float(np.abs(output).sum()), len(deform_conv_cpu.deformable_conv_tiles_cpu.stats.cache_hits))
 """
 
 
@@ -37,7 +37,7 @@ def run_in(root):
     return float(total), int(hits)
 
 
-def test_an_edit_of_sampling_takes_effect_on_the_next_run(tmp_path):
+def test_an_edit_of_the_shared_mathematics_takes_effect_on_the_next_run(tmp_path):
     # Run the kernel here first, so that the package's own cache holds it, and copy that cache
     # along: the copy's first process then loads the kernel instead of compiling it.
     x = np.arange(16.0).reshape(1, 1, 4, 4)
@@ -47,11 +47,11 @@ def test_an_edit_of_sampling_takes_effect_on_the_next_run(tmp_path):
     shutil.copytree(pathlib.Path(dcn_numba.__file__).parent, tmp_path / "dcn_numba")
     assert run_in(tmp_path) == (original, 1), "an unchanged package should load the cached kernel"
 
-    sampling = tmp_path / "dcn_numba" / "kernels" / "sampling.py"
-    text = sampling.read_text()
+    bilinear = tmp_path / "dcn_numba" / "kernels" / "bilinear.py"
+    text = bilinear.read_text()
     blend = 'def bilinear_blend(v00, v01, v10, v11, l_y, l_x):\n'
     body = text.index('    return', text.index(blend))
-    sampling.write_text(text[:body] + "    return 0.0 * v00\n" + text[body:])
+    bilinear.write_text(text[:body] + "    return 0.0 * v00\n" + text[body:])
     edited, hits = run_in(tmp_path)
     assert edited == 0.0, "the edit of bilinear_blend did not take effect"
     assert hits == 0

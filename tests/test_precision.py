@@ -1,4 +1,4 @@
-"""One precision rule on every backend (kernels/sampling.py): a sum a kernel owns accumulates in
+"""One precision rule on every backend (kernels/bilinear.py): a sum a kernel owns accumulates in
 float64 and is rounded to the data's dtype once. So a float32 result of either kernel backend is
 the float64 reference rounded, within an ulp or two, even over 256 samples a bin; and the
 tutorials' sampler `dcn_sample` equals the kernels' path (locate on the padded image, blend)."""
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dcn_numba
-from dcn_numba.kernels import sampling
+from dcn_numba.kernels import bilinear
 from helpers import KERNEL_BACKENDS, to_backend, to_numpy
 
 RNG = np.random.default_rng(0)
@@ -50,11 +50,11 @@ def kernels_path(image, H, W, p_y, p_x):
     """S and ∂S/∂p as the convolution kernels compute them: locate the sample on the image
     zero-padded by one pixel, read its corners there, blend (or take the unlocated value)."""
     padded = np.pad(image.reshape(H, W), 1).ravel()
-    top_left, l_y, l_x = sampling.dcn_locate(p_y, p_x, H, W)
-    corners = sampling.padded_corners(padded, 0, top_left, W, 1)
-    value = sampling.dcn_located_or_not(sampling.bilinear_blend(*corners, l_y, l_x), top_left)
-    slopes = [sampling.dcn_located_or_not(slope, top_left)
-              for slope in sampling.bilinear_slopes(*corners, l_y, l_x)]
+    top_left, l_y, l_x = bilinear.dcn_locate(p_y, p_x, H, W)
+    corners = bilinear.padded_corners(padded, 0, top_left, W, 1)
+    value = bilinear.dcn_located_or_not(bilinear.bilinear_blend(*corners, l_y, l_x), top_left)
+    slopes = [bilinear.dcn_located_or_not(slope, top_left)
+              for slope in bilinear.bilinear_slopes(*corners, l_y, l_x)]
     return value, slopes
 
 
@@ -68,6 +68,6 @@ def test_the_tutorials_sampler_equals_the_kernels_path(p_y, p_x):
     H, W = 5, 4
     image = np.arange(1.0, H * W + 1)
     value, slopes = kernels_path(image, H, W, p_y, p_x)
-    np.testing.assert_allclose(sampling.dcn_sample(image, 0, H, W, p_y, p_x), value, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(sampling.dcn_sample_gradient(image, 0, H, W, p_y, p_x), slopes,
+    np.testing.assert_allclose(bilinear.dcn_sample(image, 0, H, W, p_y, p_x), value, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(bilinear.dcn_sample_gradient(image, 0, H, W, p_y, p_x), slopes,
                                rtol=1e-12, atol=1e-12)

@@ -42,7 +42,7 @@
 # %%
 import dcn_numba
 from dcn_numba.reference.gradcheck import assert_close
-from dcn_numba.kernels import sampling
+from dcn_numba.kernels import bilinear
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -93,15 +93,15 @@ for corner, weight in zip(corners, weights):
 print(f"weights sum to {sum(weights):.2f};  S{(p_y, p_x)} = {value:.3f}")
 
 # %% [markdown]
-# dcn_numba writes each of these formulas once, in `dcn_numba/kernels/sampling.py`, and compiles
+# dcn_numba writes each of these formulas once, in `dcn_numba/kernels/bilinear.py`, and compiles
 # it for both the CPU and the GPU kernels. The functions are ordinary compiled Python functions, so
 # we can call them here. They read *flat* arrays, the way kernels see memory: `plane` is the flat
 # index of pixel (0, 0) of the channel being read (0 for our single-channel image).
 
 # %%
-l_y, l_x = sampling.fractional_part(p_y), sampling.fractional_part(p_x)
-package_weights = [sampling.corner_weight(l_y, l_x, corner) for corner in range(4)]
-package_value = sampling.dcn_sample(image.ravel(), 0, H, W, p_y, p_x)
+l_y, l_x = bilinear.fractional_part(p_y), bilinear.fractional_part(p_x)
+package_weights = [bilinear.corner_weight(l_y, l_x, corner) for corner in range(4)]
+package_value = bilinear.dcn_sample(image.ravel(), 0, H, W, p_y, p_x)
 assert_close(package_weights, weights, what="corner weights")
 assert_close(package_value, value, what="bilinear sample")
 print(f"dcn_numba's S{(p_y, p_x)} = {package_value:.3f}")
@@ -163,23 +163,23 @@ plt.show()
 # %%
 xs = np.linspace(-1.5, W + 0.5, 561)
 row = 1.3
-values = np.array([sampling.dcn_sample(image.ravel(), 0, H, W, row, x) for x in xs])
-slopes = np.array([sampling.dcn_sample_gradient(image.ravel(), 0, H, W, row, x)[1] for x in xs])
+values = np.array([bilinear.dcn_sample(image.ravel(), 0, H, W, row, x) for x in xs])
+slopes = np.array([bilinear.dcn_sample_gradient(image.ravel(), 0, H, W, row, x)[1] for x in xs])
 integers = np.arange(0, W)
-slopes_at_integers = [sampling.dcn_sample_gradient(image.ravel(), 0, H, W, row, float(x))[1]
+slopes_at_integers = [bilinear.dcn_sample_gradient(image.ravel(), 0, H, W, row, float(x))[1]
                       for x in integers]
 
 # Finite differences agree with the analytic slope everywhere except right at the creases.
 away_from_creases = np.abs(xs - np.round(xs)) > 0.01
-numeric = np.array([(sampling.dcn_sample(image.ravel(), 0, H, W, row, x + 1e-6)
-                     - sampling.dcn_sample(image.ravel(), 0, H, W, row, x - 1e-6)) / 2e-6 for x in xs])
+numeric = np.array([(bilinear.dcn_sample(image.ravel(), 0, H, W, row, x + 1e-6)
+                     - bilinear.dcn_sample(image.ravel(), 0, H, W, row, x - 1e-6)) / 2e-6 for x in xs])
 assert_close(slopes[away_from_creases], numeric[away_from_creases], rtol=1e-5, atol=1e-6,
              what="∂S/∂p_x against finite differences")
 
 # %%
 fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 4.2), sharex=True, layout="constrained")
 top.plot(xs, values, color="tab:red")
-top.scatter(integers, [sampling.dcn_sample(image.ravel(), 0, H, W, row, float(x)) for x in integers],
+top.scatter(integers, [bilinear.dcn_sample(image.ravel(), 0, H, W, row, float(x)) for x in integers],
             color="k", s=12, zorder=3)
 top.set_ylabel(f"S({row}, p_x)")
 bottom.plot(xs, slopes, color="tab:blue")
@@ -235,7 +235,7 @@ check(sample_zero_padded, checks.matches_dcn_sample)
 # %%
 ones = np.ones((H, W))
 ys, xs = np.linspace(-2, H + 1, 121), np.linspace(-2, W + 1, 141)
-fade = np.array([[sampling.dcn_sample(ones.ravel(), 0, H, W, y, x) for x in xs] for y in ys])
+fade = np.array([[bilinear.dcn_sample(ones.ravel(), 0, H, W, y, x) for x in xs] for y in ys])
 
 fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2), gridspec_kw={"width_ratios": [1.2, 1]},
                                 layout="constrained")
@@ -293,7 +293,7 @@ def conv_by_sampling(image, weight, offset, stride=1, padding=0, dilation=1):
                     delta_y, delta_x = offset[ki, kj, :, i, j]
                     p_y = i * stride - padding + ki * dilation + delta_y
                     p_x = j * stride - padding + kj * dilation + delta_x
-                    out[i, j] += weight[ki, kj] * sampling.dcn_sample(image.ravel(), 0, H, W, p_y, p_x)
+                    out[i, j] += weight[ki, kj] * bilinear.dcn_sample(image.ravel(), 0, H, W, p_y, p_x)
     return out
 
 

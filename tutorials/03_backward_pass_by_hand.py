@@ -39,7 +39,7 @@
 # %%
 import dcn_numba
 from dcn_numba.reference.gradcheck import assert_close, check_gradients
-from dcn_numba.kernels import sampling
+from dcn_numba.kernels import bilinear
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -93,8 +93,8 @@ S = np.zeros((B, C_in, K, H_out, W_out))
 dS_dpy, dS_dpx = np.zeros_like(S), np.zeros_like(S)
 for b, c, k, i, j in np.ndindex(S.shape):
     plane = x[b, c].ravel()
-    S[b, c, k, i, j] = sampling.dcn_sample(plane, 0, H, W, p_y[b, k, i, j], p_x[b, k, i, j])
-    dS_dpy[b, c, k, i, j], dS_dpx[b, c, k, i, j] = sampling.dcn_sample_gradient(
+    S[b, c, k, i, j] = bilinear.dcn_sample(plane, 0, H, W, p_y[b, k, i, j], p_x[b, k, i, j])
+    dS_dpy[b, c, k, i, j], dS_dpx[b, c, k, i, j] = bilinear.dcn_sample_gradient(
         plane, 0, H, W, p_y[b, k, i, j], p_x[b, k, i, j])
 
 m = mask[:, None]  # (B, 1, K, H_out, W_out): the same mask for every channel
@@ -206,7 +206,7 @@ assert_close(grad_mask, package["mask"], what="grad_mask of this notebook's laye
 #     ∂S/∂p_y = (1 − l_x)·(v10 − v00) + l_x·(v11 − v01)
 #     ∂S/∂p_x = (1 − l_y)·(v01 − v00) + l_y·(v11 − v10)         (the same, columns instead of rows)
 #
-# These are `sampling.dcn_sample_gradient`, which we called in the forward cell. The result goes
+# These are `bilinear.dcn_sample_gradient`, which we called in the forward cell. The result goes
 # to channel 2k (Δy) and 2k + 1 (Δx) of the offset gradient.
 #
 # **Exercise 3.2.** Write `offset_gradient(gcol, m, dS_dpy, dS_dpx)`: gcol, dS_dpy and dS_dpx are
@@ -239,14 +239,14 @@ assert_close(grad_offset, package["offset"], what="grad_offset of this notebook'
 grad_input = np.zeros_like(x)
 for b, c, k, i, j in np.ndindex(S.shape):
     y, x_ = p_y[b, k, i, j], p_x[b, k, i, j]
-    if not sampling.dcn_is_valid(y, x_, H, W):
+    if not bilinear.dcn_is_valid(y, x_, H, W):
         continue
-    l_y, l_x = sampling.fractional_part(y), sampling.fractional_part(x_)
+    l_y, l_x = bilinear.fractional_part(y), bilinear.fractional_part(x_)
     for corner in range(4):
         row, column = int(np.floor(y)) + corner // 2, int(np.floor(x_)) + corner % 2
         if 0 <= row < H and 0 <= column < W:
             grad_input[b, c, row, column] += (m[b, 0, k, i, j] * gcol[b, c, k, i, j]
-                                             * sampling.corner_weight(l_y, l_x, corner))
+                                             * bilinear.corner_weight(l_y, l_x, corner))
 assert_close(grad_input, package["input"], what="grad_input")
 print("all five gradients by hand agree with deform_conv2d_backward")
 

@@ -44,7 +44,7 @@ from dcn_numba.engine import optim
 from dcn_numba.engine.autograd import Function, Tensor, no_grad
 from dcn_numba.data.mnist import Affine, affine_transform, load_mnist
 from dcn_numba.reference.gradcheck import assert_close, check_gradients
-from dcn_numba.kernels import sampling
+from dcn_numba.kernels import bilinear
 
 import inspect
 
@@ -261,8 +261,8 @@ class ByHandDeformConv2d(Function):
         self.dS_dpy, self.dS_dpx = np.zeros_like(self.S), np.zeros_like(self.S)
         for b, c, k, i, j in np.ndindex(self.S.shape):
             y, x_ = self.p_y[b, k, i, j], self.p_x[b, k, i, j]
-            self.S[b, c, k, i, j] = sampling.dcn_sample(x[b, c].ravel(), 0, H, W, y, x_)
-            self.dS_dpy[b, c, k, i, j], self.dS_dpx[b, c, k, i, j] = sampling.dcn_sample_gradient(
+            self.S[b, c, k, i, j] = bilinear.dcn_sample(x[b, c].ravel(), 0, H, W, y, x_)
+            self.dS_dpy[b, c, k, i, j], self.dS_dpx[b, c, k, i, j] = bilinear.dcn_sample_gradient(
                 x[b, c].ravel(), 0, H, W, y, x_)
         self.m = mask[:, None]
         self.weight = weight.reshape(C_out, C_in, K)
@@ -281,14 +281,14 @@ class ByHandDeformConv2d(Function):
         grad_input = np.zeros_like(x)                                                     # step 5
         for b, c, k, i, j in np.ndindex(self.S.shape):
             y, x_ = self.p_y[b, k, i, j], self.p_x[b, k, i, j]
-            if not sampling.dcn_is_valid(y, x_, H, W):
+            if not bilinear.dcn_is_valid(y, x_, H, W):
                 continue
-            l_y, l_x = sampling.fractional_part(y), sampling.fractional_part(x_)
+            l_y, l_x = bilinear.fractional_part(y), bilinear.fractional_part(x_)
             for corner in range(4):
                 row, column = int(np.floor(y)) + corner // 2, int(np.floor(x_)) + corner % 2
                 if 0 <= row < H and 0 <= column < W:
                     grad_input[b, c, row, column] += (self.m[b, 0, k, i, j] * gcol[b, c, k, i, j]
-                                                      * sampling.corner_weight(l_y, l_x, corner))
+                                                      * bilinear.corner_weight(l_y, l_x, corner))
         return grad_input, grad_offset, grad_weight, grad_bias, grad_mask
 
 

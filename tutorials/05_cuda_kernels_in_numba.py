@@ -63,8 +63,7 @@ os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "0" if gpu_available() else "1")
 # %%
 import dcn_numba
 from dcn_numba.reference.gradcheck import assert_close
-from dcn_numba.kernels import deform_conv as conv_kernels
-from dcn_numba.kernels import sampling
+from dcn_numba.kernels import bilinear, deform_conv_cpu, deform_conv_cuda, deform_conv_layout, deform_conv_math
 from dcn_numba.kernels._targets import for_cuda
 from dcn_numba.reference import deform_conv_vectorised as reference
 
@@ -98,12 +97,12 @@ print("kernels run in the", "CUDA simulator (no GPU here)" if SIMULATED else "GP
 # first design decision of any kernel is **which thread owns which output**. For sampling, the
 # natural answer: thread `index` computes output `index`.
 #
-# Kernels call the shared scalar functions of `dcn_numba.kernels.sampling` (the ones of notebook 1)
-# through `for_cuda(sampling)`: on a GPU that is the module itself, compiled into the kernel; in the
+# Kernels call the shared scalar functions of `dcn_numba.kernels.bilinear` (the ones of notebook 1)
+# through `for_cuda(bilinear)`: on a GPU that is the module itself, compiled into the kernel; in the
 # simulator, the functions' plain Python versions.
 
 # %%
-gpu = for_cuda(sampling)
+gpu = for_cuda(bilinear)
 
 
 @cuda.jit
@@ -125,7 +124,7 @@ blocks = math.ceil(n / threads_per_block)  # enough threads for every output
 out = cuda.to_device(np.zeros(n))
 sample_one_per_thread[blocks, threads_per_block](cuda.to_device(image.ravel()), H, W,
                                                  cuda.to_device(p_y), cuda.to_device(p_x), out)
-expected = [sampling.dcn_sample(image.ravel(), 0, H, W, y, x) for y, x in zip(p_y, p_x)]
+expected = [bilinear.dcn_sample(image.ravel(), 0, H, W, y, x) for y, x in zip(p_y, p_x)]
 assert_close(out.copy_to_host(), expected, what="kernel against the scalar function")
 print(f"{blocks} blocks × {threads_per_block} threads = {blocks * threads_per_block} threads for {n} outputs")
 
@@ -365,7 +364,7 @@ def naive_im2col_cpu(x, offset, H, W, kh, kw, padding, H_out, W_out, col):
         c, k, i, j = index // HW_out // K, index // HW_out % K, index // W_out % H_out, index % W_out
         p_y = i - padding + k // kw + offset[2 * k * HW_out + i * W_out + j]
         p_x = j - padding + k % kw + offset[(2 * k + 1) * HW_out + i * W_out + j]
-        col[index] = sampling.dcn_sample(x, c * H * W, H, W, p_y, p_x)
+        col[index] = bilinear.dcn_sample(x, c * H * W, H, W, p_y, p_x)
 
 
 def naive_forward(x, offset, weight):
@@ -484,8 +483,8 @@ assert col_elements // samples == layer["C_in"] // layer["G_off"]
 # your own kernels; here is where each one is:
 
 # %%
-for kernel in (conv_kernels.deformable_im2col_cuda, conv_kernels.deformable_col2im_cuda,
-               conv_kernels.backpropagate_tile):
+for kernel in (deform_conv_cuda.deformable_im2col_cuda, deform_conv_cuda.deformable_col2im_cuda,
+               deform_conv_cpu.backpropagate_tile):
     function = getattr(kernel, "py_func", kernel)
     path = Path(inspect.getsourcefile(function)).resolve().relative_to(Path(dcn_numba.__file__).resolve().parents[1])
     lines, first = inspect.getsourcelines(function)
@@ -563,9 +562,9 @@ ptx_folder = Path(tempfile.mkdtemp())
 compile_script = f"""
 from pathlib import Path
 from numba import cuda
-from dcn_numba.kernels import deform_conv
+from dcn_numba.kernels import deform_conv, deform_conv_cuda
 from dcn_numba.kernels._targets import cuda_kernel_signatures
-for name, kernel, argtypes in cuda_kernel_signatures(deform_conv):
+for name, kernel, argtypes in cuda_kernel_signatures(deform_conv) + cuda_kernel_signatures(deform_conv_cuda):
     ptx, _ = cuda.compile_ptx(kernel.py_func, argtypes, cc=(8, 0))
     (Path({str(ptx_folder)!r}) / (name + ".ptx")).write_text(ptx)
 """
@@ -661,14 +660,17 @@ plt.show()
 # %% [markdown]
 # ## The same math, compiled for the CPU
 #
-# The CPU kernels are not a port: they call the very same scalar functions. `sampling.py` compiles
-# each of them with `@njit(inline="always")`, so Numba pastes it into whichever kernel calls it,
-# CPU or CUDA. A CPU kernel is `@njit(parallel=True)`, with `prange` splitting its outer loop among
-# the cores. Which shared functions does each im2col call? On the CPU, im2col is `fill_columns`,
-# which the forward kernel (`deformable_conv_tiles_cpu`) calls for each tile, so we read both:
+# The CPU kernels are not a port: they call the very same scalar functions. The modules of shared
+# mathematics (`bilinear.py`, and the convolution's `deform_conv_math.py` and `deform_conv_layout.py`)
+# compile each of them with `@njit(inline="always")`, so Numba pastes it into whichever kernel
+# calls it, CPU or CUDA. A CPU kernel is `@njit(parallel=True)`, with `prange` splitting its outer
+# loop among the cores. Which shared functions does each im2col call? On the CPU, im2col is
+# `fill_columns`, which the forward kernel (`deformable_conv_tiles_cpu`) calls for each tile through
+# `sample_tile`, finding a sample's place with `tile_table_index`, so we read them all:
 
 # %%
-shared_functions = {name for name, value in vars(sampling).items() if hasattr(value, "py_func")}
+shared_functions = {name for module in (bilinear, deform_conv_layout, deform_conv_math)
+                    for name, value in vars(module).items() if hasattr(value, "py_func")}
 
 
 def shared_calls(*functions):
@@ -677,8 +679,9 @@ def shared_calls(*functions):
     return {name for name in shared_functions if re.search(rf"\b{name}\(", source)}
 
 
-cpu_calls = shared_calls(conv_kernels.deformable_conv_tiles_cpu, conv_kernels.fill_columns)
-cuda_calls = shared_calls(conv_kernels.deformable_im2col_cuda)
+cpu_calls = shared_calls(deform_conv_cpu.deformable_conv_tiles_cpu, deform_conv_cpu.sample_tile,
+                         deform_conv_cpu.fill_columns, deform_conv_cpu.tile_table_index)
+cuda_calls = shared_calls(deform_conv_cuda.deformable_im2col_cuda)
 print("both call        ", sorted(cpu_calls & cuda_calls))
 print("only the CPU     ", sorted(cpu_calls - cuda_calls))
 print("only the GPU     ", sorted(cuda_calls - cpu_calls))
@@ -724,7 +727,7 @@ print("reference, cpu and cuda agree:", to_host(results["cuda"])[0, 0, 0].round(
 # * `NUMBA_ENABLE_CUDASIM=1`, set before importing `numba.cuda`, runs the real kernels on the CPU
 #   and checks every index; `compile_ptx` plus `ptxas -v` checks that they compile for real GPUs
 #   and what they cost in registers. Both run without a GPU.
-# * The sampling math is written once (`sampling.py`) and inlined into both the CPU and the CUDA
-#   kernels.
+# * The sampling math is written once (`bilinear.py`, `deform_conv_math.py`) and inlined into both
+#   the CPU and the CUDA kernels.
 #
 # Notebook 6 turns to the other deformable operator: RoI pooling.

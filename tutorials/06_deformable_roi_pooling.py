@@ -50,7 +50,7 @@ from dcn_numba.engine import optim
 from dcn_numba.engine.autograd import Tensor, no_grad
 from dcn_numba.data.mnist import load_mnist, random_transform
 from dcn_numba.reference.gradcheck import assert_close, check_gradients
-from dcn_numba.kernels import sampling
+from dcn_numba.kernels import deform_roi_pool_math
 from dcn_numba.reference import deform_psroi_pool as psroi_reference
 from dcn_numba.reference import deform_roi_pool as roi_reference
 
@@ -224,7 +224,7 @@ print("a box at fractional corners", fractional[1:], "starts at",
 #       ∂out/∂Δx̂ = γ·roi_w · (1/n) Σ_s ∂B/∂x (y_s, x_s),     ∂out/∂Δŷ = γ·roi_h · (1/n) Σ_s ∂B/∂y (y_s, x_s)
 #
 #   where ∂B/∂x is the bilinear slope of notebook 1 (and 0 along an axis that the border clamp
-#   holds still). `sampling.roi_align_sample_gradient(plane, 0, H, W, y, x)` returns
+#   holds still). `deform_roi_pool_math.roi_align_sample_gradient(plane, 0, H, W, y, x)` returns
 #   (∂B/∂y, ∂B/∂x) of a flat one-channel `plane`.
 #
 # The RoI coordinates themselves get no gradient: detectors treat the boxes as given.

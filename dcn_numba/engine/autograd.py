@@ -13,26 +13,18 @@ inputs, and mixing the two is a TypeError. This file holds the engine and the te
 `dcn_numba.engine.functional`.
 """
 
-import contextlib
 import math
 import numbers
 
 import numpy as np
 
 from dcn_numba.runtime.arrays import array_module, is_cupy
+from dcn_numba.engine.mode import changed, mode
 
-_GRAD_ENABLED = True
 
-
-@contextlib.contextmanager
 def no_grad():
     """Within this block Functions record no graph: for evaluation and parameter updates."""
-    global _GRAD_ENABLED
-    previous, _GRAD_ENABLED = _GRAD_ENABLED, False
-    try:
-        yield
-    finally:
-        _GRAD_ENABLED = previous
+    return changed(grad=False)
 
 
 class Function:
@@ -51,7 +43,7 @@ class Function:
         arrays = [None if t is None else t.data for t in inputs]
         function.xp = array_module(*arrays)
         output = Tensor(function.forward(*arrays, **params))
-        if _GRAD_ENABLED and any(t is not None and t.requires_grad for t in inputs):
+        if mode().grad and any(t is not None and t.requires_grad for t in inputs):
             output.requires_grad = True
             output.creator = function
         return output

@@ -9,8 +9,6 @@ on the backend chosen with the `backend(...)` context manager ("reference", "cpu
 by default, on the one the array type implies (CPU kernels for NumPy, CUDA kernels for CuPy).
 """
 
-import contextlib
-
 import math
 
 import numpy as np
@@ -18,13 +16,14 @@ import numpy as np
 from dcn_numba.runtime.arrays import array_module
 from dcn_numba.ops.checks import BACKENDS
 from dcn_numba.engine.autograd import Function, Tensor
+from dcn_numba.engine.mode import changed, mode
 from dcn_numba.ops.deform_conv import deform_conv2d as deform_conv2d_forward, deform_conv2d_backward
 from dcn_numba.ops.deform_psroi_pool import (deform_psroi_pool as deform_psroi_pool_forward,
                                              deform_psroi_pool_backward)
 from dcn_numba.ops.deform_roi_pool import deform_roi_pool as deform_roi_pool_forward, deform_roi_pool_backward
 from dcn_numba.speed import kernels_apply
 from dcn_numba.speed import normalization as kernels
-from dcn_numba.runtime.settings import single_threaded_blas
+from dcn_numba.runtime.settings import leave_the_cores_to_the_kernels
 from dcn_numba.engine.windows import adaptive_avg_pool2d, avg_pool2d, conv2d, max_pool2d
 
 __all__ = [
@@ -33,21 +32,12 @@ __all__ = [
     "deform_conv2d", "deform_roi_pool", "deform_psroi_pool",
 ]
 
-_BACKEND = None
-
-
-@contextlib.contextmanager
 def backend(name):
     """Run the deformable Functions on backend `name` inside this block: "reference", "cpu",
     "cuda", or None to follow the array type. A whole model switches backend this way."""
-    global _BACKEND
     if name is not None and name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None, got {name!r}")
-    previous, _BACKEND = _BACKEND, name
-    try:
-        yield
-    finally:
-        _BACKEND = previous
+    return changed(backend=name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,16 +289,12 @@ def linear(x, weight, bias=None):
 # ---------------------------------------------------------------------------------------------
 
 
-_BLAS_SINGLE_THREADED = [False]
-
-
 def leave_the_cores_to_the_cpu_kernels(x, backend):
     """Before the first deformable CPU kernel of the process (NumPy input, backend None or "cpu"),
-    limit BLAS to one thread (`speed.runtime.single_threaded_blas`): its idle threads would
-    otherwise spin on the cores the parallel kernels need."""
-    if not _BLAS_SINGLE_THREADED[0] and isinstance(x, np.ndarray) and backend in (None, "cpu"):
-        single_threaded_blas()
-        _BLAS_SINGLE_THREADED[0] = True
+    limit BLAS to one thread (`runtime.settings.leave_the_cores_to_the_kernels`): its idle threads
+    would otherwise spin on the cores the parallel kernels need."""
+    if isinstance(x, np.ndarray) and backend in (None, "cpu"):
+        leave_the_cores_to_the_kernels()
 
 
 class DeformConv2d(Function):
@@ -316,8 +302,8 @@ class DeformConv2d(Function):
     for the gradients of input, offset, weight, bias and mask."""
 
     def forward(self, x, offset, weight, bias, mask, stride, padding, dilation):
-        self.params = dict(stride=stride, padding=padding, dilation=dilation, backend=_BACKEND)
-        leave_the_cores_to_the_cpu_kernels(x, _BACKEND)
+        self.params = dict(stride=stride, padding=padding, dilation=dilation, backend=mode().backend)
+        leave_the_cores_to_the_cpu_kernels(x, mode().backend)
         return deform_conv2d_forward(x, offset, weight, bias, mask=mask, **self.params)
 
     def backward(self, grad_output):
@@ -336,8 +322,8 @@ class DeformRoIPool(Function):
     """Deformable RoI pooling (docs/specification.md §2.1); the RoIs get no gradient."""
 
     def forward(self, x, offset, rois, **params):
-        self.rois, self.params = rois, dict(params, backend=_BACKEND)
-        leave_the_cores_to_the_cpu_kernels(x, _BACKEND)
+        self.rois, self.params = rois, dict(params, backend=mode().backend)
+        leave_the_cores_to_the_cpu_kernels(x, mode().backend)
         return deform_roi_pool_forward(x, rois, offset, **self.params)
 
     def backward(self, grad_output):
@@ -358,8 +344,8 @@ class DeformPSRoIPool(Function):
     """Position-sensitive deformable RoI pooling (docs/specification.md §2.2); the RoIs get no gradient."""
 
     def forward(self, x, trans, rois, **params):
-        self.rois, self.params = rois, dict(params, backend=_BACKEND)
-        leave_the_cores_to_the_cpu_kernels(x, _BACKEND)
+        self.rois, self.params = rois, dict(params, backend=mode().backend)
+        leave_the_cores_to_the_cpu_kernels(x, mode().backend)
         return deform_psroi_pool_forward(x, rois, trans, **self.params)
 
     def backward(self, grad_output):

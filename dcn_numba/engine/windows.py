@@ -16,6 +16,7 @@ inside `dcn_numba.speed.plain_numpy()`: that plain path is the one to step throu
 import numpy as np
 
 from dcn_numba.ops.checks import as_pair
+from dcn_numba.ops.deform_conv import output_size
 from dcn_numba.engine.autograd import Function
 from dcn_numba.speed import kernels_apply
 from dcn_numba.speed.windows import fold_windows, max_pool_scatter, max_pool_windows, unfold_windows
@@ -61,9 +62,8 @@ class SlidingWindows:
         self.padding = as_pair(padding, f"{op}: padding", 0)
         self.dilation = as_pair(dilation, f"{op}: dilation", 1)
         self.input_shape = tuple(input_shape)
-        self.output_size = tuple(
-            (size + 2 * pad - dil * (k - 1) - 1) // s + 1 for size, k, s, pad, dil in zip(
-                input_shape[2:], self.kernel_size, self.stride, self.padding, self.dilation))
+        self.output_size = tuple(map(output_size, input_shape[2:], self.kernel_size, self.stride, self.padding,
+                                     self.dilation))
         if min(self.output_size) < 1:
             raise ValueError(f"{op}: input of spatial size {tuple(input_shape[2:])} with padding "
                              f"{self.padding} is smaller than the kernel's reach "

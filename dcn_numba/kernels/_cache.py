@@ -1,8 +1,8 @@
 """Numba's on-disk cache of compiled CPU kernels, invalidated by an edit of any kernel source.
 
 Numba keys each cached kernel on its own file only, yet a kernel inlines the shared functions of
-`sampling` (and of any module of this package it calls): an edit of `sampling.bilinear_blend`
-would leave every kernel compiled from the old text. The locators below key the kernels of
+other modules (`bilinear`, the ops' `*_math` and `deform_conv_layout`, and any module of this package it
+calls): an edit of `bilinear.bilinear_blend` would leave every kernel compiled from the old text. The locators below key the kernels of
 dcn_numba on the text of every file of dcn_numba/kernels instead (and of the kernel's own file),
 so that the next run after any edit recompiles, and every run after that loads from the cache.
 """

@@ -6,22 +6,26 @@ CUDA compiles @njit functions as device functions) and, under the CUDA simulator
 the pure-Python originals, because the simulator hands arrays to kernels as wrapped objects that
 @njit code cannot unbox.
 
-Every op runs its kernels the same way: a `KernelPair` (CPU kernel, CUDA kernel) taking the same
-arguments, run by `run(backend, pair, cpu_items, cuda_items, *args)`; each CUDA kernel declares
-its argument types where it is defined (`cuda_kernel`), for ahead-of-time compilation. Where the
-two targets organise a step differently (the deformable convolution's GEMMs: cache-sized tiles
-inside one CPU kernel, a column buffer and cuBLAS on a GPU; RoI pooling: channels-last rows per
-bin on the CPU, one output element per GPU thread), each target's kernels run alone, by `run_cpu`
-or `run_cpu_calling_blas` and `run_cuda`, over the same shared functions.
+Every step of an op is a `KernelPair` (CPU kernel, CUDA kernel) taking the same arguments, run by
+`run(backend, pair, cpu_items, cuda_items, *args)`: the CPU kernel as a parallel loop over
+cpu_items, the CUDA kernel over cuda_items threads. The two may walk the index space differently,
+and an array argument may come in the layout its target walks best (RoI pooling reads its input
+channels last on the CPU, flat on a GPU). Each CUDA kernel declares its argument types where it
+is defined (`cuda_kernel`), for ahead-of-time compilation.
 
-The CPU kernels run on Numba's "workqueue" threading layer, the one that survives fork(): a
-process that forks after a kernel (multiprocessing, data-loader workers) keeps working, and so do
-its children. That layer must not be entered by two Python threads at once, so `run` holds a lock
-around every CPU kernel: concurrent calls take turns, each using every core. Setting
-NUMBA_THREADING_LAYER chooses another layer instead.
+The one exception is the deformable convolution's GEMMs, whose two pipelines have different
+steps: on the CPU one kernel per pass samples cache-sized tiles and multiplies them with BLAS
+inside its parallel loop (run by `run_cpu_calling_blas`), on a GPU four kernels locate, im2col,
+col2im and sum the offset and mask gradients around cuBLAS's GEMMs (each run by `run_cuda`).
+
+The CPU kernels run on Numba's fork-safe "workqueue" threading layer
+(`dcn_numba.runtime.settings`), which must not be entered by two Python threads at once: every
+CPU kernel runs under one lock, so concurrent calls take turns, each using every core.
 """
 
+import functools
 import math
+import sys
 import threading
 import types
 from typing import NamedTuple
@@ -31,6 +35,7 @@ import numpy as np
 from numba import config, cuda, njit
 
 from dcn_numba.runtime.arrays import cuda_stream
+from dcn_numba.runtime.settings import one_blas_thread, use_the_fork_safe_threading_layer
 from dcn_numba.kernels import _cache
 
 SIMULATED = bool(config.ENABLE_CUDASIM)
@@ -38,9 +43,7 @@ SIMULATED = bool(config.ENABLE_CUDASIM)
 # An edit of any kernel source invalidates the cached kernels (see `_cache`).
 _cache.install()
 
-# The fork-safe layer, unless the user chose one (Numba reads this at the first parallel kernel).
-if config.THREADING_LAYER == "default":
-    config.THREADING_LAYER = "workqueue"
+use_the_fork_safe_threading_layer()
 CPU_KERNEL_LOCK = threading.Lock()
 
 # Division by zero gives inf/nan as on the GPU instead of raising, and no bounds checks: the
@@ -80,17 +83,28 @@ def for_cuda(module):
     of `module`."""
     if not SIMULATED:
         return module
-    # Rebuild every compiled function of the module as plain Python over one globals dict, so
-    # that shared functions calling each other also stay in Python under the simulator.
-    python_globals = dict(vars(module))
-    compiled = {name: f for name, f in vars(module).items() if hasattr(f, "py_func")}
-    for name, dispatcher in compiled.items():
-        code = dispatcher.py_func
-        python_globals[name] = types.FunctionType(
-            code.__code__, python_globals, name, code.__defaults__, code.__closure__
-        )
+    python = python_functions(module.__name__)
+    compiled = [name for name, value in vars(module).items() if hasattr(value, "py_func")]
     constants = {name: value for name, value in vars(module).items() if isinstance(value, np.generic)}
-    return types.SimpleNamespace(**constants, **{name: python_globals[name] for name in compiled})
+    return types.SimpleNamespace(**constants, **{name: python[name] for name in compiled})
+
+
+@functools.cache
+def python_functions(module_name):
+    """The globals of a module with every compiled function rebuilt as plain Python (for the
+    simulator): each over the globals of the module that defines it, so that shared functions
+    calling each other, across modules too, all stay in Python."""
+    python_globals = dict(vars(sys.modules[module_name]))
+    for name, value in vars(sys.modules[module_name]).items():
+        if not hasattr(value, "py_func"):
+            continue
+        code = value.py_func
+        if code.__module__ != module_name:
+            python_globals[name] = python_functions(code.__module__)[code.__name__]
+        else:
+            python_globals[name] = types.FunctionType(code.__code__, python_globals, name, code.__defaults__,
+                                                      code.__closure__)
+    return python_globals
 
 
 THREADS_PER_BLOCK = 256
@@ -115,8 +129,8 @@ def launch(kernel, n_items, stream, *args):
 
 
 class KernelPair(NamedTuple):
-    """The CPU kernel and the CUDA kernel of one step: the same arguments, the same outputs, each
-    walking the index space its own way."""
+    """The CPU kernel and the CUDA kernel of one step: the same arguments (each array in the
+    layout its target reads), the same outputs, each walking the index space its own way."""
 
     cpu: object
     cuda: object
@@ -142,32 +156,23 @@ def run(backend, kernels, cpu_items, cuda_items, *args):
 
 
 def run_cpu(kernel, cpu_items, *args):
-    """Run a CPU kernel that has no CUDA twin (a walk of the CPU's own), under the kernels' lock."""
+    """Run a CPU kernel under the kernels' lock."""
     with CPU_KERNEL_LOCK:
         kernel(cpu_items, *args)
 
 
 def run_cuda(kernel, cuda_items, *args):
-    """Launch a CUDA kernel that has no CPU twin (a step of the GPU's GEMM pipeline) over
-    cuda_items threads."""
+    """Launch a CUDA kernel of the GPU's GEMM pipeline, which has no CPU twin, over cuda_items
+    threads."""
     launch(kernel, cuda_items, cuda_stream(), *args)
 
 
-_blas_threads = []  # the threadpoolctl controller of the process's BLAS libraries, made once
-
-
 def run_cpu_calling_blas(kernel, cpu_items, *args):
-    """Run a CPU kernel whose parallel iterations call BLAS (a GEMM per iteration): BLAS is held
-    to the calling thread for the kernel's duration, since each core already runs an iteration
-    of its own and BLAS's worker threads would only compete with them. The previous limits are
-    restored afterwards; nothing else in the process changes."""
-    if not _blas_threads:
-        # Load the BLAS that compiled kernels call (Numba reaches it through SciPy) before the
-        # controller lists the libraries to limit.
-        import scipy.linalg.cython_blas  # noqa: F401  (loaded for its side effect)
-        from threadpoolctl import ThreadpoolController
-        _blas_threads.append(ThreadpoolController())
-    with _blas_threads[0].limit(limits=1, user_api="blas"):
+    """Run a CPU kernel of the CPU's GEMM pipeline, whose parallel iterations call BLAS (a GEMM per
+    iteration): BLAS is held to the calling thread for the kernel's duration, since each core
+    already runs an iteration of its own and BLAS's worker threads would only compete with them.
+    The previous limits are restored afterwards; nothing else in the process changes."""
+    with one_blas_thread():
         run_cpu(kernel, cpu_items, *args)
 
 

@@ -10,7 +10,7 @@ With G groups of D channels, P taps and go = ∂L/∂out:
                grad_mask    = Σ_d go_d · S_d
 
 where p is the location of §3.3 (`dcnv3_math.dcnv3_sample_location`) and S, ∂S/∂p, w_ab are the
-bilinear functions of §1 (`sampling`). A sample's location and corner weights serve every
+bilinear functions of §1 (`bilinear`, `deform_conv_math`). A sample's location and corner weights serve every
 channel of its group; with the channels last, those channels are contiguous in memory. Reading a
 padded input makes every corner of a valid sample an in-bounds read (0 in the padding), and
 grad_input is accumulated on a padded gradient whose border is then dropped.
@@ -34,15 +34,16 @@ Who owns which output:
 import numpy as np
 from numba import cuda, prange
 
-from dcn_numba.kernels import dcnv3_math, sampling
+from dcn_numba.kernels import bilinear, dcnv3_math, deform_conv_math
 from dcn_numba.kernels._targets import (COUNT, FLAT, cpu_kernel, cuda_kernel, for_cuda, geometry_of,
                                         run_cpu, run_cuda, shared)
 from dcn_numba.kernels.dcnv3_math import (DCNv3Geometry, dcnv3_corner_index, dcnv3_output_coordinates,
                                           dcnv3_padded_image, dcnv3_sample_location, dcnv3_sample_number,
                                           dcnv3_store_sample_gradient, dcnv3_tap, in_data_type)
 # The bilinear mathematics of §1: the DCNv2 rule on a zero-padded channels-last image.
-from dcn_numba.kernels.sampling import (dcn_column_from_corners, dcn_input_gradient_term, dcn_locate,
-                                        dcn_offset_mask_terms)
+from dcn_numba.kernels.bilinear import dcn_locate
+from dcn_numba.kernels.deform_conv_math import (dcn_column_from_corners, dcn_input_gradient_term,
+                                                dcn_offset_mask_terms)
 from dcn_numba.runtime.arrays import array_module
 
 # ---------------------------------------------------------------------------------------------
@@ -54,7 +55,7 @@ from dcn_numba.runtime.arrays import array_module
 def corner_rows(padded, image, top_left, g, geometry):
     """The four corners' values of group g's D channels of a located sample, as four contiguous
     rows of the padded input (a sample that reads no pixel reads the image's first corners, in
-    bounds and meaningless, as `sampling.padded_corners` does). Row views start at index 0, so
+    bounds and meaningless, as `bilinear.padded_corners` does). Row views start at index 0, so
     Numba adds no negative-index wraparound to the loops over them, and they vectorise."""
     top_left = max(top_left, 0)
     D = geometry.group_channels
@@ -140,7 +141,9 @@ def dcnv3_backward_cpu(n_tasks, padded, offset, mask, grad_output, grad_padded, 
 # ---------------------------------------------------------------------------------------------
 
 gpu = for_cuda(dcnv3_math)
-gpu_sampling = for_cuda(sampling)
+# The shared functions as the CUDA kernels reach them, one handle per module (`_targets.for_cuda`).
+bilinear_gpu = for_cuda(bilinear)
+math_gpu = for_cuda(deform_conv_math)
 GEOMETRY = geometry_of(DCNv3Geometry)
 
 
@@ -158,10 +161,10 @@ def dcnv3_forward_cuda(n_items, padded, offset, mask, output, geometry):
             i_x, i_y = gpu.dcnv3_tap(p, geometry)
             sample = gpu.dcnv3_sample_number(position, g, p, geometry)
             p_y, p_x = gpu.dcnv3_sample_location(offset, sample, h, w, i_x, i_y, geometry)
-            top_left, l_y, l_x = gpu_sampling.dcn_locate(p_y, p_x, H, W)
+            top_left, l_y, l_x = bilinear_gpu.dcn_locate(p_y, p_x, H, W)
             l_y, l_x = gpu.in_data_type(padded, l_y), gpu.in_data_type(padded, l_x)
-            v00, v01, v10, v11 = gpu_sampling.padded_corners(padded, image + c, top_left, W, C)
-            total += gpu_sampling.dcn_column_from_corners(v00, v01, v10, v11, l_y, l_x, top_left, mask[sample])
+            v00, v01, v10, v11 = bilinear_gpu.padded_corners(padded, image + c, top_left, W, C)
+            total += math_gpu.dcn_column_from_corners(v00, v01, v10, v11, l_y, l_x, top_left, mask[sample])
         output[index] = total
 
 
@@ -179,15 +182,15 @@ def dcnv3_backward_cuda(n_items, padded, offset, mask, grad_output, grad_padded,
             i_x, i_y = gpu.dcnv3_tap(p, geometry)
             sample = gpu.dcnv3_sample_number(position, g, p, geometry)
             p_y, p_x = gpu.dcnv3_sample_location(offset, sample, h, w, i_x, i_y, geometry)
-            top_left, l_y, l_x = gpu_sampling.dcn_locate(p_y, p_x, H, W)
+            top_left, l_y, l_x = bilinear_gpu.dcn_locate(p_y, p_x, H, W)
             l_y, l_x = gpu.in_data_type(padded, l_y), gpu.in_data_type(padded, l_x)
             m = mask[sample]
             total_y = 0.0
             total_x = 0.0
             total_m = 0.0
             for c in range(g * D, (g + 1) * D):
-                v00, v01, v10, v11 = gpu_sampling.padded_corners(padded, image + c, top_left, W, C)
-                term_y, term_x, term_m = gpu_sampling.dcn_offset_mask_terms(
+                v00, v01, v10, v11 = bilinear_gpu.padded_corners(padded, image + c, top_left, W, C)
+                term_y, term_x, term_m = math_gpu.dcn_offset_mask_terms(
                     v00, v01, v10, v11, l_y, l_x, top_left, m, grad_output[position * C + c])
                 total_y += term_y
                 total_x += term_x
@@ -200,7 +203,7 @@ def dcnv3_backward_cuda(n_items, padded, offset, mask, grad_output, grad_padded,
                 for c in range(g * D, (g + 1) * D):
                     # Atomic: samples of other positions and taps reach this pixel too.
                     cuda.atomic.add(grad_padded, gpu.dcnv3_corner_index(image, top_left, corner, c, geometry),
-                                    gpu_sampling.dcn_input_gradient_term(grad_output[position * C + c], m,
+                                    math_gpu.dcn_input_gradient_term(grad_output[position * C + c], m,
                                                                          l_y, l_x, corner))
 
 

@@ -1,6 +1,6 @@
 """The scalar mathematics of DCNv3 and DCNv4 (docs/specification.md §3), shared by the CPU and CUDA
 kernels of `dcnv3`: where a tap samples, and how taps, samples, pixels and channels are numbered.
-The bilinear sample and its derivatives are §1's (`sampling`): a DCNv3 sample is a §1 sample at
+The bilinear sample and its derivatives are §1's (`bilinear`): a DCNv3 sample is a §1 sample at
 another location, on the same zero-padded channels-last image, so the kernels call those
 functions directly.
 
@@ -18,7 +18,7 @@ position = (n·H_out + h)·W_out + w, and channel c = g·D + d of a pixel lies a
 from typing import NamedTuple
 
 from dcn_numba.kernels._targets import shared
-from dcn_numba.kernels.sampling import padded_corner
+from dcn_numba.kernels.bilinear import padded_corner
 
 
 class DCNv3Geometry(NamedTuple):
@@ -114,7 +114,7 @@ def in_data_type(data, value):
 @shared
 def dcnv3_corner_index(image, top_left, corner, c, geometry):
     """Flat index, in the padded input's gradient, of channel c of corner 0..3 (y0|y0+1, x0|x0+1) of
-    a sample located at top_left (`sampling.dcn_locate`) on the image starting at `image`."""
+    a sample located at top_left (`bilinear.dcn_locate`) on the image starting at `image`."""
     return image + padded_corner(top_left, geometry.W, corner) * geometry.C + c
 
 

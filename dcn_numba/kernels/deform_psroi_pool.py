@@ -9,9 +9,9 @@ channel c = (ctop·group_size + gh)·group_size + gw of image b = rois[n, 0]:
                grad_trans[n, 2·class, part_h, part_w]     += trans_std·roi_width  · grad_out · ∂out/∂w_start
                grad_trans[n, 2·class + 1, part_h, part_w] += trans_std·roi_height · grad_out · ∂out/∂h_start
 
-where the bin geometry is `sampling.psroi_bin`, count the number of kept samples (recomputed by
-the backward, `sampling.psroi_count`), and the values, weights and slopes are the shared scalar
-functions of `sampling`. trans is stored x first, then y, for each class.
+where the bin geometry is `deform_psroi_pool_math.psroi_bin`, count the number of kept samples
+(recomputed by the backward, `psroi_count`), and the values, weights and slopes are the shared
+scalar functions of `deform_psroi_pool_math`. trans is stored x first, then y, for each class.
 
 Shapes: input and grad_input flat (B·C·H·W,) with C = output_dim·group_size², rois (N, 5),
 trans and grad_trans (N, 2·num_classes, part_size, part_size) (an empty stand-in without trans,
@@ -35,12 +35,13 @@ import numpy as np
 from numba import cuda, prange
 
 from dcn_numba.runtime.arrays import array_module
-from dcn_numba.kernels import sampling
+from dcn_numba.kernels import deform_psroi_pool_math
 from dcn_numba.kernels._targets import (BINS, COUNT, FLAG, FLAT, ROWS, KernelPair, cpu_kernel, cuda_kernel,
                                         for_cuda, geometry_of, optional_argument, run)
-from dcn_numba.kernels.sampling import (bin_cell, is_finite_position, psroi_average, psroi_average_gradient,
-                                        psroi_bin, psroi_corner, psroi_count, psroi_is_skipped,
-                                        psroi_output_index, psroi_sample_position)
+from dcn_numba.kernels.bilinear import is_finite_position
+from dcn_numba.kernels.deform_psroi_pool_math import (bin_cell, psroi_average, psroi_bin, psroi_corner, psroi_count,
+                                                      psroi_is_skipped, psroi_output_index, psroi_plane,
+                                                      psroi_sample_position, psroi_trans_gradient)
 
 
 class PSRoIGeometry(NamedTuple):
@@ -70,8 +71,7 @@ def deform_psroi_pool_forward_cpu(n_items, input, rois, trans, has_trans, output
     for index in prange(n_items):
         n, ctop, ph, pw = psroi_output_index(index, geometry)
         bin_ = psroi_bin(rois, trans, has_trans, n, ctop, ph, pw, geometry)
-        plane = (bin_.batch * geometry.C + bin_.channel) * geometry.H * geometry.W
-        output[n, ctop, ph, pw] = psroi_average(input, plane, geometry.H, geometry.W, bin_,
+        output[n, ctop, ph, pw] = psroi_average(input, psroi_plane(bin_, geometry), geometry.H, geometry.W, bin_,
                                                 geometry.sample_per_part)
 
 
@@ -125,12 +125,9 @@ def deform_psroi_pool_grad_trans_cpu(n_items, input, rois, trans, grad_output, g
             for ph in range(P):
                 for pw in range(P):
                     bin_ = psroi_bin(rois, trans, True, n, ctop, ph, pw, geometry)
-                    plane = (bin_.batch * geometry.C + bin_.channel) * geometry.H * geometry.W
-                    d_h, d_w = psroi_average_gradient(input, plane, geometry.H, geometry.W, bin_,
-                                                      geometry.sample_per_part)
-                    share = geometry.trans_std * grad_output[n, ctop, ph, pw]
-                    grad[0, bin_.part_h, bin_.part_w] += share * bin_.roi_width * d_w
-                    grad[1, bin_.part_h, bin_.part_w] += share * bin_.roi_height * d_h
+                    grad_x, grad_y = psroi_trans_gradient(input, bin_, grad_output[n, ctop, ph, pw], geometry)
+                    grad[0, bin_.part_h, bin_.part_w] += grad_x
+                    grad[1, bin_.part_h, bin_.part_w] += grad_y
         grad_trans[n, 2 * class_id:2 * class_id + 2] = grad
 
 
@@ -138,7 +135,7 @@ def deform_psroi_pool_grad_trans_cpu(n_items, input, rois, trans, grad_output, g
 # CUDA kernels: grid-stride loops, one thread per output element (n, ctop, ph, pw)
 # ---------------------------------------------------------------------------------------------
 
-gpu = for_cuda(sampling)
+gpu = for_cuda(deform_psroi_pool_math)
 GEOMETRY = geometry_of(PSRoIGeometry)
 
 
@@ -148,15 +145,15 @@ def deform_psroi_pool_forward_cuda(n_items, input, rois, trans, has_trans, outpu
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
         n, ctop, ph, pw = gpu.psroi_output_index(index, geometry)
         bin_ = gpu.psroi_bin(rois, trans, has_trans, n, ctop, ph, pw, geometry)
-        plane = (bin_.batch * geometry.C + bin_.channel) * geometry.H * geometry.W
-        output[n, ctop, ph, pw] = gpu.psroi_average(input, plane, geometry.H, geometry.W, bin_,
-                                                    geometry.sample_per_part)
+        output[n, ctop, ph, pw] = gpu.psroi_average(input, gpu.psroi_plane(bin_, geometry), geometry.H, geometry.W,
+                                                    bin_, geometry.sample_per_part)
 
 
 @cuda_kernel(COUNT, ROWS, BINS, FLAG, BINS, FLAT, GEOMETRY)
 def deform_psroi_pool_grad_input_cuda(n_items, rois, trans, has_trans, grad_output, grad_input,
                                       geometry):
-    """grad_input contributions of one output element (n, ctop, ph, pw) per thread."""
+    """grad_input contributions of one output element (n, ctop, ph, pw) per thread (the walk of
+    deform_roi_pool's grad_input kernel under this op's rule: see there why it is written out)."""
     H, W = geometry.H, geometry.W
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
         n, ctop, ph, pw = gpu.psroi_output_index(index, geometry)
@@ -164,7 +161,7 @@ def deform_psroi_pool_grad_input_cuda(n_items, rois, trans, has_trans, grad_outp
         count = gpu.psroi_count(bin_, H, W, geometry.sample_per_part)
         if count == 0:
             continue
-        plane = (bin_.batch * geometry.C + bin_.channel) * H * W
+        plane = gpu.psroi_plane(bin_, geometry)
         share = grad_output[n, ctop, ph, pw] / count
         for ih in range(geometry.sample_per_part):
             for iw in range(geometry.sample_per_part):
@@ -184,15 +181,10 @@ def deform_psroi_pool_grad_trans_cuda(n_items, input, rois, trans, grad_output, 
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
         n, ctop, ph, pw = gpu.psroi_output_index(index, geometry)
         bin_ = gpu.psroi_bin(rois, trans, True, n, ctop, ph, pw, geometry)
-        plane = (bin_.batch * geometry.C + bin_.channel) * geometry.H * geometry.W
-        d_h, d_w = gpu.psroi_average_gradient(input, plane, geometry.H, geometry.W, bin_,
-                                              geometry.sample_per_part)
-        share = geometry.trans_std * grad_output[n, ctop, ph, pw]
+        grad_x, grad_y = gpu.psroi_trans_gradient(input, bin_, grad_output[n, ctop, ph, pw], geometry)
         # Atomic: every channel of the class and every bin of the part cell add into it.
-        cuda.atomic.add(grad_trans, (n, 2 * bin_.class_id, bin_.part_h, bin_.part_w),
-                        share * bin_.roi_width * d_w)
-        cuda.atomic.add(grad_trans, (n, 2 * bin_.class_id + 1, bin_.part_h, bin_.part_w),
-                        share * bin_.roi_height * d_h)
+        cuda.atomic.add(grad_trans, (n, 2 * bin_.class_id, bin_.part_h, bin_.part_w), grad_x)
+        cuda.atomic.add(grad_trans, (n, 2 * bin_.class_id + 1, bin_.part_h, bin_.part_w), grad_y)
 
 
 # ---------------------------------------------------------------------------------------------

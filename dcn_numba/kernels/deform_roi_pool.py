@@ -7,8 +7,8 @@ RoIAlign (aligned) with a learned shift per bin. For RoI n, channel c and bin (p
                grad_offset[n, :, ph, pw] = γ·(roi_width, roi_height) · Σ_c grad_out · ∂out/∂(x, y)
                                                                                 (roi_align_offset_gradient)
 
-where b = rois[n, 0], the bin geometry is `sampling.roi_align_bin` and B, w_ab, ∂B/∂p are the
-shared scalar functions of `sampling`. The offsets are stored x first, then y.
+where b = rois[n, 0], the bin geometry is `deform_roi_pool_math.roi_align_bin` and B, w_ab, ∂B/∂p are
+the shared scalar functions of `deform_roi_pool_math`. The offsets are stored x first, then y.
 
 Shapes: input and grad_input flat (B·C·H·W,) on a GPU; on the CPU `pixels` and `grad_pixels`
 (B, H·W, C), the same with the channels last, so that one computation of a sample's corners and
@@ -34,12 +34,13 @@ import numpy as np
 from numba import cuda, prange
 
 from dcn_numba.runtime.arrays import array_module
-from dcn_numba.kernels import sampling
-from dcn_numba.kernels._targets import (BINS, COUNT, FLAG, FLAT, ROWS, cpu_kernel, cuda_kernel, for_cuda,
-                                        geometry_of, optional_argument, run_cpu, run_cuda, shared)
-from dcn_numba.kernels.sampling import (roi_align_bin, roi_align_bin_index, roi_align_corner,
-                                        roi_align_corner_gradient, roi_align_count, roi_align_is_valid,
-                                        roi_align_outside_value, roi_align_sample_position)
+from dcn_numba.kernels import deform_roi_pool_math
+from dcn_numba.kernels._targets import (BINS, COUNT, FLAG, FLAT, ROWS, KernelPair, cpu_kernel, cuda_kernel, for_cuda,
+                                        geometry_of, optional_argument, run, shared)
+from dcn_numba.kernels.deform_roi_pool_math import (roi_align_bin, roi_align_bin_index, roi_align_corner,
+                                                     roi_align_corner_gradient, roi_align_count, roi_align_is_valid,
+                                                     roi_align_offset_from_start, roi_align_outside_value,
+                                                     roi_align_sample_position)
 
 
 class RoIAlignGeometry(NamedTuple):
@@ -99,19 +100,21 @@ def deform_roi_pool_forward_cpu(n_bins, pixels, rois, offset, has_offset, output
             output[n, c, ph, pw] = totals[c] / count
 
 
+CHANNELS_PER_TASK = 64  # the channels one CPU grad_input task owns: a few tasks per image and core
+
+
 @cpu_kernel
-def deform_roi_pool_grad_input_cpu(n_tasks, channels_per_task, rois, offset, has_offset, grad_output,
-                                   grad_pixels, geometry):
+def deform_roi_pool_grad_input_cpu(n_tasks, rois, offset, has_offset, grad_output, grad_pixels, geometry):
     """grad_pixels[b, pixel, c] += grad_out[n, c, ph, pw] / n_ij · w_ab at every corner read, for
-    the n_tasks = B·ceil(C / channels_per_task) tasks (image b, block of channels), over the RoIs
+    the n_tasks = B·ceil(C / CHANNELS_PER_TASK) tasks (image b, block of channels), over the RoIs
     of image b; each task alone writes its channels of image b, so no two tasks collide.
     grad_pixels (B, H·W, C), channels last like the forward's input."""
     H, W, C = geometry.H, geometry.W, geometry.C
-    tasks_per_image = -(-C // channels_per_task)
+    tasks_per_image = -(-C // CHANNELS_PER_TASK)
     for task in prange(n_tasks):
         b = task // tasks_per_image
-        first = task % tasks_per_image * channels_per_task
-        last = min(first + channels_per_task, C)
+        first = task % tasks_per_image * CHANNELS_PER_TASK
+        last = min(first + CHANNELS_PER_TASK, C)
         block = grad_pixels[b, :, first:last]  # (H·W, the task's channels)
         share = np.empty(last - first, dtype=np.float64)  # grad_out[n, first:last, ph, pw] / n_ij
         for n in range(rois.shape[0]):
@@ -166,15 +169,15 @@ def deform_roi_pool_grad_offset_cpu(n_bins, pixels, rois, offset, grad_output, g
             grad_y += grad_output[n, c, ph, pw] * out_d_y[c]
             grad_x += grad_output[n, c, ph, pw] * out_d_x[c]
         count = roi_align_count(bin_)
-        grad_offset[n, 0, ph, pw] = geometry.gamma * bin_.roi_width * grad_x / count
-        grad_offset[n, 1, ph, pw] = geometry.gamma * bin_.roi_height * grad_y / count
+        grad_offset[n, 0, ph, pw], grad_offset[n, 1, ph, pw] = roi_align_offset_from_start(
+            bin_, geometry.gamma, grad_x / count, grad_y / count)
 
 
 # ---------------------------------------------------------------------------------------------
 # CUDA kernels: grid-stride loops over the same index spaces
 # ---------------------------------------------------------------------------------------------
 
-gpu = for_cuda(sampling)
+gpu = for_cuda(deform_roi_pool_math)
 GEOMETRY = geometry_of(RoIAlignGeometry)
 
 
@@ -184,19 +187,23 @@ def deform_roi_pool_forward_cuda(n_items, input, rois, offset, has_offset, outpu
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
         n, c, ph, pw = gpu.roi_align_output_index(index, geometry)
         bin_ = gpu.roi_align_bin(rois, offset, has_offset, n, ph, pw, geometry)
-        plane = (bin_.batch * geometry.C + c) * geometry.H * geometry.W
-        output[n, c, ph, pw] = gpu.roi_align_average(input, plane, geometry.H, geometry.W, bin_)
+        output[n, c, ph, pw] = gpu.roi_align_average(input, gpu.roi_align_plane(bin_, c, geometry), geometry.H,
+                                                     geometry.W, bin_)
 
 
 @cuda_kernel(COUNT, ROWS, BINS, FLAG, BINS, FLAT, GEOMETRY)
 def deform_roi_pool_grad_input_cuda(n_items, rois, offset, has_offset, grad_output, grad_input,
                                     geometry):
-    """grad_input contributions of one output element (n, c, ph, pw) per thread."""
+    """grad_input contributions of one output element (n, c, ph, pw) per thread.
+
+    Its walk over a bin's samples is the one of deform_psroi_pool's grad_input kernels, under
+    another rule: Numba compiles neither closures nor functions passed as arguments for CUDA, so
+    each op writes the walk out with its own rule's functions."""
     H, W = geometry.H, geometry.W
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
         n, c, ph, pw = gpu.roi_align_output_index(index, geometry)
         bin_ = gpu.roi_align_bin(rois, offset, has_offset, n, ph, pw, geometry)
-        plane = (bin_.batch * geometry.C + c) * H * W
+        plane = gpu.roi_align_plane(bin_, c, geometry)
         share = grad_output[n, c, ph, pw] / gpu.roi_align_count(bin_)
         for iy in range(bin_.grid_h):
             for ix in range(bin_.grid_w):
@@ -222,15 +229,27 @@ def deform_roi_pool_grad_offset_cuda(n_bins, input, rois, offset, grad_output, g
 # Launchers
 # ---------------------------------------------------------------------------------------------
 
-# The CPU walks bins with the channels last, a GPU thread one output element: each target's
-# kernels run alone (`run_cpu`, `run_cuda`), over the same shared functions.
-CHANNELS_PER_TASK = 64  # the channels one CPU grad_input task owns: a few tasks per image and core
+FORWARD = KernelPair(deform_roi_pool_forward_cpu, deform_roi_pool_forward_cuda)
+GRAD_INPUT = KernelPair(deform_roi_pool_grad_input_cpu, deform_roi_pool_grad_input_cuda)
+GRAD_OFFSET = KernelPair(deform_roi_pool_grad_offset_cpu, deform_roi_pool_grad_offset_cuda)
 
 
-def channels_last(input):
-    """input (B, C, H, W) → (B, H·W, C), the CPU kernels' layout."""
-    B, C, H, W = input.shape
-    return np.ascontiguousarray(input.transpose(0, 2, 3, 1)).reshape(B, H * W, C)
+def target_layout(backend, planes):
+    """planes (B, C, H, W) as the backend's kernels read them: channels last, (B, H·W, C), on the
+    CPU, where a sample's corners and weights serve a contiguous row of channels; flat
+    (B·C·H·W,) on a GPU, where a thread reads one plane."""
+    if backend == "cpu":
+        B, C, H, W = planes.shape
+        return np.ascontiguousarray(planes.transpose(0, 2, 3, 1)).reshape(B, H * W, C)
+    return planes.reshape(-1)
+
+
+def from_target_layout(backend, array, shape):
+    """The inverse of `target_layout`: `array` laid out as planes of `shape` (B, C, H, W)."""
+    if backend == "cpu":
+        B, C, H, W = shape
+        return np.ascontiguousarray(array.reshape(B, H, W, C).transpose(0, 3, 1, 2))
+    return array.reshape(shape)
 
 
 def roi_align_geometry(input, output_size, spatial_scale, sampling_ratio, gamma):
@@ -248,12 +267,8 @@ def deform_roi_pool(input, rois, offset, output_size, spatial_scale, sampling_ra
     geometry = roi_align_geometry(input, output_size, spatial_scale, sampling_ratio, gamma)
     output = xp.empty((rois.shape[0], geometry.C, geometry.PH, geometry.PW), dtype=input.dtype)
     offset, has_offset = optional_argument(xp, offset, 4, input.dtype)
-    if backend == "cpu":
-        run_cpu(deform_roi_pool_forward_cpu, rois.shape[0] * geometry.PH * geometry.PW, channels_last(input), rois,
-                offset, has_offset, output, geometry)
-    else:
-        run_cuda(deform_roi_pool_forward_cuda, output.size, input.reshape(-1), rois, offset, has_offset, output,
-                 geometry)
+    run(backend, FORWARD, rois.shape[0] * geometry.PH * geometry.PW, output.size, target_layout(backend, input), rois,
+        offset, has_offset, output, geometry)
     return output
 
 
@@ -264,22 +279,11 @@ def deform_roi_pool_backward(grad_output, input, rois, offset, output_size, spat
     geometry = roi_align_geometry(input, output_size, spatial_scale, sampling_ratio, gamma)
     grad_offset = None if offset is None else xp.zeros_like(offset)
     offset, has_offset = optional_argument(xp, offset, 4, input.dtype)
-    n_bins = rois.shape[0] * geometry.PH * geometry.PW
-    if backend == "cpu":
-        B, C, H, W = input.shape
-        grad_pixels = np.zeros((B, H * W, C), dtype=input.dtype)
-        n_tasks = B * -(-C // CHANNELS_PER_TASK)
-        run_cpu(deform_roi_pool_grad_input_cpu, n_tasks, CHANNELS_PER_TASK, rois, offset, has_offset, grad_output,
-                grad_pixels, geometry)
-        grad_input = np.ascontiguousarray(grad_pixels.reshape(B, H, W, C).transpose(0, 3, 1, 2))
-        if has_offset:
-            run_cpu(deform_roi_pool_grad_offset_cpu, n_bins, channels_last(input), rois, offset, grad_output,
-                    grad_offset, geometry)
-    else:
-        grad_input = xp.zeros_like(input)
-        run_cuda(deform_roi_pool_grad_input_cuda, grad_output.size, rois, offset, has_offset, grad_output,
-                 grad_input.reshape(-1), geometry)
-        if has_offset:
-            run_cuda(deform_roi_pool_grad_offset_cuda, n_bins, input.reshape(-1), rois, offset, grad_output,
-                     grad_offset, geometry)
-    return grad_input, grad_offset
+    grad_input = target_layout(backend, xp.zeros_like(input))
+    n_tasks = input.shape[0] * -(-geometry.C // CHANNELS_PER_TASK)
+    run(backend, GRAD_INPUT, n_tasks, grad_output.size, rois, offset, has_offset, grad_output, grad_input, geometry)
+    if has_offset:
+        n_bins = rois.shape[0] * geometry.PH * geometry.PW
+        run(backend, GRAD_OFFSET, n_bins, n_bins, target_layout(backend, input), rois, offset, grad_output,
+            grad_offset, geometry)
+    return from_target_layout(backend, grad_input, input.shape), grad_offset

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from dcn_numba.runtime.arrays import contiguous, is_cupy
+from dcn_numba.runtime.arrays import array_module, contiguous, is_cupy
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 BACKENDS = ("reference", "cpu", "cuda")
@@ -75,6 +75,20 @@ def check_float_dtypes(named_arrays):
                 "all arrays of one call must share a dtype"
             )
     return first.dtype
+
+
+def check_arrays(required, optional=()):
+    """Check the arrays of one call: each (name, array, ndim, layout) of `required`, and of
+    `optional` where the array is not None, is a NumPy or CuPy array of `ndim` dimensions
+    (`check_ndim`), all of one kind and one float dtype (`check_float_dtypes`). Returns their
+    array module."""
+    present = [*required, *((name, array, ndim, layout) for name, array, ndim, layout in optional
+                            if array is not None)]
+    for name, array, ndim, layout in present:
+        check_ndim(array, name, ndim, layout)
+    xp = array_module(*(array for _, array, _, _ in present))
+    check_float_dtypes([(name, array) for name, array, _, _ in present])
+    return xp
 
 
 def resolve_backend(backend, uses_cupy):

@@ -68,7 +68,8 @@ def _parameters(input, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dil
             f"input of size {H}×{W} gives an empty output of size {H_out}×{W_out} for a "
             f"{kernel_h}×{kernel_w} kernel with stride ({stride_h}, {stride_w}), pad ({pad_h}, {pad_w}) "
             f"and dilation ({dilation_h}, {dilation_w}); expected at least 1×1")
-    check_output_bytes((N, H_out, W_out, C), input.itemsize, "the output")
+    check_output_bytes((N, H_out, W_out, C), input.itemsize, "the output",
+                       "input's batch, size and channels, kernel size, stride, pad and dilation")
     parameters = Parameters(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
                                       dilation_w, group, group_channels, offset_scale, remove_center)
     return parameters, (H_out, W_out)

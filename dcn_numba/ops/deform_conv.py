@@ -8,9 +8,8 @@ dcn_numba.reference.deform_conv_vectorised ("reference": the loops of reference.
 vectorised) or dcn_numba.kernels.deform_conv ("cpu", "cuda").
 """
 
-from dcn_numba.runtime.arrays import array_module
-from dcn_numba.ops.checks import (MAX_DISTANCE, as_pair, check_float_dtypes, check_grad_output, check_ndim,
-                                  check_output_bytes, check_shape, prepare)
+from dcn_numba.ops.checks import (MAX_DISTANCE, as_pair, check_arrays, check_grad_output, check_output_bytes,
+                                  check_shape, prepare)
 from dcn_numba.kernels import deform_conv as kernels
 from dcn_numba.reference import deform_conv_vectorised as reference
 
@@ -22,19 +21,11 @@ def output_size(size, kernel, stride, padding, dilation):
 
 def _validate(input, offset, weight, bias, stride, padding, dilation, mask, grad_output=None):
     """Check every argument against docs/specification.md §1; return the array module and the (h, w) pairs."""
-    check_ndim(input, "input", 4, "(B, C_in, H, W)")
-    check_ndim(offset, "offset", 4, "(B, 2·offset_groups·kh·kw, H_out, W_out)")
-    check_ndim(weight, "weight", 4, "(C_out, C_in / groups, kh, kw)")
-    if bias is not None:
-        check_ndim(bias, "bias", 1, "(C_out,)")
-    if mask is not None:
-        check_ndim(mask, "mask", 4, "(B, offset_groups·kh·kw, H_out, W_out)")
-    if grad_output is not None:
-        check_ndim(grad_output, "grad_output", 4, "(B, C_out, H_out, W_out)")
-    named = [("input", input), ("offset", offset), ("weight", weight), ("bias", bias),
-             ("mask", mask), ("grad_output", grad_output)]
-    xp = array_module(*(array for _, array in named))
-    check_float_dtypes(named)
+    xp = check_arrays([("input", input, 4, "(B, C_in, H, W)"),
+                       ("offset", offset, 4, "(B, 2·offset_groups·kh·kw, H_out, W_out)"),
+                       ("weight", weight, 4, "(C_out, C_in / groups, kh, kw)")],
+                      [("bias", bias, 1, "(C_out,)"), ("mask", mask, 4, "(B, offset_groups·kh·kw, H_out, W_out)"),
+                       ("grad_output", grad_output, 4, "(B, C_out, H_out, W_out)")])
     stride = as_pair(stride, "stride", 1, MAX_DISTANCE)
     padding = as_pair(padding, "padding", 0, MAX_DISTANCE)
     dilation = as_pair(dilation, "dilation", 1, MAX_DISTANCE)

@@ -10,9 +10,8 @@ dcn_numba.reference.deform_psroi_pool ("reference") or dcn_numba.kernels.deform_
 the RoIs and trans, so the backward takes the forward's arguments only.
 """
 
-from dcn_numba.runtime.arrays import array_module
-from dcn_numba.ops.checks import (MAX_SAMPLES_PER_AXIS, as_int, as_real, check_float_dtypes,
-                                  check_grad_output, check_ndim, check_output_bytes, check_rois, check_shape,
+from dcn_numba.ops.checks import (MAX_SAMPLES_PER_AXIS, as_int, as_real, check_arrays, check_grad_output,
+                                  check_output_bytes, check_rois, check_shape,
                                   prepare)
 from dcn_numba.kernels import deform_psroi_pool as kernels
 from dcn_numba.reference import deform_psroi_pool as reference
@@ -23,15 +22,9 @@ def _validate(input, rois, trans, spatial_scale, output_dim, group_size, pooled_
     """Check every argument against docs/specification.md §2.2; return the array module and the parameters
     (spatial_scale, output_dim, group_size, pooled_size, part_size, sample_per_part, trans_std),
     with output_dim and part_size resolved."""
-    check_ndim(input, "input", 4, "(B, output_dim·group_size², H, W)")
-    check_ndim(rois, "rois", 2, "(N, 5)")
-    if trans is not None:
-        check_ndim(trans, "trans", 4, "(N, 2·num_classes, part_size, part_size)")
-    if grad_output is not None:
-        check_ndim(grad_output, "grad_output", 4, "(N, output_dim, pooled_size, pooled_size)")
-    named = [("input", input), ("rois", rois), ("trans", trans), ("grad_output", grad_output)]
-    xp = array_module(*(array for _, array in named))
-    check_float_dtypes(named)
+    xp = check_arrays([("input", input, 4, "(B, output_dim·group_size², H, W)"), ("rois", rois, 2, "(N, 5)")],
+                      [("trans", trans, 4, "(N, 2·num_classes, part_size, part_size)"),
+                       ("grad_output", grad_output, 4, "(N, output_dim, pooled_size, pooled_size)")])
     spatial_scale = as_real(spatial_scale, "spatial_scale", positive=True)
     group_size = as_int(group_size, "group_size", 1)
     pooled_size = as_int(pooled_size, "pooled_size", 1)

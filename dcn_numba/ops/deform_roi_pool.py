@@ -8,9 +8,8 @@ backend and hand the arrays to dcn_numba.reference.deform_roi_pool ("reference")
 dcn_numba.kernels.deform_roi_pool ("cpu", "cuda").
 """
 
-from dcn_numba.runtime.arrays import array_module
 from dcn_numba.ops.checks import (MAX_SAMPLES_PER_AXIS, as_int, as_pair, as_real, check_adaptive_grid,
-                                  check_float_dtypes, check_grad_output, check_ndim, check_output_bytes,
+                                  check_arrays, check_grad_output, check_output_bytes,
                                   check_rois, check_shape, prepare)
 from dcn_numba.kernels import deform_roi_pool as kernels
 from dcn_numba.reference import deform_roi_pool as reference
@@ -19,15 +18,8 @@ from dcn_numba.reference import deform_roi_pool as reference
 def _validate(input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma,
               grad_output=None):
     """Check every argument against docs/specification.md §2.1; return the array module and the parameters."""
-    check_ndim(input, "input", 4, "(B, C, H, W)")
-    check_ndim(rois, "rois", 2, "(N, 5)")
-    if offset is not None:
-        check_ndim(offset, "offset", 4, "(N, 2, PH, PW)")
-    if grad_output is not None:
-        check_ndim(grad_output, "grad_output", 4, "(N, C, PH, PW)")
-    named = [("input", input), ("rois", rois), ("offset", offset), ("grad_output", grad_output)]
-    xp = array_module(*(array for _, array in named))
-    check_float_dtypes(named)
+    xp = check_arrays([("input", input, 4, "(B, C, H, W)"), ("rois", rois, 2, "(N, 5)")],
+                      [("offset", offset, 4, "(N, 2, PH, PW)"), ("grad_output", grad_output, 4, "(N, C, PH, PW)")])
     output_size = as_pair(output_size, "output_size", 1)
     parameters = (output_size, as_real(spatial_scale, "spatial_scale", positive=True),
                   as_int(sampling_ratio, "sampling_ratio", maximum=MAX_SAMPLES_PER_AXIS),

@@ -5,27 +5,27 @@ Output position (i, j), tap k = ki·kw + kj of offset group g samples the input 
     p = p0 + p_k + Δp_k,   p0 + p_k = (i·stride_h − pad_h + ki·dil_h,  j·stride_w − pad_w + kj·dil_w)
 
 (docs/specification.md §1), with Δp_k = (offset[b, g·2K + 2k], offset[b, g·2K + 2k + 1]), y first. With zero
-offsets this is the regular (dilated) grid of an ordinary convolution. A stack of such layers
-reads, through all of them, the points `trace_back_levels` finds; `feature_to_image` draws them in
-image pixels, and `spread` measures how widely they lie (the applications' receptive-field
-measurements share these).
+offsets this is the regular (dilated) grid of an ordinary convolution. The positions are those
+the reference computes (`dcn_numba.reference.deform_conv_vectorised.sampling_positions`), in the
+layout a plot wants. A stack of such layers reads, through all of them, the points
+`trace_back_levels` finds; `feature_to_image` draws them in image pixels, and `spread` measures
+how widely they lie (the applications' receptive-field measurements share these).
 """
 
 import numpy as np
 
 from dcn_numba.runtime.arrays import to_device
 from dcn_numba.ops.checks import as_pair
+from dcn_numba.kernels.deform_psroi_pool import PSRoIGeometry
+from dcn_numba.kernels.deform_psroi_pool_math import psroi_bin
+from dcn_numba.reference.deform_conv_vectorised import regular_positions, sampling_positions
 
 
 def regular_grid(kernel_size, output_size, stride=1, padding=0, dilation=1):
     """p0 + p_k for every tap and output position: (kh·kw, H_out, W_out, 2) of (y, x)."""
-    (kh, kw), (stride_h, stride_w) = as_pair(kernel_size, "kernel_size", 1), as_pair(stride, "stride", 1)
-    (pad_h, pad_w), (dil_h, dil_w) = as_pair(padding, "padding", 0), as_pair(dilation, "dilation", 1)
-    H_out, W_out = output_size
-    ki, kj = np.divmod(np.arange(kh * kw), kw)
-    p_y = np.arange(H_out)[None, :, None] * stride_h - pad_h + ki[:, None, None] * dil_h
-    p_x = np.arange(W_out)[None, None, :] * stride_w - pad_w + kj[:, None, None] * dil_w
-    return np.stack(np.broadcast_arrays(p_y, p_x), axis=-1)
+    pairs = (as_pair(kernel_size, "kernel_size", 1), output_size, as_pair(stride, "stride", 1),
+             as_pair(padding, "padding", 0), as_pair(dilation, "dilation", 1))
+    return np.stack(np.broadcast_arrays(*regular_positions(*pairs)), axis=-1)
 
 
 def sampling_locations(offset, kernel_size, stride=1, padding=0, dilation=1):
@@ -37,10 +37,9 @@ def sampling_locations(offset, kernel_size, stride=1, padding=0, dilation=1):
     if offset.ndim != 4 or offset.shape[1] == 0 or offset.shape[1] % (2 * K):
         raise ValueError(f"offset has shape {tuple(offset.shape)}, expected (B, 2·G_off·kh·kw, "
                          f"H_out, W_out) with a positive multiple of 2·kh·kw = {2 * K} channels")
-    B, channels, H_out, W_out = offset.shape
-    deltas = offset.reshape(B, channels // (2 * K), K, 2, H_out, W_out).transpose(0, 1, 2, 4, 5, 3)
-    grid = regular_grid((kh, kw), (H_out, W_out), stride, padding, dilation)
-    return grid.astype(offset.dtype) + deltas
+    p_y, p_x = sampling_positions(offset, (kh, kw), as_pair(stride, "stride", 1), as_pair(padding, "padding", 0),
+                                  as_pair(dilation, "dilation", 1))
+    return np.stack([p_y, p_x], axis=-1)
 
 
 def trace_back_levels(locations, batch_index, y, x, group=0):
@@ -101,3 +100,24 @@ def spread(points, weights=None):
     weights = np.ones(len(points)) if weights is None else np.asarray(weights, dtype=np.float64)
     centre = weights @ points / weights.sum()
     return float(np.sqrt(weights @ ((points - centre) ** 2).sum(axis=1) / weights.sum()))
+
+
+def psroi_bin_boxes(roi, trans, pooled_size, trans_std, spatial_scale):
+    """Where deform_psroi_pool puts the P×P bins of one RoI on the feature map, each moved by its
+    offset: boxes (P, P, 4) of (x_start, y_start, x_end, y_end), from the operator's own bin
+    geometry (`psroi_bin`: corners rounded as C rounds, halves away from zero). roi (x1, y1, x2,
+    y2) are the operator's corners (the far ones the last pixel's); trans (2, part_size,
+    part_size), x first, normalised as the operator's (zeros give the unmoved bins)."""
+    trans = np.asarray(trans, dtype=np.float64)[None]
+    geometry = PSRoIGeometry(C=1, H=1, W=1, output_dim=1, group_size=1, pooled_size=pooled_size,
+                             part_size=trans.shape[-1], sample_per_part=1, channels_each_class=1,
+                             spatial_scale=np.float64(spatial_scale), trans_std=np.float64(trans_std))
+    rois = np.array([[0.0, *roi]])
+    boxes = np.empty((pooled_size, pooled_size, 4))
+    for ph in range(pooled_size):
+        for pw in range(pooled_size):
+            bin_ = psroi_bin(rois, trans, True, 0, 0, ph, pw, geometry)
+            # With one sample per part, a sub-bin is the whole bin.
+            boxes[ph, pw] = (bin_.w_start, bin_.h_start, bin_.w_start + bin_.sub_bin_width,
+                             bin_.h_start + bin_.sub_bin_height)
+    return boxes

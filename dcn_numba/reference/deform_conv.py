@@ -7,7 +7,7 @@ time, with the specification's names
     col[b, c, k, i, j] = Δm · S(x[b, c], p)                               (Δm = 1 for v1)
     out[b, co, i, j]  = bias[co] + Σ_{c in the group of co, k} weight[co, c_local, k] · col[b, c, k, i, j]
 
-and the names of dcn_numba.kernels.sampling where a function means the same thing (dcn_is_valid,
+and the names of dcn_numba.kernels.bilinear where a function means the same thing (dcn_is_valid,
 dcn_pixel, dcn_corners, bilinear_blend, bilinear_slopes, corner_weight), transcribed here in
 plain Python so that the reference does not depend on the kernels it checks. Everything is
 computed in float64 and returned in the input's dtype.

@@ -38,23 +38,30 @@ class Bilinear(NamedTuple):
     l_x: np.ndarray
 
 
+def regular_positions(kernel_size, output_size, stride, padding, dilation):
+    """p0 + p_k for every tap k = ki·kw + kj and output (i, j), the grid of an ordinary convolution:
+
+        y = i·stride_h − pad_h + ki·dil_h,   x = j·stride_w − pad_w + kj·dil_w
+
+    Returns y (K, H_out, 1) and x (K, 1, W_out), integer arrays that broadcast to (K, H_out, W_out).
+    """
+    (kh, kw), (H_out, W_out) = kernel_size, output_size
+    ki, kj = np.divmod(np.arange(kh * kw), kw)
+    y = np.arange(H_out)[None, :, None] * stride[0] - padding[0] + ki[:, None, None] * dilation[0]
+    x = np.arange(W_out)[None, None, :] * stride[1] - padding[1] + kj[:, None, None] * dilation[1]
+    return y, x
+
+
 def sampling_positions(offset, kernel_size, stride, padding, dilation):
-    """p = p0 + p_k + Δp for every output (i, j) and tap k = ki·kw + kj:
-
-        p_y = i·stride_h − pad_h + ki·dil_h + Δy,   p_x = j·stride_w − pad_w + kj·dil_w + Δx
-
-    with (Δy, Δx) = offset[b, g·2K + 2k + (0, 1)]. Returns p_y, p_x, each (B, G_off, K, H_out, W_out).
+    """p = p0 + p_k + Δp for every output (i, j) and tap k (`regular_positions` plus the offsets),
+    with (Δy, Δx) = offset[b, g·2K + 2k + (0, 1)]. Returns p_y, p_x, each (B, G_off, K, H_out, W_out),
+    in the offsets' dtype.
     """
     B, channels, H_out, W_out = offset.shape
-    kh, kw = kernel_size
-    K = kh * kw
+    K = kernel_size[0] * kernel_size[1]
     delta = offset.reshape(B, channels // (2 * K), K, 2, H_out, W_out)
-    ki, kj = np.divmod(np.arange(K), kw)
-    regular_y = np.arange(H_out)[None, :, None] * stride[0] - padding[0] + ki[:, None, None] * dilation[0]
-    regular_x = np.arange(W_out)[None, None, :] * stride[1] - padding[1] + kj[:, None, None] * dilation[1]
-    p_y = regular_y.astype(offset.dtype) + delta[:, :, :, 0]
-    p_x = regular_x.astype(offset.dtype) + delta[:, :, :, 1]
-    return p_y, p_x
+    regular_y, regular_x = regular_positions(kernel_size, (H_out, W_out), stride, padding, dilation)
+    return regular_y.astype(offset.dtype) + delta[:, :, :, 0], regular_x.astype(offset.dtype) + delta[:, :, :, 1]
 
 
 def bilinear_geometry(p_y, p_x, H, W):

@@ -10,24 +10,16 @@ path (the one CuPy arrays take), and the engine uses them by default for NumPy a
 through. Nothing here changes the process on import; `runtime` says when each setting is made.
 """
 
-import contextlib
-
 import numpy as np
 
-_use_kernels = [True]
+from dcn_numba.engine.mode import changed, mode
 
 
 def kernels_apply(xp):
     """Whether the engine runs this layer's CPU kernels: NumPy arrays, outside `plain_numpy()`."""
-    return xp is np and _use_kernels[0]
+    return xp is np and mode().faster
 
 
-@contextlib.contextmanager
 def plain_numpy():
     """Run the engine's plain array-module path on NumPy arrays inside this block (same results)."""
-    previous = _use_kernels[0]
-    _use_kernels[0] = False
-    try:
-        yield
-    finally:
-        _use_kernels[0] = previous
+    return changed(faster=False)

@@ -8,10 +8,10 @@ import math
 
 from numba import cuda
 
-from dcn_numba.kernels import sampling
+from dcn_numba.kernels import bilinear
 from dcn_numba.kernels._targets import for_cuda
 
-gpu = for_cuda(sampling)
+gpu = for_cuda(bilinear)
 
 
 @cuda.jit(device=True)

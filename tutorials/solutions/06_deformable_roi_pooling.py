@@ -2,14 +2,14 @@
 
 import numpy as np
 
-from dcn_numba.kernels import sampling
+from dcn_numba.kernels import deform_roi_pool_math
 from dcn_numba.reference import deform_roi_pool as roi_reference
 
 
 def bin_offset_gradient(image, positions, roi_width, roi_height, gamma):
     """Exercise 6.2: (∂out/∂Δx̂, ∂out/∂Δŷ) = γ·(roi_w·mean ∂B/∂x, roi_h·mean ∂B/∂y), x first."""
     H, W = image.shape
-    slopes = np.array([sampling.roi_align_sample_gradient(image.ravel(), 0, H, W, y, x)
+    slopes = np.array([deform_roi_pool_math.roi_align_sample_gradient(image.ravel(), 0, H, W, y, x)
                        for y, x in positions])  # (samples, 2) as (∂B/∂y, ∂B/∂x)
     d_y, d_x = slopes.mean(axis=0)
     return np.array([gamma * roi_width * d_x, gamma * roi_height * d_y])

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from dcn_numba.apps.detection import viz as detection_viz
 from dcn_numba.engine.autograd import Tensor
 from dcn_numba.data.canvases import make_canvases
-from dcn_numba.runtime.settings import keep_freed_memory, single_threaded_blas
+from dcn_numba.runtime.settings import keep_freed_memory, leave_the_cores_to_the_kernels
 from dcn_numba.data.mnist import load_mnist
 from dcn_numba.apps.detection.detector import Detector, anchor_grid, batch_rois, detect, detection_loss, sample_rois
 from dcn_numba.apps.detection.evaluation import detection_metrics
@@ -205,7 +205,7 @@ def run(args, folder=None):
         return folder.metrics()
     # The engine holds BLAS to one thread from its first deformable kernel on; holding it from the
     # first step makes every product of every variant, resumed or not, the same one.
-    single_threaded_blas()
+    leave_the_cores_to_the_kernels()
     mnist = load_data(args)
     train = make_canvases(mnist.train, args.train_canvases, TRAIN_CANVAS_SEED, CANVAS_SIZE)
     test = make_canvases(mnist.test, args.test_canvases, TEST_CANVAS_SEED, CANVAS_SIZE)

@@ -20,6 +20,7 @@ import numpy as np
 from dcn_numba.engine.autograd import Tensor, no_grad
 from dcn_numba.data.canvases import make_canvases
 from dcn_numba.data.mnist import load_mnist
+from dcn_numba.ops.locations import psroi_bin_boxes
 from dcn_numba.apps.detection.detector import Detector, anchor_grid, batch_rois, detect, inclusive_rois
 from dcn_numba.runs.outputs import OutputError, check_output_file, write_atomically
 
@@ -28,21 +29,12 @@ def part_bins(roi, trans, pooled_size, trans_std, spatial_scale):
     """The k×k bins of one RoI shifted by its offsets, as image-coordinate boxes (k, k, 4).
 
     roi [x1, y1, x2, y2) in pixels; trans (2, k, k) normalised offsets, x first (zeros give the
-    unshifted bins). The geometry is the R-FCN operator's on the feature map (last-pixel corners,
-    rounded): start s·round(x1) − 0.5, end s·(round(x2 − 1) + 1) − 0.5, bin width (end − start)/k,
-    bin (i, j) starting at start + j·width + trans_std·Δx·(end − start) (y likewise); a feature
-    coordinate u maps back to the image coordinate (u + 0.5)/s.
+    unshifted bins). The bins lie where the R-FCN operator puts them on the feature map
+    (`dcn_numba.ops.locations.psroi_bin_boxes`) for the RoI's last-pixel corners (x2 − 1, y2 − 1);
+    a feature coordinate u maps back to the image coordinate (u + 0.5)/s.
     """
-    x1, y1, x2, y2 = np.round(np.asarray(roi, dtype=np.float64) - [0, 0, 1, 1])
-    start_x, start_y = x1 * spatial_scale - 0.5, y1 * spatial_scale - 0.5
-    width = max((x2 + 1) * spatial_scale - 0.5 - start_x, 0.1)
-    height = max((y2 + 1) * spatial_scale - 0.5 - start_y, 0.1)
-    bin_w, bin_h = width / pooled_size, height / pooled_size
-    j = np.arange(pooled_size)[None, :]
-    i = np.arange(pooled_size)[:, None]
-    left = start_x + j * bin_w + trans_std * trans[0] * width
-    top = start_y + i * bin_h + trans_std * trans[1] * height
-    boxes = np.stack([left, top, left + bin_w, top + bin_h], axis=-1)
+    boxes = psroi_bin_boxes(np.asarray(roi, dtype=np.float64) - [0, 0, 1, 1], trans, pooled_size, trans_std,
+                            spatial_scale)
     return (boxes + 0.5) / spatial_scale
 
 

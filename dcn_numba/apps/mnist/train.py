@@ -45,7 +45,7 @@ from dcn_numba.engine import functional as F
 from dcn_numba.apps.mnist import viz
 from dcn_numba.runtime.arrays import gpu_available, to_device
 from dcn_numba.engine.autograd import Tensor, no_grad
-from dcn_numba.runtime.settings import keep_freed_memory, single_threaded_blas
+from dcn_numba.runtime.settings import keep_freed_memory, leave_the_cores_to_the_kernels
 from dcn_numba.data.mnist import Digits, load_mnist, scale_about_centre, scale_factors, scaled_digits, subset
 from dcn_numba.apps.mnist.models import MnistNet
 from dcn_numba.engine.optim import Adam, CosineSchedule
@@ -300,7 +300,7 @@ def run(args, mnist=None):
         # The engine holds BLAS to one thread from its first deformable kernel on; holding it from
         # the first step makes every product of every variant, resumed or not, the same one (the
         # thread count changes the rounding of a matrix product).
-        single_threaded_blas()
+        leave_the_cores_to_the_kernels()
     mnist = load_data(args) if mnist is None else mnist
     train = subset(mnist.train, args.train_size, args.seed)
     test = subset(mnist.test, args.test_size, seed=0)

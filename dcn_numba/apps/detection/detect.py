@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from dcn_numba.apps.detection import viz as detection_viz
 from dcn_numba.engine.autograd import Tensor
 from dcn_numba.data.canvases import make_canvases
+from dcn_numba import speed
 from dcn_numba.runtime.settings import keep_freed_memory
 from dcn_numba.data.mnist import load_mnist
 from dcn_numba.apps.detection.detector import Detector, anchor_grid, batch_rois, detect, detection_loss, sample_rois
@@ -249,6 +250,7 @@ def markdown_table(runs, command):
 def main(argv=None):
     args = parse_args(argv)
     keep_freed_memory()
+    speed.switch_on()
     if args.seeds is None:
         metrics = run(args)
         print(format_table(metrics))

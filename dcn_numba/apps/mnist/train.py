@@ -41,6 +41,7 @@ from dcn_numba.engine import functional as F
 from dcn_numba.apps.mnist import viz
 from dcn_numba.runtime.arrays import gpu_available, to_device
 from dcn_numba.engine.autograd import Tensor, no_grad
+from dcn_numba import speed
 from dcn_numba.runtime.settings import keep_freed_memory
 from dcn_numba.data.mnist import load_mnist, scale_about_centre, scale_factors, scaled_digits, subset
 from dcn_numba.apps.mnist.models import MnistNet
@@ -310,6 +311,7 @@ def format_table(metrics):
 def main(argv=None):
     args = parse_args(argv)
     keep_freed_memory()
+    speed.switch_on()
     metrics = run(args)
     print(format_table(metrics))
     print(f"setting: {args.setting} scales; accuracy on the setting's test digits, then on every test "

@@ -4,15 +4,17 @@ one run, NumPy imported first (as user code and the tutorials do) and no environ
     python benchmarks/bench_blas_threads.py
 
 OpenBLAS's idle threads spin for about 0.1 s after each matrix product; between the products of
-a deformable net the parallel deformable kernels need those cores. The engine therefore limits
-BLAS to one thread once it runs a deformable CPU kernel (dcn_numba.runtime.settings); this script
-undoes that for the "default threads" runs, so that both are timed in the same process, in turns.
+a deformable net the parallel deformable kernels need those cores. The engine's speed layer, which
+the training command switches on, therefore limits BLAS to one thread once it runs a deformable
+CPU kernel (dcn_numba.runtime.settings); this script undoes that for the "default threads" runs,
+so that both are timed in the same process, in turns.
 """
 
 import numpy as np  # noqa: I001  (first, on purpose)
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from bench_train_step import batch, our_step
+from dcn_numba import speed
 from dcn_numba.apps.mnist.models import MnistNet
 from dcn_numba.runtime.settings import keep_freed_memory
 from timing import interleaved_best_times, machine_description, row
@@ -21,6 +23,7 @@ from timing import interleaved_best_times, machine_description, row
 def main():
     print(machine_description())
     keep_freed_memory()
+    speed.switch_on()  # as the training command: the speed layer makes the engine's one-thread setting
     images, labels = batch()
     default_threads = max(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
     print(f"BLAS threads by default: {default_threads}")

@@ -26,6 +26,7 @@ import sys
 
 import numpy as np
 
+from dcn_numba import speed
 from dcn_numba.engine import functional as F
 from dcn_numba.engine.autograd import Tensor
 from dcn_numba.runtime.settings import keep_freed_memory
@@ -169,6 +170,7 @@ def main():
     args = parser.parse_args()
     print(machine_description())
     kept = not args.default_malloc and keep_freed_memory()
+    speed.switch_on()  # the engine's CPU speed layer, as the training command runs it
     print("malloc: " + ("freed memory kept in the process (keep_freed_memory), for both libraries"
                         if kept else "default settings"))
     images, labels = batch()

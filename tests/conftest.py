@@ -18,6 +18,12 @@ def _gpu_with_cupy():
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "0" if _gpu_with_cupy() else "1")
 
+# The engine's CPU speed layer, switched on as the training commands switch it on, so that the
+# suite runs what they run; tests/test_speed_layer.py holds it to the engine's own Functions.
+from dcn_numba import speed  # noqa: E402  (after the simulator's switch, before any numba.cuda)
+
+speed.switch_on()
+
 
 def pytest_report_header(config):
     mode = "simulator" if os.environ["NUMBA_ENABLE_CUDASIM"] == "1" else "GPU (CuPy arrays)"

@@ -1,5 +1,5 @@
-"""dcn_numba.runtime.settings: BLAS limited to one thread once the engine runs a deformable CPU kernel,
-whatever was imported first, and keep_freed_memory, after which a loop that frees and allocates
+"""dcn_numba.runtime.settings: BLAS limited to one thread once the engine's speed layer runs a deformable
+CPU kernel, whatever was imported first, and keep_freed_memory, after which a loop that frees and allocates
 the same big arrays stops faulting in fresh pages. Each runs in a child process: both settings
 are for the whole process."""
 
@@ -18,15 +18,19 @@ def run_child(code, **environment):
     return result.stdout.split()
 
 
-# NumPy imported first, as user code and the tutorials do; one training step of a net, then the
-# BLAS threads threadpoolctl reports, and whether the package set OPENBLAS_THREAD_TIMEOUT.
+# NumPy imported first, as user code and the tutorials do; the speed layer switched on, as the
+# training commands do; one training step of a net, then the BLAS threads threadpoolctl reports,
+# and whether the package set OPENBLAS_THREAD_TIMEOUT.
 TRAINING_STEP = """
 import os
 import numpy as np
 from threadpoolctl import threadpool_info
+from dcn_numba import speed
 from dcn_numba.engine import functional as F
 from dcn_numba.engine.autograd import Tensor
 from dcn_numba.apps.mnist.models import MnistNet
+
+speed.switch_on()
 
 def blas_threads():
     return max(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")

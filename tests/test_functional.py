@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dcn_numba import deform_conv2d_backward
+from dcn_numba import speed
 from dcn_numba.engine import functional as F
 from dcn_numba.engine.autograd import Tensor
 from dcn_numba.reference.gradcheck import assert_close
@@ -127,16 +128,17 @@ def test_conv2d_without_bias_and_input_gradient():
 
 
 class NumPyByAnotherName:
-    """NumPy under a name that is not `numpy`, so that `dcn_numba.engine.windows` takes the array-module
-    path it takes for CuPy: that path runs, and is checked, on a machine without a GPU."""
+    """NumPy under a name that is not `numpy`, so that the engine's Functions take the path they take
+    for CuPy (GPU-sized column blocks): that path runs, and is checked, on a machine without a GPU."""
 
     def __getattr__(self, name):
         return getattr(np, name)
 
 
-def conv2d_forward_backward(xp, x, weight, bias, grad_output, **geometry):
-    """Output and (∂x, ∂weight, ∂bias) of one Conv2d Function, computed with array module xp."""
-    function = windows.Conv2d()
+def conv2d_forward_backward(function_class, xp, x, weight, bias, grad_output, **geometry):
+    """Output and (∂x, ∂weight, ∂bias) of one Conv2d Function of `function_class` (the engine's or
+    the speed layer's), computed with array module xp."""
+    function = function_class()
     function.xp = xp
     function.inputs = (Tensor(x, requires_grad=True), Tensor(weight), Tensor(bias))
     out = function.forward(x, weight, bias, **geometry)
@@ -149,22 +151,25 @@ def conv2d_forward_backward(xp, x, weight, bias, grad_output, **geometry):
     ((2, 3), (2, 3), (2, 0), (2, 1), 1),
 ])
 def test_conv2d_blocks_and_paths_agree(monkeypatch, kernel, stride, padding, dilation, groups):
-    # The NumPy path (CPU kernels) and the array-module path, each in one block and in blocks
-    # of one row of windows (so that every block boundary is crossed), give the same results.
+    # The speed layer's CPU kernels and the engine's array-module path (with the CPU's and with
+    # the GPU's column budget), each in one block and in blocks of one row of windows (so that
+    # every block boundary is crossed), give the same results.
     x, weight, bias = normal(3, 4, 9, 7), normal(6, 4 // groups, *kernel), normal(6)
     geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    out = conv2d_forward_backward(np, x, weight, bias, None, **geometry)[0]
+    out = conv2d_forward_backward(speed.windows.Conv2d, np, x, weight, bias, None, **geometry)[0]
     assert_close(out, loop_conv2d(x, weight, bias, stride, padding, dilation, groups))
     grad_output = normal(*out.shape)
-    whole = conv2d_forward_backward(np, x, weight, bias, grad_output, **geometry)
-    for xp, target in [(np, "cpu"), (NumPyByAnotherName(), "cuda")]:
+    whole = conv2d_forward_backward(speed.windows.Conv2d, np, x, weight, bias, grad_output, **geometry)
+    for function_class, xp, target in [(speed.windows.Conv2d, np, "cpu"), (windows.Conv2d, np, "cpu"),
+                                       (windows.Conv2d, NumPyByAnotherName(), "cuda")]:
         for block_bytes in (1, 1 << 30):
             monkeypatch.setitem(windows.COLUMN_BLOCK_BYTES, target, block_bytes)
-            blocks = windows.SlidingWindows("test", x.shape, kernel, stride, padding, dilation)
+            blocks = function_class.Windows("test", x.shape, kernel, stride, padding, dilation)
             assert len(list(blocks.column_blocks(xp, x))) == (out.shape[2] if block_bytes == 1 else 1)
-            results = conv2d_forward_backward(xp, x, weight, bias, grad_output, **geometry)
+            results = conv2d_forward_backward(function_class, xp, x, weight, bias, grad_output, **geometry)
             for name, a, b in zip(["out", "grad_input", "grad_weight", "grad_bias"], results, whole):
-                assert_close(a, b, rtol=1e-12, atol=1e-12, what=f"{name} ({target}, {block_bytes} B)")
+                assert_close(a, b, rtol=1e-12, atol=1e-12,
+                             what=f"{name} ({function_class.__module__}, {target}, {block_bytes} B)")
 
 
 def loop_pool(x, kernel, stride, padding, reduce, fill):
@@ -202,8 +207,9 @@ def test_max_pool2d_kernels_and_array_module_path_agree(kernel, stride, padding)
     x[1, 2, 3:5, 2:4] = -np.inf
     grad_output = None
     results = {}
-    for name, xp in [("kernels", np), ("array module", NumPyByAnotherName())]:
-        function = windows.MaxPool2d()
+    for name, function_class, xp in [("kernels", speed.windows.MaxPool2d, np),
+                                     ("array module", windows.MaxPool2d, NumPyByAnotherName())]:
+        function = function_class()
         function.xp = xp
         out = function.forward(x, kernel_size=kernel, stride=stride, padding=padding)
         grad_output = normal(*out.shape) if grad_output is None else grad_output
@@ -298,9 +304,10 @@ def test_batch_norm_kernels_and_array_module_path_agree(training, batch_last):
     weight, bias = normal(3).astype(np.float32), normal(3).astype(np.float32)
     grad_output = normal(*x.shape).astype(np.float32)
     results = {}
-    for name, xp in [("kernels", np), ("array module", NumPyByAnotherName())]:
+    for name, function_class, xp in [("kernels", speed.normalization.BatchNorm, np),
+                                     ("array module", BatchNormFunction, NumPyByAnotherName())]:
         running = [np.full(3, 99.0), np.full(3, 2.0)]
-        function = BatchNormFunction()
+        function = function_class()
         function.xp, function.inputs = xp, (Tensor(x), Tensor(weight), Tensor(bias))
         out = function.forward(x, weight, bias, *running, training=training, momentum=0.1, eps=1e-5)
         results[name] = [out, *function.backward(grad_output), *running]

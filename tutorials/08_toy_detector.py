@@ -54,10 +54,15 @@ from dcn_numba.data.mnist import load_mnist
 from dcn_numba.apps.detection.viz import learned_offsets, part_bins, part_offsets_figure
 from dcn_numba.apps.detection.detector import Detector, anchor_grid, detect
 from dcn_numba.apps.detection.evaluation import detection_metrics
+from dcn_numba import speed
 
 import checks
 import exercises
 from exercises import check
+
+# The engine's CPU speed layer, as `python -m dcn_numba.detect` runs it: the same numbers as the
+# plain engine of notebook 6, in less time.
+speed.switch_on()
 
 exercise = exercises.exercises_of("08_toy_detector")
 

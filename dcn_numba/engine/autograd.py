@@ -19,7 +19,7 @@ import numbers
 import numpy as np
 
 from dcn_numba.runtime.arrays import array_module, is_cupy
-from dcn_numba.engine.mode import changed, mode
+from dcn_numba.engine.mode import changed, implementation, mode
 
 
 def no_grad():
@@ -33,15 +33,16 @@ class Function:
     Subclasses implement `forward(self, *arrays, **params) -> array` and
     `backward(self, grad_output) -> tuple` with one gradient per positional input (None where an
     input gets none). Positional inputs are Tensors (or None for an absent optional input); the
-    keyword parameters are plain values. `self.xp` is the array module of the inputs.
+    keyword parameters are plain values. `self.xp` is the array module of the inputs. `apply`
+    runs a faster implementation where one is registered for these arrays (`engine.mode`).
     """
 
     @classmethod
     def apply(cls, *inputs, **params):
-        function = cls()
-        function.inputs = inputs
         arrays = [None if t is None else t.data for t in inputs]
-        function.xp = array_module(*arrays)
+        xp = array_module(*arrays)
+        function = implementation(cls, xp)()
+        function.inputs, function.xp = inputs, xp
         output = Tensor(function.forward(*arrays, **params))
         if mode().grad and any(t is not None and t.requires_grad for t in inputs):
             output.requires_grad = True

@@ -7,11 +7,12 @@ live in `dcn_numba.engine.windows` and are imported here, so that this module of
 The deformable Functions call the public operators' forward and hand-written backward. They run
 on the backend chosen with the `backend(...)` context manager ("reference", "cpu" or "cuda"), or,
 by default, on the one the array type implies (CPU kernels for NumPy, CUDA kernels for CuPy).
+
+The optional speed layer (`dcn_numba.speed`) registers faster versions of BatchNorm and of the
+deformable Functions for NumPy arrays; what is here is the code a reader steps through.
 """
 
 import math
-
-import numpy as np
 
 from dcn_numba.runtime.arrays import array_module
 from dcn_numba.ops.checks import BACKENDS
@@ -21,9 +22,6 @@ from dcn_numba.ops.deform_conv import deform_conv2d as deform_conv2d_forward, de
 from dcn_numba.ops.deform_psroi_pool import (deform_psroi_pool as deform_psroi_pool_forward,
                                              deform_psroi_pool_backward)
 from dcn_numba.ops.deform_roi_pool import deform_roi_pool as deform_roi_pool_forward, deform_roi_pool_backward
-from dcn_numba.speed import kernels_apply
-from dcn_numba.speed import normalization as kernels
-from dcn_numba.runtime.settings import leave_the_cores_to_the_kernels
 from dcn_numba.engine.windows import adaptive_avg_pool2d, avg_pool2d, conv2d, max_pool2d
 
 __all__ = [
@@ -179,8 +177,8 @@ class BatchNorm(Function):
 
     Each channel is a row (`channel_rows`). Only μ and 1/sqrt(σ² + eps) are kept for the
     backward pass, which works from the input again: one full-size array less to hold between
-    the passes. On NumPy arrays the passes are fused CPU kernels of the speed layer
-    (`speed.normalization`); on CuPy arrays, and inside `speed.plain_numpy()`, array expressions.
+    the passes. The passes over the rows are the methods after `backward` (the speed layer fuses
+    them into CPU kernels).
     """
 
     def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps):
@@ -192,7 +190,7 @@ class BatchNorm(Function):
                                  f"{tuple(x.shape)} needs one value per channel of axis 1")
         xp, rows = self.xp, channel_rows(self.xp, x)
         if training:
-            self.mean, var = channel_moments(xp, rows)
+            self.mean, var = self.moments(rows)
             count = rows.shape[1]
             running_mean *= 1 - momentum
             running_mean += momentum * self.mean
@@ -202,24 +200,12 @@ class BatchNorm(Function):
             self.mean, var = running_mean.astype(x.dtype), running_var.astype(x.dtype)
         self.inverse_std = 1 / xp.sqrt(var + eps)
         self.training, self.scale = training, weight * self.inverse_std
-        if kernels_apply(xp):
-            out = np.empty(rows.shape, dtype=rows.dtype)
-            kernels.normalize(rows, self.mean, self.scale, bias, out)
-        else:
-            out = rows - self.mean[:, None]
-            out *= self.scale[:, None]
-            out += bias[:, None]
-        return from_channel_rows(xp, out, x.shape)
+        return from_channel_rows(xp, self.normalized(rows, bias), x.shape)
 
     def backward(self, grad_output):
         xp, x = self.xp, self.inputs[0].data
         g, rows = channel_rows(xp, grad_output), channel_rows(xp, x)
-        if kernels_apply(xp):
-            grad_bias, grad_centred = np.empty_like(self.mean), np.empty_like(self.mean)
-            kernels.gradient_sums(g, rows, self.mean, grad_bias, grad_centred)
-        else:
-            centred = rows - self.mean[:, None]
-            grad_bias, grad_centred = g.sum(axis=1), xp.einsum("cn,cn->c", g, centred)
+        grad_bias, grad_centred, centred = self.gradient_sums(g, rows)
         grad_weight = grad_centred * self.inverse_std  # Σ g·x̂
         if not self.training:
             return grad_output * self.scale.reshape((-1,) + (1,) * (x.ndim - 2)), grad_weight, grad_bias
@@ -228,26 +214,36 @@ class BatchNorm(Function):
         count = g.shape[1]
         slope = -self.scale * self.inverse_std * grad_weight / count
         offset = -self.scale * grad_bias / count
-        if kernels_apply(xp):
-            grad_input = np.empty(rows.shape, dtype=rows.dtype)
-            kernels.input_gradient(g, rows, self.mean, self.scale, slope, offset, grad_input)
-        else:
-            grad_input = centred
-            grad_input *= slope[:, None]
-            grad_input += g * self.scale[:, None]
-            grad_input += offset[:, None]
-        return from_channel_rows(xp, grad_input, x.shape), grad_weight, grad_bias
+        return (from_channel_rows(xp, self.input_gradient(g, rows, centred, slope, offset), x.shape), grad_weight,
+                grad_bias)
 
+    def moments(self, rows):
+        """(mean, biased variance) of each row of rows (C, N), the variance from centred values."""
+        mean = rows.mean(axis=1)
+        centred = rows - mean[:, None]
+        return mean, self.xp.einsum("cn,cn->c", centred, centred) / rows.shape[1]
 
-def channel_moments(xp, rows):
-    """(mean, biased variance) of each row of rows (C, N), the variance from centred values."""
-    if kernels_apply(xp):
-        mean, var = np.empty(len(rows), dtype=rows.dtype), np.empty(len(rows), dtype=rows.dtype)
-        kernels.channel_moments(rows, mean, var)
-        return mean, var
-    mean = rows.mean(axis=1)
-    centred = rows - mean[:, None]
-    return mean, xp.einsum("cn,cn->c", centred, centred) / rows.shape[1]
+    def normalized(self, rows, bias):
+        """(rows − μ) · scale + bias, per channel row."""
+        out = rows - self.mean[:, None]
+        out *= self.scale[:, None]
+        out += bias[:, None]
+        return out
+
+    def gradient_sums(self, g, rows):
+        """(Σ_n g, Σ_n g · (x − μ), x − μ) per channel row: the two sums of the backward pass, and
+        the centred rows, which `input_gradient` reuses."""
+        centred = rows - self.mean[:, None]
+        return g.sum(axis=1), self.xp.einsum("cn,cn->c", g, centred), centred
+
+    def input_gradient(self, g, rows, centred, slope, offset):
+        """∂L/∂x in training, scale · g + slope · (x − μ) + offset per channel row, written over
+        `centred`."""
+        grad_input = centred
+        grad_input *= slope[:, None]
+        grad_input += g * self.scale[:, None]
+        grad_input += offset[:, None]
+        return grad_input
 
 
 def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
@@ -289,21 +285,12 @@ def linear(x, weight, bias=None):
 # ---------------------------------------------------------------------------------------------
 
 
-def leave_the_cores_to_the_cpu_kernels(x, backend):
-    """Before the first deformable CPU kernel of the process (NumPy input, backend None or "cpu"),
-    limit BLAS to one thread (`runtime.settings.leave_the_cores_to_the_kernels`): its idle threads
-    would otherwise spin on the cores the parallel kernels need."""
-    if isinstance(x, np.ndarray) and backend in (None, "cpu"):
-        leave_the_cores_to_the_kernels()
-
-
 class DeformConv2d(Function):
     """Deformable convolution (docs/specification.md §1): `deform_conv2d` forward, `deform_conv2d_backward`
     for the gradients of input, offset, weight, bias and mask."""
 
     def forward(self, x, offset, weight, bias, mask, stride, padding, dilation):
         self.params = dict(stride=stride, padding=padding, dilation=dilation, backend=mode().backend)
-        leave_the_cores_to_the_cpu_kernels(x, mode().backend)
         return deform_conv2d_forward(x, offset, weight, bias, mask=mask, **self.params)
 
     def backward(self, grad_output):
@@ -318,17 +305,25 @@ def deform_conv2d(x, offset, weight, bias=None, stride=1, padding=0, dilation=1,
                               dilation=dilation)
 
 
-class DeformRoIPool(Function):
-    """Deformable RoI pooling (docs/specification.md §2.1); the RoIs get no gradient."""
+class RoIPooling(Function):
+    """A deformable RoI pooling op as a Function: its public forward (`operator`) on x and the
+    bins' offsets over the RoIs, its hand-written backward (`operator_backward`); the RoIs get no
+    gradient."""
 
     def forward(self, x, offset, rois, **params):
         self.rois, self.params = rois, dict(params, backend=mode().backend)
-        leave_the_cores_to_the_cpu_kernels(x, mode().backend)
-        return deform_roi_pool_forward(x, rois, offset, **self.params)
+        return self.operator(x, rois, offset, **self.params)
 
     def backward(self, grad_output):
         x, offset = (t if t is None else t.data for t in self.inputs)
-        return deform_roi_pool_backward(grad_output, x, self.rois, offset, **self.params)
+        return self.operator_backward(grad_output, x, self.rois, offset, **self.params)
+
+
+class DeformRoIPool(RoIPooling):
+    """Deformable RoI pooling (docs/specification.md §2.1)."""
+
+    operator = staticmethod(deform_roi_pool_forward)
+    operator_backward = staticmethod(deform_roi_pool_backward)
 
 
 def deform_roi_pool(x, rois, offset=None, output_size=7, spatial_scale=1.0, sampling_ratio=0,
@@ -340,17 +335,11 @@ def deform_roi_pool(x, rois, offset=None, output_size=7, spatial_scale=1.0, samp
                                spatial_scale=spatial_scale, sampling_ratio=sampling_ratio, gamma=gamma)
 
 
-class DeformPSRoIPool(Function):
-    """Position-sensitive deformable RoI pooling (docs/specification.md §2.2); the RoIs get no gradient."""
+class DeformPSRoIPool(RoIPooling):
+    """Position-sensitive deformable RoI pooling (docs/specification.md §2.2); trans are its offsets."""
 
-    def forward(self, x, trans, rois, **params):
-        self.rois, self.params = rois, dict(params, backend=mode().backend)
-        leave_the_cores_to_the_cpu_kernels(x, mode().backend)
-        return deform_psroi_pool_forward(x, rois, trans, **self.params)
-
-    def backward(self, grad_output):
-        x, trans = (t if t is None else t.data for t in self.inputs)
-        return deform_psroi_pool_backward(grad_output, x, self.rois, trans, **self.params)
+    operator = staticmethod(deform_psroi_pool_forward)
+    operator_backward = staticmethod(deform_psroi_pool_backward)
 
 
 def deform_psroi_pool(x, rois, trans=None, spatial_scale=1.0, output_dim=None, group_size=1,

@@ -6,11 +6,10 @@ beyond the padding, and `fold`, its adjoint, adds every window's gradient back w
 read it (col2im). A convolution is then one GEMM per weight group over the windows copied into a
 column matrix (im2col), made a block of window rows at a time so that each block is still in
 cache when its GEMM reads it, and a pooling a reduction over the taps. Everything runs on NumPy
-or CuPy arrays, whichever the input is: the two copies that take most of a convolution's time
-besides its GEMMs, im2col (`SlidingWindows.column_blocks`) and col2im
-(`SlidingWindows.add_taps`), run as single-threaded CPU kernels of the speed layer on NumPy
-arrays (`dcn_numba.speed.windows`) and as array-module slices on CuPy arrays, or on NumPy arrays
-inside `dcn_numba.speed.plain_numpy()`: that plain path is the one to step through.
+or CuPy arrays, whichever the input is, as array-module slices and reductions. The optional speed
+layer registers faster versions of these Functions for NumPy arrays (`dcn_numba.speed.windows`:
+im2col (`SlidingWindows.column_blocks`), col2im (`SlidingWindows.add_taps`) and max pooling as
+CPU kernels).
 """
 
 import numpy as np
@@ -18,8 +17,6 @@ import numpy as np
 from dcn_numba.ops.checks import as_pair
 from dcn_numba.ops.deform_conv import output_size
 from dcn_numba.engine.autograd import Function
-from dcn_numba.speed import kernels_apply
-from dcn_numba.speed.windows import fold_windows, max_pool_scatter, max_pool_windows, unfold_windows
 
 
 def require_ndim(op, name, array, layout):
@@ -36,10 +33,8 @@ def batch_last(xp, array):
 
 # How many bytes of im2col columns one GEMM of a convolution reads. On the CPU a block of a few
 # rows of windows is still in cache when the GEMM reads it, and making it again in the backward
-# pass costs less than reading a whole column matrix back from memory (forward + backward of a
-# 32-channel 3×3 layer at batch 64: 14 ms with the whole matrix, about 8 ms in blocks; of blocks
-# of 0.25 to 4 MB, 1 MB made the fastest MnistNet training step). A GPU wants one big GEMM.
-# Results never depend on the block size.
+# pass costs less than reading a whole column matrix back from memory (benchmarks/RESULTS.md has
+# the measurements behind 1 MB). A GPU wants one big GEMM. Results never depend on the block size.
 COLUMN_BLOCK_BYTES = {"cpu": 1 << 20, "cuda": 1 << 31}
 
 
@@ -88,43 +83,31 @@ class SlidingWindows:
             strides=(step_c, step_h * dil_h, step_w * dil_w, step_h * stride_h, step_w * stride_w,
                      step_b))
 
-    def column_blocks(self, xp, x):
-        """im2col, a block of window rows at a time: yields (first_row, rows, columns), columns
-        (C, kh, kw, rows, W_out, B) the contiguous copy of windows first_row … first_row + rows − 1
-        of x (B, C, H, W), padded with zeros. A block takes at most COLUMN_BLOCK_BYTES (one row
-        of windows at least). On NumPy every block is written into the same buffer: use it
-        before asking for the next."""
+    def row_blocks(self, xp, x):
+        """(first_row, rows) of each block of window rows that im2col makes at once from x
+        (B, C, H, W): at most COLUMN_BLOCK_BYTES of columns, one row of windows at least."""
         B, C = x.shape[:2]
         (kh, kw), (H_out, W_out) = self.kernel_size, self.output_size
-        row_elements = C * kh * kw * W_out * B
-        budget = COLUMN_BLOCK_BYTES["cpu" if xp is np else "cuda"]
-        rows_per_block = min(H_out, max(1, budget // (row_elements * x.dtype.itemsize)))
-        kernels = kernels_apply(xp)
-        if kernels:
-            buffer = np.empty(rows_per_block * row_elements, dtype=x.dtype)
-            x = batch_last(xp, x)
-        else:
-            windows = self.unfold(xp, x)
-        for first_row in range(0, H_out, rows_per_block):
-            rows = min(rows_per_block, H_out - first_row)
-            if kernels:
-                columns = buffer[:rows * row_elements].reshape(C, kh, kw, rows, W_out, B)
-                unfold_windows(x, first_row, *self.stride, *self.padding, *self.dilation, columns)
-            else:
-                columns = xp.ascontiguousarray(windows[:, :, :, first_row:first_row + rows])
-            yield first_row, rows, columns
+        row_bytes = C * kh * kw * W_out * B * x.dtype.itemsize
+        rows_per_block = min(H_out, max(1, COLUMN_BLOCK_BYTES["cpu" if xp is np else "cuda"] // row_bytes))
+        return [(first_row, min(rows_per_block, H_out - first_row)) for first_row in range(0, H_out, rows_per_block)]
+
+    def column_blocks(self, xp, x):
+        """im2col, a block of window rows at a time (`row_blocks`): yields (first_row, rows,
+        columns), columns (C, kh, kw, rows, W_out, B) the contiguous copy of windows first_row …
+        first_row + rows − 1 of x (B, C, H, W), padded with zeros."""
+        windows = self.unfold(xp, x)
+        for first_row, rows in self.row_blocks(xp, x):
+            yield first_row, rows, xp.ascontiguousarray(windows[:, :, :, first_row:first_row + rows])
 
     def add_taps(self, xp, grad_windows, first_row, grad_padded):
         """col2im of a block of window rows: grad_padded (C, H + 2·pad_h, W + 2·pad_w, B) +=
         every tap of ∂L/∂windows (C, kh, kw, rows, W_out, B) for windows first_row … , in place.
 
-        On CuPy, tap (ki, kj) of all windows is one strided slice of the padded image, so the loop
-        adds kh·kw vectorised slices, and overlapping windows accumulate as they should.
+        Tap (ki, kj) of all windows is one strided slice of the padded image, so the loop adds
+        kh·kw vectorised slices, and overlapping windows accumulate as they should.
         """
         (dil_h, dil_w), (stride_h, stride_w) = self.dilation, self.stride
-        if kernels_apply(xp):
-            fold_windows(grad_windows, first_row, stride_h, stride_w, dil_h, dil_w, grad_padded)
-            return
         rows, W_out = grad_windows.shape[3:5]
         for ki in range(self.kernel_size[0]):
             for kj in range(self.kernel_size[1]):
@@ -161,6 +144,8 @@ class Conv2d(Function):
     their slice of the H_out·W_out·B positions, and ∂L/∂weight sums over the blocks.
     """
 
+    Windows = SlidingWindows  # where the windows lie, and how im2col and col2im copy them
+
     def forward(self, x, weight, bias, stride, padding, dilation, groups):
         require_ndim("conv2d", "input", x, "(B, C_in, H, W)")
         require_ndim("conv2d", "weight", weight, "(C_out, C_in/groups, kh, kw)")
@@ -171,7 +156,7 @@ class Conv2d(Function):
                              f" = {C_group * groups} and C_out divisible by groups")
         if bias is not None and bias.shape != (C_out,):
             raise ValueError(f"conv2d: bias has shape {tuple(bias.shape)}, expected ({C_out},)")
-        self.windows = SlidingWindows("conv2d", x.shape, weight.shape[2:], stride, padding, dilation)
+        self.windows = self.Windows("conv2d", x.shape, weight.shape[2:], stride, padding, dilation)
         self.weight = weight.reshape(groups, C_out // groups, -1)
         H_out, W_out = self.windows.output_size
         self.row_size = W_out * x.shape[0]
@@ -200,8 +185,7 @@ class Conv2d(Function):
             g_block = g[:, :, first_row * self.row_size:(first_row + rows) * self.row_size]
             grad_weight += columns.reshape(groups, -1, g_block.shape[2]) @ g_block.transpose(0, 2, 1)
             if grad_padded is not None:
-                # One buffer for every block's ∂L/∂columns (the first block is the largest): a
-                # fresh array per block would be handed back to the OS and faulted in again.
+                # One buffer for every block's ∂L/∂columns (the first block is the largest).
                 if grad_buffer is None:
                     grad_buffer = xp.empty(columns.size, dtype=g.dtype)
                 grad_columns = grad_buffer[:columns.size].reshape(columns.shape)
@@ -223,34 +207,17 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 class MaxPool2d(Function):
     """out[b, c, i, j] = max of window (i, j) (padding reads −∞); ∂L/∂out goes to the window's
-    first maximal tap (none if the window holds a NaN).
-
-    On NumPy arrays a CPU kernel finds each window's maximum and the tap holding it in one pass
-    (`max_pool_windows`), and the backward pass adds each gradient at that tap. On CuPy arrays
-    the taps are compared with the maximum one after the other."""
+    first maximal tap (none if the window holds a NaN). The taps are compared with the maximum
+    one after the other."""
 
     def forward(self, x, kernel_size, stride, padding):
         require_ndim("max_pool2d", "input", x, "(B, C, H, W)")
         self.windows = SlidingWindows("max_pool2d", x.shape, kernel_size, stride, padding, 1)
-        self.kernels = kernels_apply(self.xp)
-        if not self.kernels:
-            self.taps = self.windows.unfold(self.xp, x, fill=-np.inf)
-            self.out = self.taps.max(axis=(1, 2))
-            return self.out.transpose(3, 0, 1, 2)
-        out_shape = (x.shape[1], *self.windows.output_size, x.shape[0])
-        out = np.empty(out_shape, dtype=x.dtype)
-        self.argmax = np.empty(out_shape, dtype=np.int32)
-        max_pool_windows(batch_last(np, x), *self.windows.kernel_size, *self.windows.stride,
-                         *self.windows.padding, out, self.argmax)
-        return out.transpose(3, 0, 1, 2)
+        self.taps = self.windows.unfold(self.xp, x, fill=-np.inf)
+        self.out = self.taps.max(axis=(1, 2))
+        return self.out.transpose(3, 0, 1, 2)
 
     def backward(self, grad_output):
-        if self.kernels:
-            B, C, H, W = self.windows.input_shape
-            grad_input = np.empty((C, H, W, B), dtype=grad_output.dtype)
-            max_pool_scatter(batch_last(np, grad_output), self.argmax, *self.windows.kernel_size,
-                             *self.windows.stride, *self.windows.padding, grad_input)
-            return (grad_input.transpose(3, 0, 1, 2),)
         grad = batch_last(self.xp, grad_output)
         grad_windows = self.xp.empty(self.taps.shape, dtype=grad.dtype)
         # Taps in order; `found` marks the windows whose maximum an earlier tap already held, so
@@ -268,9 +235,11 @@ class AvgPool2d(Function):
     """out[b, c, i, j] = mean of the kh·kw taps of window (i, j), padding counted as zeros;
     each tap receives ∂L/∂out / (kh·kw)."""
 
+    Windows = SlidingWindows  # as Conv2d's
+
     def forward(self, x, kernel_size, stride, padding):
         require_ndim("avg_pool2d", "input", x, "(B, C, H, W)")
-        self.windows = SlidingWindows("avg_pool2d", x.shape, kernel_size, stride, padding, 1)
+        self.windows = self.Windows("avg_pool2d", x.shape, kernel_size, stride, padding, 1)
         return self.windows.unfold(self.xp, x).mean(axis=(1, 2)).transpose(3, 0, 1, 2)
 
     def backward(self, grad_output):

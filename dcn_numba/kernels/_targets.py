@@ -1,10 +1,11 @@
 """How one piece of scalar mathematics is compiled for both targets, and how kernels run.
 
-`shared` compiles a scalar function with Numba's @njit. CPU kernels call it directly; CUDA
-kernels call it through `for_cuda(module)`, which is the module itself on real hardware (Numba
-CUDA compiles @njit functions as device functions) and, under the CUDA simulator, a namespace of
-the pure-Python originals, because the simulator hands arrays to kernels as wrapped objects that
-@njit code cannot unbox.
+`shared` compiles a function of the shared mathematics with Numba's @njit. CPU kernels call it
+directly; CUDA kernels call it through `for_cuda(module)`, which is the module itself on real
+hardware (Numba CUDA compiles @njit functions as device functions) and, under the CUDA simulator,
+a namespace of the pure-Python originals, because the simulator hands arrays to kernels as wrapped
+objects that @njit code cannot unbox. The helpers of the CPU kernels' own walks (tiles, buffers,
+rows of channels), which no CUDA kernel calls, are compiled by `cpu_helper` instead.
 
 Every step of an op is a `KernelPair` (CPU kernel, CUDA kernel) taking the same arguments, run by
 `run(backend, pair, cpu_items, cuda_items, *args)`: the CPU kernel as a parallel loop over
@@ -52,7 +53,14 @@ CPU_OPTIONS = dict(error_model="numpy", cache=True)
 
 
 def shared(func):
-    """Compile a scalar helper for both targets (see the module docstring)."""
+    """Compile a function of the shared mathematics for both targets (see the module docstring):
+    inlined into the CPU kernels that call it, a device function of the CUDA kernels."""
+    return njit(func, inline="always", **CPU_OPTIONS)
+
+
+def cpu_helper(func):
+    """Compile a helper of the CPU kernels' walks (buffers, row views, tiles), which CUDA kernels
+    never call: inlined into the CPU kernels, as a shared function is."""
     return njit(func, inline="always", **CPU_OPTIONS)
 
 

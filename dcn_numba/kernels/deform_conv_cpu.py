@@ -19,7 +19,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from dcn_numba.kernels._targets import cpu_kernel, optional_argument, run_cpu_calling_blas, shared
+from dcn_numba.kernels._targets import cpu_helper, cpu_kernel, optional_argument, run_cpu_calling_blas
 from dcn_numba.kernels.bilinear import dcn_locate, padded_corner
 from dcn_numba.kernels.deform_conv_layout import dcn_column_index, dcn_padded_image, dcn_table_index
 from dcn_numba.kernels.deform_conv_math import (dcn_column_from_corners, dcn_input_gradient_term, dcn_modulation,
@@ -38,14 +38,14 @@ CPU_TILE_BYTES = 1 << 19
 # ---------------------------------------------------------------------------------------------
 
 
-@shared
+@cpu_helper
 def tile_table_index(b, position, g, k, first, geometry):
     """Where sample (b, g, k) at an output position lies in the tables of a CPU tile whose first
     output position is `first`: its `dcn_table_index` counted from the tile's first entry."""
     return dcn_table_index(b, position, g, k, geometry) - dcn_table_index(b, first, 0, 0, geometry)
 
 
-@shared
+@cpu_helper
 def locate_positions(offset, b, first, stop, tables, geometry):
     """(top_left, l_y, l_x) of every sample of image b at the output positions first..stop−1, into
     the worker's `tables` at `tile_table_index`: a CPU tile locates its own samples."""
@@ -59,7 +59,7 @@ def locate_positions(offset, b, first, stop, tables, geometry):
                 top_left[here], l_y[here], l_x[here] = dcn_locate(p_y, p_x, geometry.H, geometry.W)
 
 
-@shared
+@cpu_helper
 def corner_rows(padded, image, top_left, W, C, first_channel, length):
     """The four corners' values of channels first_channel..first_channel + length − 1 of a
     located sample, as four contiguous rows of the channels-last padded input (see
@@ -74,7 +74,7 @@ def corner_rows(padded, image, top_left, W, C, first_channel, length):
             padded[v11:v11 + length])
 
 
-@shared
+@cpu_helper
 def worker_buffers(positions_per_tile, dtype, geometry):
     """A worker's own memory for one tile at a time: its column buffer (K·C_in values per output
     position) and the (top_left, l_y, l_x) tables of its located samples."""
@@ -83,7 +83,7 @@ def worker_buffers(positions_per_tile, dtype, geometry):
             np.empty(samples, dtype=np.int64), np.empty(samples, dtype=dtype), np.empty(samples, dtype=dtype))
 
 
-@shared
+@cpu_helper
 def fill_columns(padded, tables, mask, use_mask, b, group, first, stop, columns, geometry):
     """The rows of weight group `group` in a tile's column buffer (G, positions, K, C_in/G) (see
     `dcn_column_index`): m · S for the output positions first..stop−1 of image b, their samples
@@ -115,7 +115,7 @@ def fill_columns(padded, tables, mask, use_mask, b, group, first, stop, columns,
                                                      corner, m)
 
 
-@shared
+@cpu_helper
 def sample_tile(padded, offset, mask, use_mask, b, first, stop, tables, columns, geometry):
     """What both passes do first with a tile (output positions first..stop−1 of image b): locate
     its samples into the worker's `tables`, then fill every weight group's rows of its column
@@ -125,7 +125,7 @@ def sample_tile(padded, offset, mask, use_mask, b, first, stop, tables, columns,
         fill_columns(padded, tables, mask, use_mask, b, group, first, stop, columns, geometry)
 
 
-@shared
+@cpu_helper
 def group_rows(columns, group, n, group_taps):
     """The rows (n, K·C_in/G) of weight group `group` in the column buffer of a tile of n output
     positions: the matrix its GEMMs read."""
@@ -166,7 +166,7 @@ def deformable_conv_tiles_cpu(n_workers, n_tiles, padded, offset, mask, use_mask
                         output[out + position] = product[o, position] + shift
 
 
-@shared
+@cpu_helper
 def backpropagate_tile(padded, tables, mask, use_mask, b, first, stop, gcol, grad_padded, grad_offset, grad_mask,
                        geometry):
     """col2im and the offset/mask gradient of the output positions first..stop−1 of image b, whose

@@ -35,8 +35,8 @@ from numba import cuda, prange
 
 from dcn_numba.runtime.arrays import array_module
 from dcn_numba.kernels import deform_roi_pool_math
-from dcn_numba.kernels._targets import (BINS, COUNT, FLAG, FLAT, ROWS, KernelPair, cpu_kernel, cuda_kernel, for_cuda,
-                                        geometry_of, optional_argument, run, shared)
+from dcn_numba.kernels._targets import (BINS, COUNT, FLAG, FLAT, ROWS, KernelPair, cpu_helper, cpu_kernel, cuda_kernel,
+                                        for_cuda, geometry_of, optional_argument, run)
 from dcn_numba.kernels.deform_roi_pool_math import (roi_align_bin, roi_align_bin_index, roi_align_corner,
                                                      roi_align_corner_gradient, roi_align_count, roi_align_is_valid,
                                                      roi_align_offset_from_start, roi_align_outside_value,
@@ -61,14 +61,14 @@ class RoIAlignGeometry(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 
 
-@shared
+@cpu_helper
 def add_to_every_channel(totals, value):
     """totals[c] += value for every channel c (a sample outside the image: 0 or NaN)."""
     for c in range(totals.size):
         totals[c] += value
 
 
-@shared
+@cpu_helper
 def add_weighted_row(totals, weight, row):
     """totals[c] += weight · row[c]: one corner of a sample, for every channel at once."""
     for c in range(totals.size):

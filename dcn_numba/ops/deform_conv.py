@@ -11,7 +11,7 @@ vectorised) or dcn_numba.kernels.deform_conv ("cpu", "cuda").
 from dcn_numba.ops.checks import (MAX_DISTANCE, as_pair, check_arrays, check_grad_output, check_output_bytes,
                                   check_shape, prepare)
 from dcn_numba.kernels import deform_conv as kernels
-from dcn_numba.reference import deform_conv_vectorised as reference
+from dcn_numba.reference import deform_conv_vectorised
 
 
 def output_size(size, kernel, stride, padding, dilation):
@@ -108,7 +108,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     backend, (input, offset, weight, bias, mask) = prepare(
         backend, xp, input, offset, weight, bias, mask)
     if backend == "reference":
-        return reference.deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)
+        return deform_conv_vectorised.deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)
     return kernels.deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask, backend)
 
 
@@ -141,5 +141,5 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
         backend, xp, grad_output, input, offset, weight, bias, mask)
     arguments = (grad_output, input, offset, weight, bias, stride, padding, dilation, mask)
     if backend == "reference":
-        return reference.deform_conv2d_backward(*arguments)
+        return deform_conv_vectorised.deform_conv2d_backward(*arguments)
     return kernels.deform_conv2d_backward(*arguments, backend)

@@ -1,7 +1,9 @@
 """Where arrays live: NumPy or CuPy, and the little glue the CUDA backend needs.
 
-This is the only module that touches CuPy. The CUDA simulator never executes the CuPy branches,
-so they are kept short enough to verify by reading, and run on hardware whenever a GPU is there.
+This is the only module of the ops, the kernels and the engine that touches CuPy (the PyTorch
+adapters, dcn_numba.torch, hand CUDA tensors to the ops as CuPy arrays through DLPack, on torch's
+stream, themselves). The CUDA simulator never executes the CuPy branches, so they are kept short
+enough to verify by reading, and run on hardware whenever a GPU is there.
 """
 
 import numpy as np

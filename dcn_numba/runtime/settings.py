@@ -17,7 +17,7 @@ others are made where the code that needs them runs, or by a command.
 3. **BLAS threads beside the parallel deformable kernels.** After each matrix product, OpenBLAS
    keeps its worker threads spinning for about 0.1 s before they sleep. A deformable net runs
    parallel Numba kernels between matrix products, and on a machine with few cores those
-   spinning threads take the cores away from them. The engine therefore calls
+   spinning threads take the cores away from them. The engine's speed layer therefore calls
    `leave_the_cores_to_the_kernels()` the first time it runs a deformable CPU kernel: from then
    on BLAS runs on the calling thread and leaves the other cores to the kernels. It works through
    threadpoolctl at run time, whatever was imported first and with no environment variable;

@@ -1,14 +1,17 @@
-"""Batch normalisation's passes over channel rows as single-threaded CPU kernels: the NumPy path
-of `dcn_numba.engine.functional.BatchNorm`.
+"""Batch normalisation's passes over channel rows as single-threaded CPU kernels, and the engine's
+BatchNorm (`dcn_numba.engine.functional.BatchNorm`) that uses them on NumPy arrays.
 
 Every array here is a matrix (C, N) with one row per channel (`functional.channel_rows`), and every
 kernel walks it channel by channel, so that a row is read while it is in cache. Fusing the steps
 that NumPy would make one whole-array pass each (centre, square, sum, scale, shift) leaves three
 passes over x in the forward pass (sum, centred squares, normalise) and two over (g, x) in the
-backward pass. Sums accumulate in float64. NumPy arrays only; CuPy arrays take the array-module path of `BatchNorm`, which these
-kernels must match (tests/test_functional.py checks it).
+backward pass. Sums accumulate in float64. NumPy arrays only: the BatchNorm below must give the
+numbers of the engine's (tests/test_functional.py checks it).
 """
 
+import numpy as np
+
+from dcn_numba.engine import functional
 from dcn_numba.kernels._targets import serial_kernel
 
 
@@ -63,3 +66,28 @@ def input_gradient(grad_output, x, mean, scale, slope, offset, grad_input):
     for c in range(C):
         for n in range(N):
             grad_input[c, n] = scale[c] * grad_output[c, n] + slope[c] * (x[c, n] - mean[c]) + offset[c]
+
+
+class BatchNorm(functional.BatchNorm):
+    """The engine's BatchNorm, its passes over channel rows made by the kernels above."""
+
+    def moments(self, rows):
+        mean, var = np.empty(len(rows), dtype=rows.dtype), np.empty(len(rows), dtype=rows.dtype)
+        channel_moments(rows, mean, var)
+        return mean, var
+
+    def normalized(self, rows, bias):
+        out = np.empty(rows.shape, dtype=rows.dtype)
+        normalize(rows, self.mean, self.scale, bias, out)
+        return out
+
+    def gradient_sums(self, g, rows):
+        """As the engine's, without the centred rows: `input_gradient` centres again in its pass."""
+        grad_bias, grad_centred = np.empty_like(self.mean), np.empty_like(self.mean)
+        gradient_sums(g, rows, self.mean, grad_bias, grad_centred)
+        return grad_bias, grad_centred, None
+
+    def input_gradient(self, g, rows, centred, slope, offset):
+        grad_input = np.empty(rows.shape, dtype=rows.dtype)
+        input_gradient(g, rows, self.mean, self.scale, slope, offset, grad_input)
+        return grad_input

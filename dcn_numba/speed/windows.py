@@ -1,5 +1,5 @@
-"""im2col, col2im and max pooling as single-threaded CPU kernels: the NumPy path of
-`dcn_numba.engine.windows`.
+"""im2col, col2im and max pooling as single-threaded CPU kernels, and the engine's window Functions
+(`dcn_numba.engine.windows`) that use them on NumPy arrays.
 
 im2col and col2im work on the batch-last window layout (C, kh, kw, rows, W_out, B) of
 `SlidingWindows`, for a block of `rows` consecutive rows of windows starting at window row
@@ -9,24 +9,24 @@ and (for the outputs of the window ops) of the input, so that it vectorises.
 
 They replace NumPy's strided copy and its kh·kw strided adds because they make one pass where
 NumPy makes several (no zero-padded copy of the input; one read of each gradient tap). They
-are serial on purpose (see `serial_kernel`). NumPy arrays only; CuPy arrays take the
-array-module path of `dcn_numba.engine.windows`, which these kernels must match
-(tests/test_functional.py checks it).
+are serial on purpose (see `serial_kernel`). NumPy arrays only: the Functions below must give the
+numbers of the engine's (tests/test_functional.py checks it).
 """
 
 import numpy as np
 
-from dcn_numba.kernels._targets import serial_kernel, shared
+from dcn_numba.engine import windows
+from dcn_numba.kernels._targets import cpu_helper, serial_kernel
 
 
-@shared
+@cpu_helper
 def tap_coordinate(window, tap, stride, dilation, pad):
     """The input coordinate, along one axis, that tap `tap` of window `window` reads:
     window·stride + tap·dilation − pad (pad = 0 on the padded input)."""
     return window * stride + tap * dilation - pad
 
 
-@shared
+@cpu_helper
 def pooling_tap(i, j, tap, kw, stride_h, stride_w, pad_h, pad_w):
     """(row, column) of the input that tap `tap` = ki·kw + kj of pooling window (i, j) reads."""
     return (tap_coordinate(i, tap // kw, stride_h, 1, pad_h),
@@ -139,3 +139,65 @@ def max_pool_scatter(grad_out, argmax, kh, kw, stride_h, stride_w, pad_h, pad_w,
                     for b in range(B):
                         chosen = argmax[c, i, j, b] == tap
                         grad_input[c, row, column, b] += grad_out[c, i, j, b] if chosen else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine's window Functions with these kernels, which `dcn_numba.speed.switch_on` registers
+# ---------------------------------------------------------------------------------------------
+
+
+class KernelWindows(windows.SlidingWindows):
+    """SlidingWindows whose im2col and col2im are `unfold_windows` and `fold_windows` (NumPy arrays)."""
+
+    def column_blocks(self, xp, x):
+        """As `SlidingWindows.column_blocks`, every block written into the same buffer by
+        `unfold_windows`: use a block before asking for the next."""
+        B, C = x.shape[:2]
+        (kh, kw), W_out = self.kernel_size, self.output_size[1]
+        blocks = self.row_blocks(xp, x)
+        row_elements = C * kh * kw * W_out * B
+        buffer = np.empty(blocks[0][1] * row_elements, dtype=x.dtype)
+        x = windows.batch_last(xp, x)
+        for first_row, rows in blocks:
+            columns = buffer[:rows * row_elements].reshape(C, kh, kw, rows, W_out, B)
+            unfold_windows(x, first_row, *self.stride, *self.padding, *self.dilation, columns)
+            yield first_row, rows, columns
+
+    def add_taps(self, xp, grad_windows, first_row, grad_padded):
+        """As `SlidingWindows.add_taps`, in one pass of `fold_windows`."""
+        fold_windows(grad_windows, first_row, *self.stride, *self.dilation, grad_padded)
+
+
+class Conv2d(windows.Conv2d):
+    """The engine's Conv2d, im2col and col2im made by the kernels above."""
+
+    Windows = KernelWindows
+
+
+class AvgPool2d(windows.AvgPool2d):
+    """The engine's AvgPool2d, its backward's col2im made by `fold_windows`."""
+
+    Windows = KernelWindows
+
+
+class MaxPool2d(windows.MaxPool2d):
+    """The engine's MaxPool2d in two kernels: the forward finds each window's maximum and the tap
+    holding it in one pass (`max_pool_windows`), and the backward adds each gradient at that tap
+    (`max_pool_scatter`)."""
+
+    def forward(self, x, kernel_size, stride, padding):
+        windows.require_ndim("max_pool2d", "input", x, "(B, C, H, W)")
+        self.windows = windows.SlidingWindows("max_pool2d", x.shape, kernel_size, stride, padding, 1)
+        out_shape = (x.shape[1], *self.windows.output_size, x.shape[0])
+        out = np.empty(out_shape, dtype=x.dtype)
+        self.argmax = np.empty(out_shape, dtype=np.int32)
+        max_pool_windows(windows.batch_last(np, x), *self.windows.kernel_size, *self.windows.stride,
+                         *self.windows.padding, out, self.argmax)
+        return out.transpose(3, 0, 1, 2)
+
+    def backward(self, grad_output):
+        B, C, H, W = self.windows.input_shape
+        grad_input = np.empty((C, H, W, B), dtype=grad_output.dtype)
+        max_pool_scatter(windows.batch_last(np, grad_output), self.argmax, *self.windows.kernel_size,
+                         *self.windows.stride, *self.windows.padding, grad_input)
+        return (grad_input.transpose(3, 0, 1, 2),)

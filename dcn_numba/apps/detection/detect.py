@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from dcn_numba.apps.detection import viz as detection_viz
 from dcn_numba.engine.autograd import Tensor
 from dcn_numba.data.canvases import make_canvases
+from dcn_numba import speed
 from dcn_numba.runtime.settings import keep_freed_memory, leave_the_cores_to_the_kernels
 from dcn_numba.data.mnist import load_mnist
 from dcn_numba.apps.detection.detector import Detector, anchor_grid, batch_rois, detect, detection_loss, sample_rois
@@ -323,6 +324,7 @@ def open_seed_runs(args):
 def main(argv=None):
     args = parse_args(argv)
     keep_freed_memory()
+    speed.switch_on()
     try:
         if args.seeds is None:
             metrics = run(args)

@@ -37,6 +37,7 @@ from dcn_numba.engine import functional as F
 from dcn_numba.apps.mnist import global_pooling, train
 from dcn_numba.apps.mnist import viz
 from dcn_numba.engine.autograd import Tensor, no_grad
+from dcn_numba import speed
 from dcn_numba.runtime.settings import keep_freed_memory
 from dcn_numba.data.mnist import scaled_digits, subset
 from dcn_numba.apps.mnist.models import MnistNet
@@ -409,6 +410,7 @@ def main(argv=None):
     options, train_argv = parse_args(argv)
     train.parse_args(train_argv)  # reject bad training options before any work
     keep_freed_memory()
+    speed.switch_on()
     argv = sys.argv[1:] if argv is None else argv
     tables = [t for t in TABLE_RUNS] if options.table == "all" else [options.table]
     try:

@@ -45,6 +45,7 @@ from dcn_numba.engine import functional as F
 from dcn_numba.apps.mnist import viz
 from dcn_numba.runtime.arrays import gpu_available, to_device
 from dcn_numba.engine.autograd import Tensor, no_grad
+from dcn_numba import speed
 from dcn_numba.runtime.settings import keep_freed_memory, leave_the_cores_to_the_kernels
 from dcn_numba.data.mnist import Digits, load_mnist, scale_about_centre, scale_factors, scaled_digits, subset
 from dcn_numba.apps.mnist.models import MnistNet
@@ -342,6 +343,7 @@ def format_table(metrics):
 def main(argv=None):
     args = parse_args(argv)
     keep_freed_memory()
+    speed.switch_on()
     try:
         metrics = run(args)
     except OutputError as error:

@@ -36,6 +36,7 @@ import numpy as np
 
 from dcn_numba.data.bootstrap import bootstrap_interval
 from dcn_numba.data.mnist import load_mnist
+from dcn_numba import speed
 from dcn_numba.runtime.settings import keep_freed_memory
 from dcn_numba.apps.segmentation import segment
 from dcn_numba.apps.segmentation.data import CLASSES
@@ -262,6 +263,7 @@ def main(argv):
     """The `segmentation` subcommand of `python -m dcn_numba.experiment`: argv follows the word."""
     options = parse_args(argv)
     keep_freed_memory()
+    speed.switch_on()
     mnist = load_mnist(options.data)
     runs = get_runs(options, mnist)
     write_results(runs, options, " ".join(["python -m dcn_numba.experiment segmentation", *argv]), mnist)

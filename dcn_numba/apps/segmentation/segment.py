@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from dcn_numba.data.mnist import load_mnist
 from dcn_numba.engine.autograd import Tensor, no_grad
 from dcn_numba.engine.optim import Adam, CosineSchedule
+from dcn_numba import speed
 from dcn_numba.runtime.settings import keep_freed_memory
 from dcn_numba.apps.segmentation.data import CLASS_NAMES, CLASSES, labelled_canvases
 from dcn_numba.apps.segmentation.files import write_json, write_npz
@@ -228,6 +229,7 @@ def format_table(metrics):
 def main(argv=None):
     args = parse_args(argv)
     keep_freed_memory()
+    speed.switch_on()
     metrics = run(args)
     print(format_table(metrics))
     print(f"mIoU in %, on {args.test_canvases} test canvases; outputs in {args.out}/")

@@ -2,30 +2,17 @@
 of file, each written atomically (`dcn_numba.runs.outputs.write_atomically`: a temporary file in
 the same folder, renamed into place), so that a kill never leaves half a file."""
 
-import json
-import math
 from pathlib import Path
 
 import numpy as np
 
-from dcn_numba.runs.outputs import write_atomically
-
-
-def strict_json(value):
-    """`value` with every non-finite float replaced by None: JSON has no NaN or Infinity."""
-    if isinstance(value, dict):
-        return {key: strict_json(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+from dcn_numba.runs.outputs import json_bytes, write_atomically
 
 
 def write_json(path, data):
     """`data` as strict JSON (NaN as null), indented."""
-    text = json.dumps(strict_json(data), indent=2, allow_nan=False) + "\n"
-    write_atomically(path, lambda file: file.write(text.encode()))
+    text = json_bytes(data) + b"\n"
+    write_atomically(path, lambda file: file.write(text))
 
 
 def write_npz(path, arrays):

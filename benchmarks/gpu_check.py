@@ -101,6 +101,7 @@ import dcn_numba.kernels  # noqa: E402
 from bench_deform_conv import NAMES, problem as conv_problem  # noqa: E402
 from bench_roi_pool import OUTPUT_SIZE, SPATIAL_SCALE, problem as roi_problem, torchvision_baseline  # noqa: E402
 from bench_train_step import our_step, torch_step, torch_twin  # noqa: E402
+from dcn_numba.crosscheck.adapters import torchvision_deform_conv  # noqa: E402
 from dcn_numba.engine import functional as F
 from dcn_numba.engine.autograd import Tensor  # noqa: E402
 from dcn_numba.reference.gradcheck import describe_mismatch  # noqa: E402
@@ -406,23 +407,10 @@ def our_conv_calls(arrays):
 
 
 def torchvision_conv_calls(arrays):
-    """The same closures for torchvision.ops.deform_conv2d, the gradients in our order."""
-    x, offset, weight, bias, mask, grad_output = (torch.as_tensor(a, device=TORCH_DEVICE) for a in arrays)
-    leaves = [x, offset, weight, bias, mask]
-    for leaf in leaves:
-        leaf.requires_grad_()
-
-    def forward():
-        with torch.no_grad():
-            return torchvision.ops.deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
-
-    def forward_backward():
-        for leaf in leaves:
-            leaf.grad = None
-        torchvision.ops.deform_conv2d(x, offset, weight, bias, padding=1, mask=mask).backward(grad_output)
-        return [leaf.grad for leaf in leaves]
-
-    return forward, forward_backward
+    """The same closures for torchvision.ops.deform_conv2d (the cross-check's adapter), the
+    gradients in our order."""
+    input, offset, weight, bias, mask, grad_output = arrays
+    return torchvision_deform_conv(input, offset, weight, bias, 1, 1, 1, mask, grad_output, device=TORCH_DEVICE)
 
 
 def deform_conv(out):

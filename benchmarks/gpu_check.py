@@ -23,7 +23,7 @@ beside it. The exit status is 1 after any failed test, mismatch or sanitizer err
 
 Without a GPU, or with NUMBA_ENABLE_CUDASIM=1, the same command is a rehearsal: kernels run in the
 CUDA simulator on tiny shapes, the tests are only collected (the suite runs them in the simulator
-itself), and torch, when installed, runs on the CPU. tests/test_gpu_check.py runs it.
+itself), and torch, when installed, runs on the CPU. tests/benchmarks/test_gpu_check.py runs it.
 """
 
 import argparse
@@ -259,7 +259,7 @@ def start_logged(command, log):
 
 def modules_missing_for(test_file):
     """The top-level modules that `test_file` imports at its top and that are not installed here
-    (neither beside it in tests/ nor importable)."""
+    (neither beside it, nor a helper at the top of tests/, nor importable)."""
     names = set()
     for node in ast.parse(test_file.read_text()).body:
         if isinstance(node, ast.Import):
@@ -267,14 +267,15 @@ def modules_missing_for(test_file):
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             names.add(node.module.split(".")[0])
     return sorted(name for name in names
-                  if not (test_file.parent / f"{name}.py").exists() and importlib.util.find_spec(name) is None)
+                  if not any((folder / f"{name}.py").exists() for folder in (test_file.parent, ROOT / "tests"))
+                  and importlib.util.find_spec(name) is None)
 
 
 def tests(out):
     """pytest's CUDA selection on the GPU (collected only in a rehearsal): summary, skips and
     failures. Test files that import a package missing here are left out, saying which."""
     log = out / "tests.log"
-    left_out = {path: missing for path in sorted((ROOT / "tests").glob("test_*.py"))
+    left_out = {path: missing for path in sorted((ROOT / "tests").rglob("test_*.py"))
                 if (missing := modules_missing_for(path))}
     command = [sys.executable, "-m", "pytest", "tests", "-k", TEST_SELECTION, "-q", "-rfEs",
                "-p", "no:cacheprovider"] + [f"--ignore={path.relative_to(ROOT)}" for path in left_out]

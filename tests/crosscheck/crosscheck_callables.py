@@ -1,4 +1,4 @@
-"""User implementations of deformable convolution for tests/test_crosscheck.py, in the signature
+"""User implementations of deformable convolution for tests/crosscheck/test_crosscheck.py, in the signature
 that `python -m dcn_numba.crosscheck module:function` documents: NumPy arrays in dcn_numba's
 layouts, (h, w) pairs, the output returned; an optional `.backward` gives the gradients."""
 

@@ -1,7 +1,7 @@
 """python -m dcn_numba.crosscheck: the battery, the table, the named conventions, the exit status.
 
 These run without any optional package: dcn_numba's own backends, and user implementations from
-tests/crosscheck_callables.py given as module:function. The runs against torchvision, OpenVINO
+tests/crosscheck/crosscheck_callables.py given as module:function. The runs against torchvision, OpenVINO
 and ONNX Runtime need those packages and are made by hand (docs/crosscheck.md).
 """
 

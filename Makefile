@@ -61,7 +61,7 @@ TORCH_VENV := .venv-torch
 torch-check:
 	test -x $(TORCH_VENV)/bin/python || $(PYTHON) -m venv $(TORCH_VENV)
 	$(TORCH_VENV)/bin/python -m pip install --quiet -e ".[dev,bench]"
-	$(TORCH_VENV)/bin/python -m pytest -q -n 0 $(wildcard tests/test_torch*.py) tests/test_crosscheck.py
+	$(TORCH_VENV)/bin/python -m pytest -q -n 0 $(wildcard tests/test_torch*.py) tests/crosscheck/test_crosscheck.py
 	$(TORCH_VENV)/bin/python -m dcn_numba.crosscheck cpu torchvision openvino openvino-nopad onnxruntime
 
 # The prepared GPU check (benchmarks/gpu_check.py) for a lent GPU machine: it runs on that machine's

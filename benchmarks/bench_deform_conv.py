@@ -306,106 +306,68 @@ def measure_gemms(arguments):
     return dict(best_times(forward_backward=gemms), checked=None)
 
 
+def layer_arguments(layer):
+    """The benchmark layer as the cross-check's library adapters take a call: input, offset,
+    weight, bias, stride, padding, dilation, mask."""
+    return (layer["input"], layer["offset"], layer["weight"], layer["bias"], 1, PADDING, 1, layer["mask"])
+
+
 def measure_openvino(arguments):
     """OpenVINO's DeformableConvolution v8 (bilinear_interpolation_pad=true) and an Add of the
-    bias, compiled once for the CPU in f32 with --threads threads; its forward output is checked,
-    then its inference call timed."""
+    bias, compiled once for the CPU in f32 with --threads threads (the cross-check's adapter,
+    dcn_numba.crosscheck.adapters.openvino_deform_conv); its forward output is checked, then its
+    inference call timed (inputs and output shared with the runtime: no copies)."""
     try:
-        import openvino
-        import openvino.opset8 as ops
+        import openvino  # noqa: F401  (the adapter imports it; a missing one is reported here)
     except ImportError as error:
         raise NotInstalled(error.name) from error
     import numpy as np
 
+    from dcn_numba.crosscheck.adapters import openvino_deform_conv
+
     layer = load_layer(arguments.layer)
-    names = ("input", "offset", "mask")
-    input, offset, mask = (ops.parameter(layer[name].shape, np.float32, name=name) for name in names)
-    conv = ops.deformable_convolution(input, offset, ops.constant(layer["weight"]), [1, 1],
-                                      [PADDING, PADDING], [PADDING, PADDING], [1, 1], mask=mask,
-                                      bilinear_interpolation_pad=True)
-    output = ops.add(conv, ops.constant(layer["bias"].reshape(1, C, 1, 1)))
-    model = openvino.Model([output], [input, offset, mask])
-    # f32 explicitly: on processors with bf16 units OpenVINO would otherwise compute in bf16.
-    compiled = openvino.Core().compile_model(
-        model, "CPU", {"INFERENCE_NUM_THREADS": arguments.threads, "INFERENCE_PRECISION_HINT": "f32"})
-    request = compiled.create_infer_request()
-    inputs = [layer[name] for name in names]
-
-    def forward():
-        # Shared inputs and outputs: no copies, the inference alone is timed.
-        return request.infer(inputs, share_inputs=True, share_outputs=True)[0]
-
+    forward = openvino_deform_conv(*layer_arguments(layer), threads=arguments.threads)
     check_layer("OpenVINO", {"output": np.array(forward())}, layer)
     return dict(best_times(forward), checked="output", version=importlib.metadata.version("openvino"))
 
 
 def measure_onnxruntime(arguments):
     """ONNX's DeformConv (opset 19) with B and mask, one CPU session of ONNX Runtime made once
-    with --threads intra-op threads; its forward output is checked, then its run call timed."""
+    with --threads intra-op threads (the cross-check's adapter,
+    dcn_numba.crosscheck.adapters.onnxruntime_deform_conv); its forward output is checked, then
+    its run call timed."""
     try:
-        import onnx
-        import onnxruntime
+        import onnx  # noqa: F401  (the adapter imports them; a missing one is reported here)
+        import onnxruntime  # noqa: F401
     except ImportError as error:
         raise NotInstalled(error.name) from error
-    import numpy as np
+    from dcn_numba.crosscheck.adapters import onnxruntime_deform_conv
 
     layer = load_layer(arguments.layer)
-    feeds = {"X": layer["input"], "offset": layer["offset"], "mask": layer["mask"]}
-    node = onnx.helper.make_node(
-        "DeformConv", ["X", "W", "offset", "B", "mask"], ["Y"], kernel_shape=[KERNEL, KERNEL],
-        strides=[1, 1], pads=[PADDING] * 4, dilations=[1, 1], group=1, offset_group=1)
-    float32 = onnx.TensorProto.FLOAT
-    graph = onnx.helper.make_graph(
-        [node], "deform_conv",
-        [onnx.helper.make_tensor_value_info(name, float32, a.shape) for name, a in feeds.items()],
-        [onnx.helper.make_tensor_value_info("Y", float32, None)],
-        initializer=[onnx.numpy_helper.from_array(layer["weight"], "W"),
-                     onnx.numpy_helper.from_array(layer["bias"], "B")])
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 19)],
-                                   ir_version=9)  # the IR of opset 19
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = arguments.threads
-    options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(model.SerializeToString(), options,
-                                           providers=["CPUExecutionProvider"])
-
-    def forward():
-        return session.run(None, feeds)[0]
-
+    forward = onnxruntime_deform_conv(*layer_arguments(layer), threads=arguments.threads)
     check_layer("ONNX Runtime", {"output": forward()}, layer)
     return dict(best_times(forward), checked="output", version=importlib.metadata.version("onnxruntime"))
 
 
 def measure_torchvision(arguments):
-    """torchvision.ops.deform_conv2d with mask and bias on --device, torch with --threads threads:
-    its output and five gradients (torch's autograd) are checked, then its forward and forward +
-    backward timed."""
+    """torchvision.ops.deform_conv2d with mask and bias on --device, torch with --threads threads
+    (the cross-check's adapter, dcn_numba.crosscheck.adapters.torchvision_deform_conv): its output
+    and five gradients (torch's autograd) are checked, then its forward and forward + backward
+    timed."""
     try:
         import torch
-        import torchvision
+        import torchvision  # noqa: F401  (the adapter imports it; a missing one is reported here)
     except ImportError as error:
         raise NotInstalled(error.name) from error
+    from dcn_numba.crosscheck.adapters import torchvision_deform_conv
+
     device = arguments.device
     if device == "cuda" and not torch.cuda.is_available():
         raise NotInstalled("torch with CUDA")
     torch.set_num_threads(arguments.threads)
     layer = load_layer(arguments.layer)
-    input, offset, weight, bias, mask, grad_output = (torch.as_tensor(layer[name], device=device)
-                                                      for name in LAYER)
-    leaves = [input, offset, weight, bias, mask]
-    for leaf in leaves:
-        leaf.requires_grad_()
-
-    def forward():
-        with torch.no_grad():
-            return torchvision.ops.deform_conv2d(input, offset, weight, bias, padding=PADDING, mask=mask)
-
-    def forward_backward():
-        for leaf in leaves:
-            leaf.grad = None
-        torchvision.ops.deform_conv2d(input, offset, weight, bias, padding=PADDING, mask=mask).backward(grad_output)
-        return [leaf.grad for leaf in leaves]
-
+    forward, forward_backward = torchvision_deform_conv(*layer_arguments(layer), layer["grad_output"],
+                                                        device=device)
     results = [forward(), *forward_backward()]
     check_layer(f"torchvision {device}", {n: r.cpu().numpy() for n, r in zip(NAMES, results)}, layer)
     synchronize = torch.cuda.synchronize if device == "cuda" else None

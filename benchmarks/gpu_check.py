@@ -23,7 +23,7 @@ beside it. The exit status is 1 after any failed test, mismatch or sanitizer err
 
 Without a GPU, or with NUMBA_ENABLE_CUDASIM=1, the same command is a rehearsal: kernels run in the
 CUDA simulator on tiny shapes, the tests are only collected (the suite runs them in the simulator
-itself), and torch, when installed, runs on the CPU. tests/test_gpu_check.py runs it.
+itself), and torch, when installed, runs on the CPU. tests/benchmarks/test_gpu_check.py runs it.
 """
 
 import argparse
@@ -117,6 +117,7 @@ import dcn_numba.kernels  # noqa: E402
 from bench_deform_conv import NAMES, problem as conv_problem  # noqa: E402
 from bench_roi_pool import OUTPUT_SIZE, SPATIAL_SCALE, problem as roi_problem, torchvision_baseline  # noqa: E402
 from bench_train_step import our_step, torch_step, torch_twin  # noqa: E402
+from dcn_numba.crosscheck.adapters import torchvision_deform_conv  # noqa: E402
 from dcn_numba.engine import functional as F
 from dcn_numba.engine.autograd import Tensor  # noqa: E402
 from dcn_numba.reference.gradcheck import describe_mismatch  # noqa: E402
@@ -274,7 +275,7 @@ def start_logged(command, log):
 
 def modules_missing_for(test_file):
     """The top-level modules that `test_file` imports at its top and that are not installed here
-    (neither beside it in tests/ nor importable)."""
+    (neither beside it, nor a helper at the top of tests/, nor importable)."""
     names = set()
     for node in ast.parse(test_file.read_text()).body:
         if isinstance(node, ast.Import):
@@ -282,14 +283,15 @@ def modules_missing_for(test_file):
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             names.add(node.module.split(".")[0])
     return sorted(name for name in names
-                  if not (test_file.parent / f"{name}.py").exists() and importlib.util.find_spec(name) is None)
+                  if not any((folder / f"{name}.py").exists() for folder in (test_file.parent, ROOT / "tests"))
+                  and importlib.util.find_spec(name) is None)
 
 
 def tests(out):
     """pytest's CUDA selection on the GPU (collected only in a rehearsal): summary, skips and
     failures. Test files that import a package missing here are left out, saying which."""
     log = out / "tests.log"
-    left_out = {path: missing for path in sorted((ROOT / "tests").glob("test_*.py"))
+    left_out = {path: missing for path in sorted((ROOT / "tests").rglob("test_*.py"))
                 if (missing := modules_missing_for(path))}
     command = [sys.executable, "-m", "pytest", "tests", "-k", TEST_SELECTION, "-q", "-rfEs",
                "-p", "no:cacheprovider"] + [f"--ignore={path.relative_to(ROOT)}" for path in left_out]
@@ -429,23 +431,10 @@ def our_conv_calls(arrays):
 
 
 def torchvision_conv_calls(arrays):
-    """The same closures for torchvision.ops.deform_conv2d, the gradients in our order."""
-    x, offset, weight, bias, mask, grad_output = (torch.as_tensor(a, device=TORCH_DEVICE) for a in arrays)
-    leaves = [x, offset, weight, bias, mask]
-    for leaf in leaves:
-        leaf.requires_grad_()
-
-    def forward():
-        with torch.no_grad():
-            return torchvision.ops.deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
-
-    def forward_backward():
-        for leaf in leaves:
-            leaf.grad = None
-        torchvision.ops.deform_conv2d(x, offset, weight, bias, padding=1, mask=mask).backward(grad_output)
-        return [leaf.grad for leaf in leaves]
-
-    return forward, forward_backward
+    """The same closures for torchvision.ops.deform_conv2d (the cross-check's adapter), the
+    gradients in our order."""
+    input, offset, weight, bias, mask, grad_output = arrays
+    return torchvision_deform_conv(input, offset, weight, bias, 1, 1, 1, mask, grad_output, device=TORCH_DEVICE)
 
 
 def deform_conv(out):

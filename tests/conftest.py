@@ -2,9 +2,14 @@
 
 NUMBA_ENABLE_CUDASIM must be set before anything imports numba.cuda, so this runs first.
 Set it yourself to force a mode: 1 simulates, 0 uses the GPU.
+
+The tests mirror the package's folders (tests/ops, tests/kernels, ...); the helpers they share
+stay here at the top (helpers.py), importable from every folder.
 """
 
 import os
+import pathlib
+import sys
 
 
 def _gpu_with_cupy():
@@ -17,9 +22,10 @@ def _gpu_with_cupy():
 
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "0" if _gpu_with_cupy() else "1")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 # The engine's CPU speed layer, switched on as the training commands switch it on, so that the
-# suite runs what they run; tests/test_speed_layer.py holds it to the engine's own Functions.
+# suite runs what they run; tests/speed/test_speed_layer.py holds it to the engine's own Functions.
 from dcn_numba import speed  # noqa: E402  (after the simulator's switch, before any numba.cuda)
 
 speed.switch_on()

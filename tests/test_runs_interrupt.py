@@ -23,7 +23,7 @@ import pytest
 from dcn_numba.apps.detection import detect
 from dcn_numba.apps.mnist import train
 from dcn_numba.data import mnist as data
-from test_data import write_idx
+from data.test_data import write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMINGS = {"seconds_per_epoch", "seconds_per_image", "training_seconds"}

@@ -12,7 +12,7 @@ from dcn_numba import (deform_conv2d, deform_conv2d_backward, deform_psroi_pool,
                        deform_roi_pool, deform_roi_pool_backward)
 from dcn_numba.ops.checks import MAX_DISTANCE
 from helpers import BACKENDS, to_backend, to_numpy
-from test_non_finite import run_everywhere
+from ops.test_non_finite import run_everywhere
 
 
 def conv_case(rng):

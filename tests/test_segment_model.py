@@ -13,7 +13,7 @@ from dcn_numba.engine.autograd import Tensor, no_grad
 from dcn_numba.engine.nn import Conv2d, DeformConv2d
 from dcn_numba.engine.upsample import bilinear_matrix, upsample_bilinear
 from dcn_numba.reference.gradcheck import check_gradients
-from autograd_helpers import check_tensor_function
+from engine.autograd_helpers import check_tensor_function
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,7 @@
 """`python -m dcn_numba.crosscheck IMPLEMENTATION ...`: see the package's docstring."""
 
-from dcn_numba.crosscheck import main
+import sys
 
-main()
+from dcn_numba.crosscheck.main import main
+
+sys.exit(main())

@@ -32,8 +32,10 @@ import sys
 import numpy as np
 
 import dcn_numba
-from dcn_numba.crosscheck import (Case, Convention, Implementation, NotApplicable, Row, max_error,
-                                  table, within_tolerance)
+from dcn_numba.crosscheck.adapters import Implementation, NotApplicable
+from dcn_numba.crosscheck.battery import Case
+from dcn_numba.crosscheck.conventions import Convention, max_error, within_tolerance
+from dcn_numba.crosscheck.report import Row, table
 from dcn_numba.reference import dcnv3 as reference
 
 OPS = ("dcnv3", "dcnv4")

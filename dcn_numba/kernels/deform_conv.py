@@ -25,7 +25,7 @@ differently on each target, in a module each: `deform_conv_cpu` samples cache-si
 multiplies them inside one parallel kernel, `deform_conv_cuda` fills the column buffer of a batch
 chunk for cuBLAS. Tile and chunk sizes change no result beyond the rounding of grad_weight's sum.
 
-Must match dcn_numba.reference.deform_conv (tests/test_deform_conv_kernels.py checks it).
+Must match dcn_numba.reference.deform_conv (tests/kernels/test_deform_conv_kernels.py checks it).
 """
 
 import math

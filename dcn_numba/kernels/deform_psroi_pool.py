@@ -18,7 +18,7 @@ trans and grad_trans (N, 2·num_classes, part_size, part_size) (an empty stand-i
 so that both cases share one compiled kernel), output and grad_output (N, output_dim, P, P).
 Every array is C-contiguous.
 
-Must match dcn_numba.reference.deform_psroi_pool (tests/test_deform_psroi_pool.py checks it).
+Must match dcn_numba.reference.deform_psroi_pool (tests/ops/test_deform_psroi_pool.py checks it).
 
 Who owns which output:
     forward       CPU and CUDA: one prange iteration / one thread per output element (n, ctop, ph, pw)

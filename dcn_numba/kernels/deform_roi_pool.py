@@ -16,7 +16,7 @@ weights serves a contiguous row of channels; rois (N, 5), offset and grad_offset
 (an empty stand-in without offsets, so that both cases share one compiled kernel), output and
 grad_output (N, C, PH, PW). Every array is C-contiguous.
 
-Must match dcn_numba.reference.deform_roi_pool (tests/test_deform_roi_pool.py checks it).
+Must match dcn_numba.reference.deform_roi_pool (tests/ops/test_deform_roi_pool.py checks it).
 
 Who owns which output:
     forward       CPU: one prange iteration per RoI bin (n, ph, pw), its channels as one row

@@ -14,7 +14,7 @@ computed in float64 and returned in the input's dtype.
 
 It is slow: a Python step per sample and channel. `deform_conv_vectorised` computes the same
 numbers with array operations, for the tests that need speed (the "reference" backend runs it);
-tests/test_deform_conv_reference.py checks that the two agree.
+tests/reference/test_deform_conv_reference.py checks that the two agree.
 
 Shapes (K = kh·kw taps, G weight groups, G_off offset groups):
 

@@ -1,7 +1,7 @@
 """The reference of deformable convolution (docs/specification.md §1) vectorised: the same numbers
 as the loops of dcn_numba.reference.deform_conv, computed with array operations over the batch,
 the offset groups, the taps and the output positions, fast enough for the tests (the "reference"
-backend runs it; tests/test_deform_conv_reference.py checks it equal to the loops). It
+backend runs it; tests/reference/test_deform_conv_reference.py checks it equal to the loops). It
 materialises every corner of every sample, so it is memory-hungry; everything is computed in
 float64 and returned in the input's dtype. dcn_numba.kernels.deform_conv must match it.
 

@@ -1,7 +1,7 @@
 """The optional speed layer of the autograd engine on the CPU, kept apart from the readable engine.
 
 Faster implementations of some of the engine's Functions, for NumPy arrays, each a subclass that
-gives the numbers of the Function it replaces (tests/test_speed_layer.py, tests/test_functional.py):
+gives the numbers of the Function it replaces (tests/speed/test_speed_layer.py, tests/engine/test_functional.py):
 
 * `windows`: Conv2d and AvgPool2d with im2col and col2im as serial CPU kernels, MaxPool2d with
   its maximum and argmax found in one kernel pass;

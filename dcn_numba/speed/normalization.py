@@ -6,7 +6,7 @@ kernel walks it channel by channel, so that a row is read while it is in cache. 
 that NumPy would make one whole-array pass each (centre, square, sum, scale, shift) leaves three
 passes over x in the forward pass (sum, centred squares, normalise) and two over (g, x) in the
 backward pass. Sums accumulate in float64. NumPy arrays only: the BatchNorm below must give the
-numbers of the engine's (tests/test_functional.py checks it).
+numbers of the engine's (tests/engine/test_functional.py checks it).
 """
 
 import numpy as np

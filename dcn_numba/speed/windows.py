@@ -10,7 +10,7 @@ and (for the outputs of the window ops) of the input, so that it vectorises.
 They replace NumPy's strided copy and its kh·kw strided adds because they make one pass where
 NumPy makes several (no zero-padded copy of the input; one read of each gradient tap). They
 are serial on purpose (see `serial_kernel`). NumPy arrays only: the Functions below must give the
-numbers of the engine's (tests/test_functional.py checks it).
+numbers of the engine's (tests/engine/test_functional.py checks it).
 """
 
 import numpy as np

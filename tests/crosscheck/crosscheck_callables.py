@@ -1,4 +1,4 @@
-"""User implementations of deformable convolution for tests/test_crosscheck.py, in the signature
+"""User implementations of deformable convolution for tests/crosscheck/test_crosscheck.py, in the signature
 that `python -m dcn_numba.crosscheck module:function` documents: NumPy arrays in dcn_numba's
 layouts, (h, w) pairs, the output returned; an optional `.backward` gives the gradients."""
 
@@ -79,3 +79,25 @@ def _dcnv1_sample(image, y, x):
     ly, lx = y - y0, x - x0
     return ((1 - ly) * (1 - lx) * image[y0, x0] + (1 - ly) * lx * image[y0, x1]
             + ly * (1 - lx) * image[y1, x0] + ly * lx * image[y1, x1])
+
+
+def edits_its_offset(input, offset, weight, bias, stride, padding, dilation, mask):
+    """The right output, then the offsets it was given overwritten: an implementation that changes
+    its caller's arrays."""
+    output = correct(input, offset, weight, bias, stride, padding, dilation, mask)
+    offset[...] = 0.0
+    return output
+
+
+def edits_its_grad_output(input, offset, weight, bias, stride, padding, dilation, mask):
+    """The right forward, and a backward that scales the grad_output it was given in place."""
+    return correct(input, offset, weight, bias, stride, padding, dilation, mask)
+
+
+def _scaling_backward(grad_output, *arguments):
+    gradients = _correct_backward(grad_output, *arguments)
+    grad_output *= 2.0
+    return gradients
+
+
+edits_its_grad_output.backward = _scaling_backward

@@ -33,7 +33,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
+TUTORIALS = Path(__file__).resolve().parents[2] / "tutorials"
 SOURCES = sorted(TUTORIALS.glob("[0-9][0-9]_*.py"))
 sys.path.insert(0, str(TUTORIALS))
 import course_site  # noqa: E402  (the tutorials' own modules, found in tutorials/)

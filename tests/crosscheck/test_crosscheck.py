@@ -1,23 +1,27 @@
 """python -m dcn_numba.crosscheck: the battery, the table, the named conventions, the exit status.
 
 These run without any optional package: dcn_numba's own backends, and user implementations from
-tests/crosscheck_callables.py given as module:function. The runs against torchvision, OpenVINO
+tests/crosscheck/crosscheck_callables.py given as module:function. The runs against torchvision, OpenVINO
 and ONNX Runtime need those packages and are made by hand (docs/crosscheck.md).
 """
 
+import os
+import pathlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from dcn_numba import crosscheck
+import dcn_numba
+from dcn_numba.crosscheck.battery import battery
+from dcn_numba.crosscheck.main import main
 from dcn_numba.ops.locations import sampling_locations
 
 
 def run(capsys, *implementations):
     """The exit status and the printed table of the command for `implementations`."""
-    status = crosscheck.main(list(implementations))
+    status = main(list(implementations))
     return status, capsys.readouterr().out
 
 
@@ -33,20 +37,19 @@ def result_of(table, implementation, case):
 def test_dcn_numba_backends_agree_on_every_case(capsys, backend):
     status, table = run(capsys, backend)
     assert status == 0, table
-    for case in crosscheck.battery():
+    for case in battery():
         assert result_of(table, backend, case.name) == "agrees"
 
 
 def test_the_reference_gives_the_hand_computed_values():
-    for case in crosscheck.battery():
+    for case in battery():
         if case.hand is not None:
-            computed = crosscheck.dcn_numba.deform_conv2d(**case.arrays, **case.parameters,
-                                                          backend="reference")
+            computed = dcn_numba.deform_conv2d(**case.arrays, **case.parameters, backend="reference")
             np.testing.assert_allclose(computed, case.hand, rtol=0, atol=1e-15)
 
 
 def test_the_battery_samples_exactly_on_minus_one_and_on_H_and_inside_the_edge_pixels():
-    cases = {case.name: case for case in crosscheck.battery()}
+    cases = {case.name: case for case in battery()}
 
     def locations(name):
         case = cases[name]
@@ -102,9 +105,24 @@ def test_one_wrong_implementation_among_right_ones_fails_the_run(capsys):
 
 def test_an_unknown_implementation_is_a_usage_error_naming_it(capsys):
     with pytest.raises(SystemExit) as exit:
-        crosscheck.main(["tensorflow"])
+        main(["tensorflow"])
     assert exit.value.code == 2
     assert "unknown implementation 'tensorflow'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("callable_, verdict", [
+    ("edits_its_offset", "FAILED: forward changed its input offset"),
+    ("edits_its_grad_output", "FAILED: backward changed its input grad_output"),
+])
+def test_an_implementation_that_changes_its_inputs_fails_and_the_next_one_sees_the_battery_unchanged(
+        capsys, callable_, verdict):
+    name = f"crosscheck_callables:{callable_}"
+    status, table = run(capsys, name, "reference")
+    assert status == 1
+    for case in battery():
+        if case.op == "deform_conv2d":
+            assert result_of(table, name, case.name) == verdict
+        assert result_of(table, "reference", case.name) == "agrees"
 
 
 def test_the_command_runs_as_a_module():
@@ -112,3 +130,12 @@ def test_the_command_runs_as_a_module():
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "module:function" in run.stdout
+
+
+def test_the_module_exits_non_zero_on_a_mismatch():
+    tests = str(pathlib.Path(__file__).resolve().parent)
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, "-m", "dcn_numba.crosscheck", "crosscheck_callables:swapped_offsets"],
+                         capture_output=True, text=True, env=environment, timeout=600)
+    assert run.returncode == 1, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "MISMATCH (forward)" in run.stdout

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_check  # noqa: E402  (the NUMBA_ENABLE_CUDASIM that conftest set decides its mode)
@@ -45,7 +45,7 @@ def test_the_rehearsal_runs_every_part_and_writes_one_report(tmp_path):
 
 def test_every_cuda_kernel_is_found_and_one_never_launched_is_named():
     kernels = sorted(gpu_check.cuda_kernels()[0].values())
-    assert "deform_conv.deformable_col2im_cuda" in kernels
+    assert "deform_conv_cuda.deformable_col2im_cuda" in kernels
     assert "deform_roi_pool.deform_roi_pool_grad_offset_cuda" in kernels
     kernel_type = gpu_check.cuda_kernels()[1]
     unpatched = kernel_type.__getitem__
@@ -56,10 +56,10 @@ def test_every_cuda_kernel_is_found_and_one_never_launched_is_named():
 
     missed, count = gpu_check.kernels_not_launched(forward_only)
     assert count == len(kernels)
-    assert "deform_conv.deformable_col2im_cuda" in missed
+    assert "deform_conv_cuda.deformable_col2im_cuda" in missed
     assert "deform_roi_pool.deform_roi_pool_forward_cuda" in missed
-    assert "deform_conv.deformable_im2col_cuda" not in missed
-    assert "deform_conv.locate_samples_cuda" not in missed
+    assert "deform_conv_cuda.deformable_im2col_cuda" not in missed
+    assert "deform_conv_cuda.locate_samples_cuda" not in missed
     assert kernel_type.__getitem__ is unpatched
 
 

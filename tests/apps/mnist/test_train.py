@@ -16,9 +16,9 @@ from dcn_numba.apps.mnist import train
 from dcn_numba.data.mnist import Digits, load_embedded, scaled_digits, subset
 from dcn_numba.apps.mnist.models import MnistNet
 from dcn_numba.runs.outputs import open_run
-from test_data import write_idx
+from data.test_data import write_idx
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """A process that forks after running a CPU kernel keeps working, and so does its child: the
-CPU kernels run on a fork-safe threading layer (see dcn_numba.kernels._targets)."""
+CPU kernels run on a fork-safe threading layer (see dcn_numba.runtime.settings)."""
 
 import subprocess
 import sys

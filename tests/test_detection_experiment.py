@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dcn_numba.apps.detection import detect, experiment
+from dcn_numba.apps.detection.detector import OFFSET_LR_MULTIPLIERS
 from dcn_numba.apps.detection.evaluation import detection_metrics
 from dcn_numba.data.mnist import Digits, Mnist
 
@@ -95,7 +96,8 @@ def tiny_options(monkeypatch, tmp_path):
     monkeypatch.setattr(detect, "parse_args", lambda argv: parse(list(argv) + ["--train-canvases", "6",
                                                                                 "--batch-size", "2"]))
     return ["--seeds", "0", "--rows", "none", "droi", "--heads", "rpn", "2fc", "--steps", "2",
-            "--test-canvases", "3", "--resamples", "10", "--runs", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs")]
+            "--test-canvases", "3", "--resamples", "10",
+            "--runs", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs")]
 
 
 def test_tiny_table_reuses_its_finished_runs(tiny_options, tmp_path, monkeypatch):
@@ -107,7 +109,8 @@ def test_tiny_table_reuses_its_finished_runs(tiny_options, tmp_path, monkeypatch
     stored = json.loads((runs / "2fc_droi" / "seed0" / "metrics.json").read_text())
     assert {"drift", "outside", "params", "seconds_per_canvas"} <= set(stored) and stored["settings"]["steps"] == 2
     text = (docs / "results_detection.md").read_text()
-    assert "| deformable RoI pooling | N.A. | N.A. |" in text and "| none | base | base | base | base | – | – |" in text
+    assert "| deformable RoI pooling | N.A. | N.A. |" in text
+    assert "| none | base | base | base | base | – | – |" in text
 
     trained = []
     original = experiment.train_run
@@ -122,3 +125,12 @@ def test_tiny_table_reuses_its_finished_runs(tiny_options, tmp_path, monkeypatch
     for options, found in ((tiny_options, True), (longer, False)):
         settings = experiment.run_settings(experiment.parse_args(options), "2fc", 0)[1]
         assert (experiment.stored_run(runs / "2fc" / "seed0", settings) is not None) == found
+    # another offset learning rate: only the runs of deformable RoI pooling change, in folders and
+    # results files of their own; the detector's defaults are back afterwards
+    defaults = dict(OFFSET_LR_MULTIPLIERS)
+    experiment.main([*tiny_options, "--offset-lr-multiplier", "1"])
+    assert trained == ["2fc_droi", "2fc_droi"] and OFFSET_LR_MULTIPLIERS == defaults
+    stored = json.loads((runs / "2fc_droi_offset-lr1" / "seed0" / "metrics.json").read_text())
+    assert stored["settings"]["design"]["offset_lr_multiplier"] == 1.0
+    assert sorted(json.loads((docs / "results_detection_offset-lr1.json").read_text())) == ["2fc", "2fc_droi", "rpn"]
+    assert "learns at 1 (2fc) and 1 (R-FCN) times" in (docs / "results_detection_offset-lr1.md").read_text()

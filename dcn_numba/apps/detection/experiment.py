@@ -34,7 +34,7 @@ import numpy as np
 from dcn_numba.apps.detection import detect, rpn
 from dcn_numba.apps.detection import viz as detection_viz
 from dcn_numba.apps.detection.detector import (PS_SAMPLES_PER_BIN, RFCN_GROUP_SIZE, OFFSET_LR_MULTIPLIERS,
-                                               SAMPLING_RATIO, VARIANTS as DETECTORS, Detector, anchor_grid,
+                                               SAMPLING_RATIO, VARIANTS as DETECTORS, Backbone, Detector, anchor_grid,
                                                batch_rois, offset_drift)
 from dcn_numba.apps.detection.evaluation import average_precision, detection_metrics, precision_recall
 from dcn_numba.apps.mnist.experiment import mean_std, threads, with_seeds
@@ -58,7 +58,9 @@ ROWS = (("none", "", "none"),
 ALL_VARIANTS = {**rpn.VARIANTS, **DETECTORS}
 DEFAULT_STEPS = 600
 DEFAULT_TEST_CANVASES = 500
-RESULTS, FIGURE = "results_detection", "part_offsets.png"
+RESULTS, FIGURE = "results_detection", "part_offsets"
+DETECTOR_ANCHORS = len(anchor_grid(detect.CANVAS_SIZE))
+RPN_ANCHORS = len(anchor_grid(detect.CANVAS_SIZE, stride=Backbone.stride))
 
 
 def variant_name(head, suffix):
@@ -79,18 +81,44 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS, help="training steps per run")
     parser.add_argument("--test-canvases", type=positive_int, default=DEFAULT_TEST_CANVASES)
     parser.add_argument("--resamples", type=positive_int, default=1000, help="bootstrap resamples of the test canvases")
+    parser.add_argument("--offset-lr-multiplier", type=non_negative_float, default=None,
+                        help="train the offset branches of deformable RoI pooling at this multiple of the learning "
+                             "rate instead of detector.OFFSET_LR_MULTIPLIERS; those runs and the results files get "
+                             "the suffix _offset-lr<value>")
     parser.add_argument("--runs", default="runs/detection", help="folder of the runs")
     parser.add_argument("--docs", default="docs", help="folder the results are written to")
     return parser.parse_args(argv)
+
+
+def non_negative_float(text):
+    """argparse type: a finite number >= 0."""
+    value = float(text)
+    if not (np.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def suffix(options):
+    """The suffix of the runs and results made with another offset learning-rate multiplier."""
+    return "" if options.offset_lr_multiplier is None else f"_offset-lr{options.offset_lr_multiplier:g}"
+
+
+def run_folder(options, variant, seed):
+    """<runs>/<variant>/seed<n>; with --offset-lr-multiplier, the runs of deformable RoI pooling,
+    which it changes, go to <runs>/<variant>_offset-lr<value>/seed<n>."""
+    changed = ALL_VARIANTS[variant].get("deformable_roi", False)
+    return Path(options.runs) / f"{variant}{suffix(options) if changed else ''}" / f"seed{seed}"
 
 
 def run_settings(options, variant, seed):
     """Everything a run depends on: a stored run with other settings is trained again."""
     args = detect.parse_args(["--steps", str(options.steps), "--test-canvases", str(options.test_canvases),
                               "--seed", str(seed)])
-    design = dict(offset_lr_multipliers=OFFSET_LR_MULTIPLIERS, rfcn_group_size=RFCN_GROUP_SIZE,
+    model = ALL_VARIANTS[variant]
+    multiplier = OFFSET_LR_MULTIPLIERS[model["head"]] if model.get("deformable_roi") else None
+    design = dict(offset_lr_multiplier=multiplier, rfcn_group_size=RFCN_GROUP_SIZE,
                   ps_samples_per_bin=PS_SAMPLES_PER_BIN, roi_sampling_ratio=SAMPLING_RATIO)
-    return args, dict(variant=variant, model=ALL_VARIANTS[variant], seed=seed, steps=args.steps,
+    return args, dict(variant=variant, model=model, seed=seed, steps=args.steps,
                       batch_size=args.batch_size, rois_per_image=args.rois_per_image, lr=args.lr,
                       train_canvases=args.train_canvases, test_canvases=args.test_canvases, design=design)
 
@@ -145,7 +173,7 @@ def train_run(variant, args, data):
 def get_run(options, variant, seed, data):
     """The metrics of (variant, seed): stored, or trained now and stored."""
     args, settings = run_settings(options, variant, seed)
-    folder = Path(options.runs) / variant / f"seed{seed}"
+    folder = run_folder(options, variant, seed)
     metrics = stored_run(folder, settings)
     if metrics is not None:
         return metrics
@@ -157,7 +185,8 @@ def get_run(options, variant, seed, data):
     metrics["settings"] = settings
     write_atomically(folder / "metrics.json", json.dumps(metrics))
     print(f"{variant}, seed {seed}: mAP@0.5 {metrics['map50']:.3f}, mAP@0.7 {metrics['map70']:.3f}, "
-          f"{metrics['training_seconds']:.0f} s training, {1000 * metrics['seconds_per_canvas']:.1f} ms per test canvas",
+          f"{metrics['training_seconds']:.0f} s training, "
+          f"{1000 * metrics['seconds_per_canvas']:.1f} ms per test canvas",
           flush=True)
     return metrics
 
@@ -166,7 +195,7 @@ def finished_runs(options):
     """{variant: {seed: metrics}} of every variant finished for every seed of options.seeds."""
     runs = {}
     for variant in ALL_VARIANTS:
-        per_seed = {seed: stored_run(Path(options.runs) / variant / f"seed{seed}", run_settings(options, variant, seed)[1])
+        per_seed = {seed: stored_run(run_folder(options, variant, seed), run_settings(options, variant, seed)[1])
                     for seed in options.seeds}
         if all(m is not None for m in per_seed.values()):
             runs[variant] = per_seed
@@ -218,16 +247,16 @@ def weighted_map(classes, weights):
     return float(np.mean(aps))
 
 
-def bootstrap_maps(runs, folder, ground_truth, count, resamples):
+def bootstrap_maps(runs, options, ground_truth, count):
     """{(variant, seed, key): resampled mAPs (resamples,)} for key map50 and map70 of every run."""
     scored = {}
     for variant, per_seed in runs.items():
         for seed in per_seed:
-            detections = json.loads((Path(folder) / variant / f"seed{seed}" / "detections.json").read_text())
+            detections = json.loads((run_folder(options, variant, seed) / "detections.json").read_text())
             for key, iou in (("map50", 0.5), ("map70", 0.7)):
                 scored[(variant, seed, key)] = scored_detections(detections, ground_truth, iou)
     keys = list(scored)
-    samples = bootstrap(lambda w: [weighted_map(scored[k], w) for k in keys], count, resamples)
+    samples = bootstrap(lambda w: [weighted_map(scored[k], w) for k in keys], count, options.resamples)
     return {k: samples[:, i] for i, k in enumerate(keys)}
 
 
@@ -282,8 +311,8 @@ def results_markdown(runs, samples, command, first, canvases):
         f"heads score {DETECTOR_ANCHORS:,} anchor boxes per canvas as proposals, the class-aware RPN its "
         f"{RPN_ANCHORS:,} anchors. mAP in %, PASCAL VOC 11-point rule (the paper's), mean ± standard deviation "
         "over the seeds. The offset branch of deformable RoI pooling learns at "
-        f"{OFFSET_LR_MULTIPLIERS['2fc']} (2fc) and {OFFSET_LR_MULTIPLIERS['rfcn']} (R-FCN) times the learning "
-        "rate; the deformable convolutions' at the full rate.",
+        f"{OFFSET_LR_MULTIPLIERS['2fc']:g} (2fc) and {OFFSET_LR_MULTIPLIERS['rfcn']:g} (R-FCN) times the "
+        "learning rate, the deformable convolutions' at the full rate.",
         "", *header, *table_rows(runs, lambda v, k: mean_std(values(runs[v], k))), "",
         f"Gain over the row \"none\" of the same head, in points: the mean over the seeds of the per-seed "
         f"difference, and in brackets its 95% interval from {len(next(iter(samples.values())))} bootstrap "
@@ -291,12 +320,14 @@ def results_markdown(runs, samples, command, first, canvases):
         "excludes 0 is a gain the test set resolves; the spread over seeds is in the table above.",
         "", *header,
         *table_rows(runs, lambda v, k: gain_cell(runs, samples, v, v.split("_")[0], k)), "",
-        "Each run: parameters, detection time per test canvas (all anchors scored, NMS), training time, "
+        "Each run: parameters, detection time per test canvas (all anchors scored, NMS), training time "
+        "(wall clock and CPU; other jobs shared the machine), "
         "mAP of each seed, and for deformable RoI pooling the drift of its bins on the boxes of the test "
         "digits: the mean Euclidean shift of a bin centre in units of the RoI's width and height, and the "
         "fraction of bin centres moved outside the RoI (mean over the seeds).",
         "",
-        "| variant | parameters | ms per test canvas | training s | mAP@0.5 | mAP@0.7 | bin shift / RoI | bins outside |",
+        "| variant | parameters | ms per test canvas | training s (CPU s) | mAP@0.5 | mAP@0.7 | bin shift / RoI "
+        "| bins outside |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for variant, per_seed in runs.items():
@@ -305,6 +336,7 @@ def results_markdown(runs, samples, command, first, canvases):
         lines.append(f"| {variant} | {first_of(per_seed)['params']:,} "
                      f"| {1000 * np.mean(values(per_seed, 'seconds_per_canvas')):.1f} "
                      f"| {np.mean(values(per_seed, 'training_seconds')):.0f} "
+                     f"({np.mean(values(per_seed, 'training_cpu_seconds')):.0f}) "
                      f"| {with_seeds(values(per_seed, 'map50'))} | {with_seeds(values(per_seed, 'map70'))} | "
                      + " | ".join(drift) + " |")
     return "\n".join(lines) + "\n"
@@ -314,36 +346,34 @@ def first_of(per_seed):
     return next(iter(per_seed.values()))
 
 
-DETECTOR_ANCHORS = len(anchor_grid(detect.CANVAS_SIZE))
-RPN_ANCHORS = len(anchor_grid(detect.CANVAS_SIZE, stride=4))
-
-
 def write_figure(options, runs, test, docs):
     """The part-offsets figure of the first seed's deformable R-FCN, from its saved weights."""
     if "rfcn_droi" not in runs:
         return None
     seed = options.seeds[0]
     detector = Detector(**DETECTORS["rfcn_droi"], seed=seed)
-    detector.load(Path(options.runs) / "rfcn_droi" / f"seed{seed}" / "weights.npz")
-    return detection_viz.plot_part_offsets(detector, test, anchor_grid(detect.CANVAS_SIZE), Path(docs) / FIGURE)
+    detector.load(run_folder(options, "rfcn_droi", seed) / "weights.npz")
+    return detection_viz.plot_part_offsets(detector, test, anchor_grid(detect.CANVAS_SIZE),
+                                           Path(docs) / f"{FIGURE}{suffix(options)}.png")
 
 
 def write_results(options, runs, test, ground_truth, command):
     """docs/results_detection.md and .json (and the figure) from the finished runs."""
     docs = Path(options.docs)
     docs.mkdir(parents=True, exist_ok=True)
-    samples = bootstrap_maps(runs, options.runs, ground_truth, len(test.images), options.resamples)
+    samples = bootstrap_maps(runs, options, ground_truth, len(test.images))
     first = first_of(next(iter(runs.values())))
     text = results_markdown(runs, samples, command, first, len(test.images))
     shift = write_figure(options, runs, test, docs)
     if shift is not None:
-        text += (f"\n![part offsets]({FIGURE})\n\nThe figure: the best detection on each of the first six "
+        text += (f"\n![part offsets]({FIGURE}{suffix(options)}.png)\n\n"
+                 "The figure: the best detection on each of the first six "
                  f"test canvases with one scoring at least 0.5, from R-FCN with deformable RoI pooling "
                  f"(seed {options.seeds[0]}); its title gives the shift over those detections "
                  f"(mean Euclidean bin shift {shift:.1f} px).\n")
-    write_atomically(docs / f"{RESULTS}.md", text)
+    write_atomically(docs / f"{RESULTS}{suffix(options)}.md", text)
     table = {variant: {key: values(per_seed, key) for key in ("map50", "map70")} for variant, per_seed in runs.items()}
-    write_atomically(docs / f"{RESULTS}.json", json.dumps(table, indent=2) + "\n")
+    write_atomically(docs / f"{RESULTS}{suffix(options)}.json", json.dumps(table, indent=2) + "\n")
     print(text, flush=True)
 
 
@@ -351,22 +381,33 @@ def main(argv=None):
     """Train the runs of --rows × --heads × --seeds that are not stored, then write the results
     from every finished run. argv: the arguments after `detection`."""
     options = parse_args(argv)
-    keep_freed_memory()
     argv = sys.argv[1:] if argv is None else argv
+    defaults = dict(OFFSET_LR_MULTIPLIERS)
+    if options.offset_lr_multiplier is not None:  # the detectors read the multipliers when built
+        OFFSET_LR_MULTIPLIERS.update(dict.fromkeys(OFFSET_LR_MULTIPLIERS, options.offset_lr_multiplier))
+    try:
+        run_table(options, " ".join(["python -m dcn_numba.experiment detection", *argv]))
+    finally:
+        OFFSET_LR_MULTIPLIERS.update(defaults)
+
+
+def run_table(options, command):
+    keep_freed_memory()
     mnist = load_mnist()
-    train = make_canvases(mnist.train, detect.parse_args([]).train_canvases, detect.TRAIN_CANVAS_SEED, detect.CANVAS_SIZE)
+    train_canvases = detect.parse_args([]).train_canvases
+    train = make_canvases(mnist.train, train_canvases, detect.TRAIN_CANVAS_SEED, detect.CANVAS_SIZE)
     test = make_canvases(mnist.test, options.test_canvases, detect.TEST_CANVAS_SEED, detect.CANVAS_SIZE)
     ground_truth = detect.ground_truth_records(test)
     data = (train, test, anchor_grid(detect.CANVAS_SIZE), ground_truth)
-    for key, suffix, _ in ROWS:  # row by row, so that an interrupted table has whole rows
+    for key, suffix_, _ in ROWS:  # row by row, so that an interrupted table has whole rows
         for head in options.heads:
-            variant = variant_name(head, suffix)
+            variant = variant_name(head, suffix_)
             for seed in options.seeds:
                 if key in options.rows and variant is not None:
                     get_run(options, variant, seed, data)
     runs = finished_runs(options)
     if runs:
-        write_results(options, runs, test, ground_truth, " ".join(["python -m dcn_numba.experiment detection", *argv]))
+        write_results(options, runs, test, ground_truth, command)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ RFCN_GROUP_SIZE = 3  # k: R-FCN's k×k bins (see RFCNHead)
 # trains the 2fc offset fc at lr_mult 0.01 with SGD, whose step scales with the gradient; Adam's
 # step is about the learning rate whatever the gradient, and at 0.01 the branch hardly moved: on
 # seed 0 (`python -m dcn_numba.experiment detection --seeds 0 --rows none droi --heads 2fc rfcn
-# --offset-lr-multiplier M`) mAP@0.7 gained +1.3 over 2fc at 0.01, +8.6 at 0.1, +8.7 at 1; R-FCN's
+# --offset-lr-multiplier M`) mAP@0.7 gained +1.3 over 2fc at 0.01, +8.7 at 0.1, +8.7 at 1; R-FCN's
 # bins ran off the RoIs at 1 (−4.0) and helped at 0.1 (+4.7).
 OFFSET_LR_MULTIPLIERS = {"2fc": 0.1, "rfcn": 0.1}
 

@@ -17,9 +17,24 @@ difference) with a 95% bootstrap interval over test canvases (`bootstrap`: the t
 resampled with replacement, the same resamples for every run); for deformable RoI pooling the
 offset drift on the test digits' boxes (`detector.offset_drift`); parameters; time per canvas.
 
-Time. 25 runs a seed (rpn: 7 rows; 2fc and rfcn: 9), on one core (NUMBA_NUM_THREADS=1
-OPENBLAS_NUM_THREADS=1): see DEFAULT_STEPS and DEFAULT_TEST_CANVASES for the measured step and
-detection times and the arithmetic that fits three seeds in 3 hours.
+Time, in CPU seconds of one process with one Numba and one BLAS thread (NUMBA_NUM_THREADS=1
+OPENBLAS_NUM_THREADS=1), measured on the 2-core development machine (the runs' metrics.json keep
+training_cpu_seconds and test_cpu_seconds). A training step (8 canvases; timed over 20 steps of each
+variant, and in the pilot runs for deformable RoI pooling) costs 85 ms for the RPN,
+108 / 110 ms for 2fc / R-FCN, 144 / 153 ms with deformable res5a–c, 171 / 143 ms with deformable
+RoI pooling, 219 / 184 ms with both, about the regular cost when dilated. Testing 500 canvases
+costs 8 s (RPN), 28 / 30 s (2fc / R-FCN), 51 / 36 s with deformable RoI pooling. So one seed is
+7 RPN runs (~470 s) + 9 2fc runs (~1,040 s) + 9 R-FCN runs (~1,000 s) ≈ 42 minutes, three seeds
+≈ 126 minutes, and the bootstrap (3.6 ms per class-averaged AP: 75 runs × 2 IoUs × 1,000
+resamples ≈ 9 minutes) and loading bring the table to about 2 h 20 min on one free core: within
+3 hours, not with the machine shared (the wall-clock times in the results show the load). Two
+invocations with disjoint --rows use both cores.
+
+Why 600 steps and 500 test canvases: 600 steps (1.2 epochs) is the schedule the issue's
+measurements used; on 500 canvases the 95% bootstrap interval of one seed's gain in mAP@0.7 was
+about ±2.5–3 points (deformable RoI pooling on seed 0: 2fc +8.7 [+6.1, +11.2], R-FCN +4.7 [+1.3,
++7.4]; at mAP@0.5 about ±1.5), so gains of 3 points or more at 0.7 are resolved; 1,000 canvases,
+which would narrow the intervals by a factor √2, would cost another 34 minutes.
 """
 
 import argparse

@@ -17,6 +17,7 @@ from dcn_numba.engine import functional as F
 from dcn_numba.runtime.arrays import array_module, is_cupy, to_device
 from dcn_numba.ops.checks import FLOAT_DTYPES, as_int, as_pair
 from dcn_numba.engine.autograd import Tensor
+from dcn_numba.engine.optim import set_lr_multiplier
 from dcn_numba.ops.locations import sampling_locations
 from dcn_numba.engine.windows import SlidingWindows
 
@@ -235,11 +236,12 @@ class DeformConv2d(Module):
     stride, padding and dilation, giving 2·G_off·kh·kw channels: a (dy, dx) pair per tap, per
     output position and per offset group. It starts at zero, so that training starts from an
     ordinary convolution. With modulated=True (DCNv2) a mask branch of G_off·kh·kw channels,
-    through a sigmoid, scales each sample; it starts at sigmoid(0) = 0.5.
+    through a sigmoid, scales each sample; it starts at sigmoid(0) = 0.5. The branches learn at
+    offset_lr_multiplier × the optimizer's rate (`optim.set_lr_multiplier`).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, offset_groups=1, bias=True, modulated=False, rng=None):
+                 groups=1, offset_groups=1, bias=True, modulated=False, offset_lr_multiplier=1.0, rng=None):
         rng = rng or np.random.default_rng()
         check_channel_groups("DeformConv2d", in_channels, out_channels, groups, offset_groups)
         self.kernel_size = as_pair(kernel_size, "DeformConv2d: kernel_size", 1)
@@ -248,16 +250,18 @@ class DeformConv2d(Module):
         fan_in = in_channels // groups * K
         self.weight = uniform(rng, (out_channels, in_channels // groups, *self.kernel_size), fan_in)
         self.bias = zeros(out_channels) if bias else None
+        self.offset_lr_multiplier = offset_lr_multiplier
         self.offset_conv = self.branch(in_channels, 2 * offset_groups * K)
         self.mask_conv = self.branch(in_channels, offset_groups * K) if modulated else None
         self.last_offset = None
         self.last_mask = None
 
     def branch(self, in_channels, out_channels):
-        """A zero-initialised convolution with this layer's geometry."""
+        """A zero-initialised convolution with this layer's geometry and learning-rate multiplier."""
         conv = Conv2d(in_channels, out_channels, self.kernel_size, self.stride, self.padding,
                       self.dilation)
         conv.weight.data[...] = 0
+        set_lr_multiplier(conv.parameters(), self.offset_lr_multiplier)
         return conv
 
     def forward(self, x):
@@ -350,11 +354,12 @@ class DeformRoIPool(Module):
     The RoIs are first pooled without offsets; fully connected layers turn that (N, C·PH·PW)
     vector into normalised offsets (N, 2, PH, PW), x first; the operator scales them by γ and by
     the RoI's size and pools again at the shifted bins. The last fc layer starts at zero, so
-    training starts from RoIAlign.
+    training starts from RoIAlign. The branch learns at offset_lr_multiplier × the optimizer's
+    rate (the paper's code trains its offset fc at 0.01).
     """
 
     def __init__(self, in_channels, output_size=7, spatial_scale=1.0, sampling_ratio=0,
-                 gamma=0.1, hidden_channels=256, rng=None):
+                 gamma=0.1, hidden_channels=256, offset_lr_multiplier=1.0, rng=None):
         rng = rng or np.random.default_rng()
         self.output_size = as_pair(output_size, "DeformRoIPool: output_size", 1)
         self.spatial_scale, self.sampling_ratio, self.gamma = spatial_scale, sampling_ratio, gamma
@@ -364,6 +369,7 @@ class DeformRoIPool(Module):
             Linear(hidden_channels, hidden_channels, rng=rng), ReLU(),
             Linear(hidden_channels, 2 * bins, rng=rng))
         self.offset_fc[-1].weight.data[...] = 0
+        set_lr_multiplier(self.offset_fc.parameters(), offset_lr_multiplier)
         self.last_offset = None
 
     def pool(self, x, rois, offset):
@@ -383,13 +389,16 @@ class DeformPSRoIPool(Module):
     2017, §2.2).
 
     The input holds output_dim·group_size² score maps. The offset branch is a zero-initialised
-    1×1 convolution of the same input into 2·num_offset_classes·P² maps, pooled position-
-    sensitively without offsets (group_size = P) into the normalised offsets
-    (N, 2·num_offset_classes, P, P), x first, that shift the bins of the main pooling.
+    1×1 convolution into 2·num_offset_classes·P² maps, pooled position-sensitively without
+    offsets (group_size = P) into the normalised offsets (N, 2·num_offset_classes, P, P), x first,
+    that shift the bins of the main pooling. It reads the score maps themselves, or, given
+    offset_in_channels, the features passed to forward as offset_input (as R-FCN does: the
+    features under the score maps). It learns at offset_lr_multiplier × the optimizer's rate.
     """
 
     def __init__(self, in_channels, output_dim, pooled_size=7, group_size=None, spatial_scale=1.0,
-                 sample_per_part=4, trans_std=0.1, num_offset_classes=1, rng=None):
+                 sample_per_part=4, trans_std=0.1, num_offset_classes=1, offset_in_channels=None,
+                 offset_lr_multiplier=1.0, rng=None):
         self.output_dim, self.pooled_size = output_dim, pooled_size
         self.group_size = pooled_size if group_size is None else group_size
         if in_channels != output_dim * self.group_size ** 2:
@@ -398,15 +407,19 @@ class DeformPSRoIPool(Module):
                              f"{output_dim * self.group_size ** 2}")
         self.spatial_scale, self.sample_per_part, self.trans_std = spatial_scale, sample_per_part, trans_std
         self.trans_channels = 2 * num_offset_classes
-        self.trans_conv = Conv2d(in_channels, self.trans_channels * pooled_size ** 2, 1, rng=rng)
+        self.trans_conv = Conv2d(in_channels if offset_in_channels is None else offset_in_channels,
+                                 self.trans_channels * pooled_size ** 2, 1, rng=rng)
         self.trans_conv.weight.data[...] = 0
+        set_lr_multiplier(self.trans_conv.parameters(), offset_lr_multiplier)
         self.last_trans = None
 
-    def forward(self, x, rois):
-        """x (B, output_dim·group_size², H, W), rois (N, 5) → (N, output_dim, P, P)."""
+    def forward(self, x, rois, offset_input=None):
+        """x (B, output_dim·group_size², H, W), rois (N, 5), offset_input (B, offset_in_channels,
+        H, W) when the branch reads features → (N, output_dim, P, P)."""
         P = self.pooled_size
+        branch_input = x if offset_input is None else offset_input
         trans = F.deform_psroi_pool(
-            self.trans_conv(x), rois, None, self.spatial_scale, output_dim=self.trans_channels,
+            self.trans_conv(branch_input), rois, None, self.spatial_scale, output_dim=self.trans_channels,
             group_size=P, pooled_size=P, part_size=P, sample_per_part=self.sample_per_part)
         self.last_trans = trans.data
         return F.deform_psroi_pool(

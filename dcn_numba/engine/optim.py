@@ -1,9 +1,25 @@
 """Optimizers that update parameters in place from their `.grad`, and learning-rate schedules.
 
-An optimizer's `lr` is a plain attribute: a schedule sets it before each step.
+An optimizer's `lr` is a plain attribute: a schedule sets it before each step. A parameter may
+carry an `lr_multiplier` attribute (set by `set_lr_multiplier`; 1 when absent): it learns at
+lr·lr_multiplier, as a layer's `lr_mult` does in the paper's code (its offset branches).
 """
 
 import math
+import numbers
+
+
+def set_lr_multiplier(parameters, multiplier):
+    """Make every Tensor of `parameters` learn at multiplier × the optimizer's learning rate."""
+    if not (isinstance(multiplier, numbers.Real) and multiplier >= 0):
+        raise ValueError(f"lr multiplier must be a number >= 0, got {multiplier!r}")
+    for parameter in parameters:
+        parameter.lr_multiplier = float(multiplier)
+
+
+def lr_multiplier(parameter):
+    """The factor on the learning rate of one parameter (1 unless `set_lr_multiplier` set one)."""
+    return getattr(parameter, "lr_multiplier", 1.0)
 
 
 class Optimizer:
@@ -31,7 +47,7 @@ class Optimizer:
 
 class SGD(Optimizer):
     """Stochastic gradient descent with momentum μ: v ← μ·v + g, then p ← p − lr·v, or with
-    Nesterov momentum p ← p − lr·(g + μ·v). v starts at 0."""
+    Nesterov momentum p ← p − lr·(g + μ·v). v starts at 0; lr is times the parameter's multiplier."""
 
     def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
         super().__init__(params, lr)
@@ -46,12 +62,13 @@ class SGD(Optimizer):
                 velocity = grad.copy() if velocity is None else self.momentum * velocity + grad
                 self.state[index] = velocity
                 grad = grad + self.momentum * velocity if self.nesterov else velocity
-            parameter.data -= self.lr * grad
+            parameter.data -= self.lr * lr_multiplier(parameter) * grad
 
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba 2015): moving averages m ← β1·m + (1 − β1)·g and v ← β2·v + (1 − β2)·g²,
-    bias-corrected after t steps, p ← p − lr · m̂ / (sqrt(v̂) + eps)."""
+    bias-corrected after t steps, p ← p − lr · m̂ / (sqrt(v̂) + eps). Adam's step is about lr
+    whatever the size of the gradient, so a multiplier is the way to slow a branch down."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr)
@@ -68,7 +85,7 @@ class Adam(Optimizer):
             self.state[index] = m, v
             m_hat = m / (1 - beta1 ** self.steps)
             v_hat = v / (1 - beta2 ** self.steps)
-            parameter.data -= self.lr * m_hat / ((v_hat ** 0.5) + self.eps)
+            parameter.data -= self.lr * lr_multiplier(parameter) * m_hat / ((v_hat ** 0.5) + self.eps)
 
 
 class CosineSchedule:

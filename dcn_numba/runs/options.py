@@ -97,3 +97,10 @@ def with_seeds(values, scale=100, digits=1):
     """`mean_std`, then every seed's value in parentheses."""
     each = ", ".join(f"{scale * v:.{digits}f}" for v in values)
     return f"{mean_std(values, scale, digits)} ({each})"
+
+
+def threads():
+    """How many threads the kernels and BLAS were allowed, as the environment set them."""
+    names = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    given = [f"{name}={os.environ[name]}" for name in names if name in os.environ]
+    return ", ".join(given) if given else "default threads"

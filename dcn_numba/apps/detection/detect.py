@@ -39,7 +39,8 @@ from dcn_numba.data.canvases import make_canvases
 from dcn_numba import speed
 from dcn_numba.runtime.settings import keep_freed_memory, leave_the_cores_to_the_kernels
 from dcn_numba.data.mnist import load_mnist
-from dcn_numba.apps.detection.detector import Detector, anchor_grid, batch_rois, detect, detection_loss, sample_rois
+from dcn_numba.apps.detection.detector import (VARIANTS as DETECTORS, Detector, anchor_grid, batch_rois, detect,
+                                               detection_loss, sample_rois)
 from dcn_numba.apps.detection.evaluation import detection_metrics
 from dcn_numba.engine.optim import Adam, CosineSchedule
 from dcn_numba.runs.checkpoint import CHECKPOINT, Checkpoint, Checkpoints, capture, restore
@@ -48,12 +49,10 @@ from dcn_numba.runs.options import (add_output_options, check_fits_in_memory, po
 from dcn_numba.runs.outputs import (MARKER, OutputError, check_output_file, check_output_folder, open_run,
                                     write_atomically)
 
-VARIANTS = {
-    f"{head}{suffix}": dict(head=head, deformable_conv=conv, deformable_roi=roi)
-    for head in ("2fc", "rfcn")
-    for suffix, conv, roi in (("", False, False), ("_dconv", True, False), ("_droi", False, True),
-                              ("_both", True, True))
-}
+# The eight of the paper's first table: no deformable part, deformable res5a–c, deformable RoI
+# pooling, both (`detector.VARIANTS` names the rest, which the detection experiment trains).
+VARIANTS = {f"{head}{suffix}": DETECTORS[f"{head}{suffix}"]
+            for head in ("2fc", "rfcn") for suffix in ("", "_dconv3", "_droi", "_both")}
 DEFAULT_VARIANTS = ["2fc", "2fc_droi", "rfcn", "rfcn_droi"]
 # The canvases do not depend on --seed: every seed trains on the same data and is tested on the
 # same canvases, so the spread over seeds is that of the training alone.
@@ -137,7 +136,7 @@ def train_variant(variant, train, anchors, args, checkpoints=None, done=None):
     With `checkpoints` (runs.checkpoint.Checkpoints) the training state is saved at most every
     args.checkpoint_seconds, together with `done` (the metrics of the variants finished before),
     and a saved state of this variant is continued from: the result is the uninterrupted one."""
-    detector = Detector(**VARIANTS[variant], seed=args.seed)
+    detector = Detector(**DETECTORS[variant], seed=args.seed)
     optimizer = Adam(detector.parameters(), lr=args.lr)
     schedule = CosineSchedule(optimizer, args.steps, warmup_steps=min(50, args.steps // 10))
     rng = np.random.default_rng(args.seed)
@@ -258,7 +257,7 @@ def format_table(metrics):
     return "\n".join(lines)
 
 
-ROWS = (("none", "", "no"), ("deformable convolution", "_dconv", "conv"),
+ROWS = (("none", "", "no"), ("deformable convolution", "_dconv3", "conv"),
         ("deformable RoI pooling", "_droi", "RoI pooling"), ("both", "_both", "both"))
 
 

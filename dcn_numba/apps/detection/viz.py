@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dcn_numba.engine.autograd import Tensor, no_grad
 from dcn_numba.data.canvases import make_canvases
 from dcn_numba.data.mnist import load_mnist
 from dcn_numba.ops.locations import psroi_bin_boxes
-from dcn_numba.apps.detection.detector import Detector, anchor_grid, batch_rois, detect, inclusive_rois
+from dcn_numba.apps.detection.detector import Detector, anchor_grid, batch_rois, detect, offset_drift
 from dcn_numba.runs.outputs import OutputError, check_output_file, write_atomically
 
 
@@ -41,25 +40,25 @@ def part_bins(roi, trans, pooled_size, trans_std, spatial_scale):
 def learned_offsets(detector, image, boxes):
     """The normalised offsets (N, 2, k, k), x first, that the class-score pooling of a deformable
     R-FCN detector applies to `boxes` (N, 4) of one image (1, H, W)."""
-    head = detector.head
-    if detector.head_name != "rfcn" or head.pools is None:
+    if detector.head_name != "rfcn" or not detector.deformable_roi:
         raise ValueError("learned_offsets: needs a detector with head 'rfcn' and deformable_roi=True")
-    detector.eval()
-    with no_grad():
-        features = detector.backbone(Tensor(image[None]))
-        head.pools[0](head.score_maps(features), inclusive_rois(batch_rois([boxes])))
-    return np.asarray(head.pools[0].last_trans)
+    return detector.roi_offsets(image[None], batch_rois([boxes]))[0]
 
 
 def part_offsets_figure(detector, canvases, anchors, count=6, min_score=0.5):
     """On the first `count` canvases with a detection scoring at least min_score, the best
     detection (yellow) and its k×k bins before (dashed) and after (solid) their learned offsets.
-    Returns (figure, the mean shift of a bin corner in pixels, one value per detection drawn)."""
+    Returns (figure, the mean Euclidean shift of a bin in pixels, one value per detection drawn).
+
+    The title states the shift over the detections drawn: in pixels, as a fraction of the RoI's
+    size (`offset_drift`), and the fraction of bin centres the offsets move outside the RoI.
+    """
     import matplotlib.pyplot as plt
 
-    pool = detector.head.pools[0]
-    figure, axes = plt.subplots(2, count // 2, figsize=(3 * (count // 2), 6.4))
-    shifts = []
+    pool = detector.head.offset_pool()
+    columns = count // 2
+    figure, axes = plt.subplots(2, columns, figsize=(2.8 * columns, 6.6), layout="constrained")
+    shifts, drifts, outside = [], [], []
     for n in range(len(canvases.images)):
         if len(shifts) == count:
             break
@@ -70,18 +69,24 @@ def part_offsets_figure(detector, canvases, anchors, count=6, min_score=0.5):
         before = part_bins(boxes[0], np.zeros_like(trans), pool.pooled_size, pool.trans_std, pool.spatial_scale)
         after = part_bins(boxes[0], trans, pool.pooled_size, pool.trans_std, pool.spatial_scale)
         axis = axes.flat[len(shifts)]
-        shifts.append(float(np.abs(after[..., :2] - before[..., :2]).mean()))
+        shifts.append(float(np.hypot(*np.moveaxis(after[..., :2] - before[..., :2], -1, 0)).mean()))
+        drift, left = offset_drift(trans[None], pool.trans_std)
+        drifts.append(drift)
+        outside.append(left)
         size = canvases.images.shape[-1]
         axis.imshow(canvases.images[n, 0], cmap="gray", extent=(0, size, size, 0))
         draw_bins(axis, boxes[:1], "gold", "-")
         draw_bins(axis, before, "tab:cyan", "--")
         draw_bins(axis, after, "tab:red", "-")
         axis.set(xlim=(0, size), ylim=(size, 0))
-        axis.set_title(f"'{labels[0]}' score {scores[0]:.2f}", fontsize=9)
+        axis.set_title(f"'{labels[0]}' score {scores[0]:.2f}, bins moved {shifts[-1]:.1f} px", fontsize=9)
         axis.axis("off")
-    figure.suptitle(f"deformable PS RoI pooling: {pool.pooled_size}×{pool.pooled_size} bins before (dashed) "
-                    "and after (solid) their offsets")
-    figure.tight_layout()
+    for axis in axes.flat[len(shifts):]:
+        axis.axis("off")
+    k = pool.pooled_size
+    figure.suptitle(f"deformable PS RoI pooling: {k}×{k} bins before (dashed) and after (solid) their offsets\n"
+                    f"mean Euclidean bin shift {np.mean(shifts or [0]):.1f} px = {np.mean(drifts or [0]):.2f} of the "
+                    f"RoI's size; {np.mean(outside or [0]):.0%} of bin centres outside the RoI", fontsize=10)
     return figure, shifts
 
 

@@ -43,7 +43,7 @@ from dcn_numba.data.mnist import scaled_digits, subset
 from dcn_numba.apps.mnist.models import MnistNet
 from dcn_numba.engine.optim import Adam
 from dcn_numba.apps.mnist.receptive_field import slope_and_ratio
-from dcn_numba.runs.options import mean_std, seed_int, with_seeds
+from dcn_numba.runs.options import mean_std, seed_int, threads, with_seeds
 from dcn_numba.runs.outputs import OutputError, check_output_file, write_atomically
 
 # The runs each table reads: (setting, variant).
@@ -128,13 +128,6 @@ def get_runs(options, train_argv, pairs, mnist):
                 metrics = train.run(args, mnist)[variant]
             runs.setdefault((setting, variant), {})[seed] = metrics
     return runs
-
-
-def threads():
-    """How many threads the kernels and BLAS were allowed, as the environment set them."""
-    names = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-    given = [f"{name}={os.environ[name]}" for name in names if name in os.environ]
-    return ", ".join(given) if given else "default threads"
 
 
 def header(command, runs):

@@ -38,6 +38,7 @@ from dcn_numba.data.bootstrap import bootstrap_interval
 from dcn_numba.data.mnist import load_mnist
 from dcn_numba import speed
 from dcn_numba.runtime.settings import keep_freed_memory
+from dcn_numba.runs.options import mean_std, threads
 from dcn_numba.apps.segmentation import segment
 from dcn_numba.apps.segmentation.data import CLASSES
 from dcn_numba.apps.segmentation.files import write_figure, write_json, write_text
@@ -139,13 +140,6 @@ def gain_interval(options, variant, baseline):
     return bootstrap_interval(mean_gain, canvases, rounds=BOOTSTRAP_ROUNDS)
 
 
-def mean_std(values, scale=100, digits=1):
-    """'mean ± std' (sample standard deviation; 0 for one value) of `values` × `scale`."""
-    values = scale * np.asarray(values, dtype=np.float64)
-    spread = values.std(ddof=1) if len(values) > 1 else 0.0
-    return f"{values.mean():.{digits}f} ± {spread:.{digits}f}"
-
-
 def per_seed(runs, variant, key):
     return [metrics[key] for metrics in runs[variant].values()]
 
@@ -167,13 +161,6 @@ def row(runs, options, variant, first_cells):
     gain = "–" if variant == "regular" else gain_cell(runs, options, variant)
     step = 1000 * np.median(per_seed(runs, variant, "seconds_per_step"))
     return "| " + " | ".join([*first_cells, f"{params:,}", miou_cell(runs, variant), gain, f"{step:.0f}"]) + " |"
-
-
-def threads():
-    """How many threads the kernels and BLAS were allowed, as the environment set them."""
-    names = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-    given = [f"{name}={os.environ[name]}" for name in names if name in os.environ]
-    return ", ".join(given) if given else "default threads"
 
 
 def header(command, runs, options):

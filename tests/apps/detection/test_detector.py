@@ -1,4 +1,5 @@
-"""The toy detector: anchors, box coding, RoI sampling, NMS, the loss and the four heads."""
+"""The toy detector: anchors, box coding, box matching and RoI sampling, NMS, the loss, the
+backbone's variants, the heads, and the drift of learned offsets."""
 
 import numpy as np
 import pytest
@@ -6,9 +7,10 @@ from hypothesis import given, settings, strategies as st
 
 from dcn_numba.engine.autograd import Tensor
 from dcn_numba.data.canvases import box_iou
-from dcn_numba.apps.detection.detector import (SmoothL1, Detector, anchor_grid, batch_rois, decode_boxes,
-                                               detect, detection_loss, encode_boxes, inclusive_rois, nms,
-                                               sample_rois)
+from dcn_numba.apps.detection.detector import (VARIANTS, SmoothL1, Detector, anchor_grid, batch_rois,
+                                               decode_boxes, detect, detection_loss, encode_boxes, inclusive_rois,
+                                               match_boxes, nms, offset_drift, sample_rois)
+from dcn_numba.engine.nn import Conv2d, DeformConv2d
 from dcn_numba.reference.gradcheck import numerical_gradient
 
 
@@ -115,12 +117,12 @@ def images_and_rois():
 
 @pytest.mark.parametrize("head", ["2fc", "rfcn"])
 def test_deformable_variants_start_as_the_regular_one(head, images_and_rois):
-    """Same seed: the offset branches start at zero, so every variant of a head computes the same
-    logits and box deltas before training."""
+    """Same seed: the offset branches start at zero, so every deformable variant of a head
+    computes the same logits and box deltas before training."""
     images, rois = images_and_rois
     outputs = []
-    for conv, roi in ((False, False), (True, False), (False, True), (True, True)):
-        detector = Detector(head, deformable_conv=conv, deformable_roi=roi, seed=4, channels=(4, 8), hidden=16)
+    for layers, roi in ((0, False), (1, False), (3, False), (0, True), (3, True)):
+        detector = Detector(head, deformable_layers=layers, deformable_roi=roi, seed=4, channels=(4, 8), hidden=16)
         detector.eval()
         outputs.append([t.data for t in detector(Tensor(images), rois)])
     for logits, deltas in outputs[1:]:
@@ -142,14 +144,14 @@ def test_deformable_parts_add_only_offset_parameters(head):
 def test_one_training_step_reaches_the_offset_branches(head, images_and_rois):
     """The zero-initialised last layer of every offset branch gets a nonzero gradient at once."""
     images, rois = images_and_rois
-    detector = Detector(head, deformable_conv=True, deformable_roi=True, seed=0, channels=(4, 8), hidden=16)
+    detector = Detector(head, deformable_layers=3, deformable_roi=True, seed=0, channels=(4, 8), hidden=16)
     zero_start = [(n, p) for n, p in detector.named_parameters()
                   if ("offset" in n or "trans" in n) and n.endswith("weight") and not p.data.any()]
     logits, deltas = detector(Tensor(images), rois)
     loss, _, _ = detection_loss(logits, deltas, np.array([1, 0, 4]), np.full((3, 4), 0.5, np.float32))
     loss.backward()
-    # two deformable convolutions, then the RoI pooling's fc branch (2fc) or two trans convs (rfcn)
-    assert len(zero_start) == (3 if head == "2fc" else 4)
+    # three deformable convolutions, then the RoI pooling's fc branch (2fc) or two trans convs (rfcn)
+    assert len(zero_start) == (4 if head == "2fc" else 5)
     for name, parameter in zero_start:
         assert np.abs(parameter.grad).sum() > 0, name
 
@@ -168,7 +170,7 @@ class FixedDetector:
     def eval(self):
         return self
 
-    def __call__(self, images, rois):
+    def score_anchors(self, images, anchors):
         repeat = len(images)
         return Tensor(np.tile(self.logits, (repeat, 1))), Tensor(np.tile(self.deltas, (repeat, 1)))
 
@@ -185,3 +187,78 @@ def test_detect_scores_decodes_suppresses_and_clips():
     np.testing.assert_allclose(boxes[0], [1, 0, 11, 10], atol=1e-5)
     np.testing.assert_allclose(boxes[1], [30, 30, 64, 40])  # clipped to the canvas
     np.testing.assert_allclose(scores, [np.exp(z) / (np.exp(z) + 2 * np.exp(-10)) for z in (5, 4.5)], rtol=1e-6)
+
+
+def test_match_boxes_by_hand():
+    gt_boxes = np.array([[0, 0, 10, 10], [20, 20, 24, 24]], np.float32)
+    gt_labels = np.array([4, 9])
+    candidates = np.array([[0, 0, 10, 10],     # IoU 1 with box 0
+                           [0, 0, 10, 5],      # IoU 0.5 with box 0: foreground at fg_iou 0.5
+                           [0, 0, 10, 4.5],    # IoU 0.45: between bg_iou 0.4 and 0.5, neither
+                           [0, 0, 10, 3],      # IoU 0.3: background
+                           [19, 19, 27, 27]],  # IoU 16/64 = 0.25 with box 1, its best candidate
+                          np.float32)
+    labels, targets = match_boxes(candidates, gt_boxes, gt_labels, fg_iou=0.5, bg_iou=0.4)
+    np.testing.assert_array_equal(labels, [5, 5, -1, 0, 0])
+    np.testing.assert_allclose(decode_boxes(targets[:2], candidates[:2]), gt_boxes[[0, 0]], atol=1e-4)
+    np.testing.assert_array_equal(targets[2:], 0)
+    labels, targets = match_boxes(candidates, gt_boxes, gt_labels, fg_iou=0.5, bg_iou=0.4, best_for_each_box=True)
+    np.testing.assert_array_equal(labels, [5, 5, -1, 0, 10])  # box 1 claims its best candidate
+    np.testing.assert_allclose(decode_boxes(targets[4:], candidates[4:]), gt_boxes[1:], atol=1e-4)
+
+
+def test_backbone_variants_by_layer_name():
+    """deformable_layers counts res5 layers from the last; dilation dilates them all and keeps
+    the 16×16 map."""
+    for layers in (0, 1, 2, 3):
+        backbone = Detector(deformable_layers=layers, channels=(4, 8), hidden=16).backbone
+        deformable = [isinstance(getattr(backbone, name), DeformConv2d) for name in ("res5a", "res5b", "res5c")]
+        assert deformable == [False] * (3 - layers) + [True] * layers
+    backbone = Detector(**VARIANTS["2fc_dil4"], channels=(4, 8), hidden=16).backbone
+    assert all(type(getattr(backbone, n)) is Conv2d and getattr(backbone, n).dilation == 4
+               for n in ("res5a", "res5b", "res5c"))
+    features = backbone(Tensor(np.random.default_rng(0).random((1, 1, 64, 64), dtype=np.float32)))
+    assert features.shape == (1, 8, 16, 16)
+    with pytest.raises(ValueError, match="deformable_layers must be 0, 1, 2 or 3"):
+        Detector(deformable_layers=4)
+
+
+def test_variants_of_the_table():
+    assert VARIANTS["rfcn_both"] == dict(head="rfcn", deformable_roi=True, deformable_layers=3, dilation=1)
+    assert VARIANTS["2fc_dil6"] == dict(head="2fc", deformable_roi=False, deformable_layers=0, dilation=6)
+    assert len(VARIANTS) == 2 * (1 + 3 + 3 + 2)
+
+
+def test_rfcn_offsets_come_from_the_hidden_features(images_and_rois):
+    """The offset branch of deformable PS RoI pooling reads conv_new_1's features (16 channels
+    here), not the score maps; and roi_offsets returns what the class-score pooling applied."""
+    images, rois = images_and_rois
+    detector = Detector("rfcn", deformable_roi=True, channels=(4, 8), hidden=16, seed=1)
+    pool = detector.head.pools[0]
+    assert pool.trans_conv.weight.shape[1] == 16
+    trans, gamma = detector.roi_offsets(images, rois)
+    assert gamma == pool.trans_std and trans.shape == (3, 2, 3, 3)
+    np.testing.assert_array_equal(trans, 0)  # zero-initialised branch
+    pool.trans_conv.bias.data[:] = np.arange(18, dtype=np.float32)  # channel c: the offset c everywhere
+    trans, _ = detector.roi_offsets(images, rois)
+    # position-sensitive pooling of constant maps: bin (i, j) of offset channel d reads map d·9 + 3i + j
+    np.testing.assert_allclose(trans[1], np.arange(18).reshape(2, 3, 3), atol=1e-5)
+    with pytest.raises(ValueError, match="deformable_roi=True"):
+        Detector("2fc", channels=(4, 8), hidden=16).roi_offsets(images, rois)
+
+
+def test_offset_drift_on_hand_made_bins():
+    """3×3 bins, γ = 0.1. RoI 0: bin (0, 0) moved by Δ = (3, 4): a shift of 0.1·5 = 0.5 of the RoI,
+    its centre (1/6, 1/6) going to (0.467, 0.567), inside. RoI 1: bin (1, 0) moved by Δx = −2:
+    shift 0.2, its centre x from 1/6 to −0.033, outside. Mean shift (0.5 + 0.2)/18 over 18 bins,
+    1 of 18 centres outside."""
+    offsets = np.zeros((2, 2, 3, 3))
+    offsets[0, :, 0, 0] = 3, 4
+    offsets[1, 0, 1, 0] = -2
+    drift, outside = offset_drift(offsets, 0.1)
+    assert drift == pytest.approx(0.7 / 18)
+    assert outside == pytest.approx(1 / 18)
+    # a shift of Δy = +4 at the bottom row leaves through the bottom edge
+    offsets = np.zeros((1, 2, 3, 3))
+    offsets[0, 1, 2, :] = 4
+    assert offset_drift(offsets, 0.1) == pytest.approx((3 * 0.4 / 9, 3 / 9))

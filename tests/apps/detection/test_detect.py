@@ -11,7 +11,7 @@ from dcn_numba.apps.detection.viz import main as viz_main
 from dcn_numba.apps.detection.viz import part_bins
 from dcn_numba.apps.detection.evaluation import detection_metrics
 from dcn_numba.data.mnist import IDX_FILES
-from test_data import write_idx
+from data.test_data import write_idx
 
 
 @pytest.mark.parametrize("argv, option", [

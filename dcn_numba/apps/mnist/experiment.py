@@ -44,7 +44,7 @@ from dcn_numba.apps.mnist.models import MnistNet
 from dcn_numba.engine.optim import Adam
 from dcn_numba.apps.mnist.receptive_field import slope_and_ratio
 from dcn_numba.runs.options import mean_std, seed_int, threads, with_seeds
-from dcn_numba.runs.outputs import OutputError, check_output_file, write_atomically
+from dcn_numba.runs.outputs import OutputError, check_output_file, json_bytes, write_atomically
 
 # The runs each table reads: (setting, variant).
 TABLE_RUNS = {
@@ -360,10 +360,11 @@ def record_accuracies(runs, path):
     """Add each run's accuracy on its setting's test digits to the JSON file `path`,
     {"setting/variant": {"accuracy": [per seed], "seeds": [...]}}, keeping other entries."""
     recorded = json.loads(path.read_text()) if path.is_file() else {}
+    path.parent.mkdir(parents=True, exist_ok=True)
     for (setting, variant), per_seed in runs.items():
         recorded[f"{setting}/{variant}"] = {"accuracy": [m["test_accuracy"] for m in per_seed.values()],
                                             "seeds": list(per_seed)}
-    train.write_json_atomically(recorded, path)
+    write_atomically(path, lambda file: file.write(json_bytes(recorded) + b"\n"))
 
 
 def write_table(table, options, train_argv, mnist, command):

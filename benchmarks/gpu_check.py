@@ -364,6 +364,12 @@ def run_every_op():
         dcn_numba.deform_psroi_pool(input, rois, trans, **psroi)
         grad_scores = on_device(rng.standard_normal((4, 2, 2, 2)).astype(np.float32))
         dcn_numba.deform_psroi_pool_backward(grad_scores, input, rois, trans, **psroi)
+    # DCNv3, channels last: (N, H, W, C) with 2 groups of 2 channels, a 3×3 kernel, padding 1
+    input, offset, mask, grad_output = (on_device(rng.standard_normal(shape).astype(np.float32))
+                                        for shape in ((1, 5, 5, 4), (1, 5, 5, 2 * 9 * 2), (1, 5, 5, 2 * 9),
+                                                      (1, 5, 5, 4)))
+    dcn_numba.dcnv3(input, offset, mask, group=2, group_channels=2, **cuda_)
+    dcn_numba.dcnv3_backward(grad_output, input, offset, mask, group=2, group_channels=2, **cuda_)
     synchronize()
 
 

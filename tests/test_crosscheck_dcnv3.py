@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import dcn_numba
-from dcn_numba.crosscheck import Implementation, NotApplicable
+from dcn_numba.crosscheck.adapters import Implementation, NotApplicable
 from dcn_numba.crosscheck import dcnv3 as crosscheck
 from dcn_numba.reference import dcnv3 as reference
 

@@ -13,6 +13,7 @@ import numpy as np
 from dcn_numba.engine import functional as F
 from dcn_numba.engine import nn
 from dcn_numba.engine.autograd import Function, Tensor
+from dcn_numba.engine.mode import mode
 from dcn_numba.ops.checks import as_int
 from dcn_numba.ops.dcnv3 import (Parameters, dcnv3 as dcnv3_forward, dcnv3_backward, dcnv4 as dcnv4_forward,
                                  dcnv4_backward, pad8, softmax_over_axis, softmax_over_axis_backward)
@@ -28,8 +29,7 @@ class DCNv3Function(Function):
     Runs on the backend of `functional.backend(...)`, or the one the arrays imply."""
 
     def forward(self, x, offset, mask, parameters):
-        self.parameters, self.backend = parameters, F._BACKEND
-        F.leave_the_cores_to_the_cpu_kernels(x, self.backend)
+        self.parameters, self.backend = parameters, mode().backend
         return dcnv3_forward(x, offset, mask, *parameters, backend=self.backend)
 
     def backward(self, grad_output):
@@ -41,8 +41,7 @@ class DCNv4Function(Function):
     """DCNv4 (§3): `dcnv4` forward, `dcnv4_backward` for the gradients of input and offset_mask."""
 
     def forward(self, x, offset_mask, parameters, softmax):
-        self.parameters, self.softmax, self.backend = parameters, softmax, F._BACKEND
-        F.leave_the_cores_to_the_cpu_kernels(x, self.backend)
+        self.parameters, self.softmax, self.backend = parameters, softmax, mode().backend
         return dcnv4_forward(x, offset_mask, *parameters, softmax, backend=self.backend)
 
     def backward(self, grad_output):

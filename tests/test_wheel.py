@@ -91,7 +91,10 @@ def installed(wheel, tmp_path_factory):
           "--no-index", "--no-compile", "--quiet", str(wheel)])
     site_packages = pathlib.Path(_run([str(python), "-c", "import sysconfig; "
                                        "print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
-    dependencies = [path for path in site.getsitepackages() if not path.startswith(str(ROOT))]
+    # The source tree itself never goes on the path; the site-packages of a virtual environment
+    # inside it (`make test` keeps .venv there) does: it holds the dependencies. A folder named in a
+    # .pth file has its own .pth files ignored, so the editable install there stays inactive.
+    dependencies = [path for path in site.getsitepackages() if pathlib.Path(path).resolve() != ROOT]
     (site_packages / "dependencies.pth").write_text("\n".join(dependencies) + "\n")
     package = site_packages / "dcn_numba"
     folders = [package, *(p for p in package.rglob("*") if p.is_dir())]

@@ -453,8 +453,10 @@ assert regular_weighted.startswith("1.39 ± 0.01") and accuracy_gain == "0.1 ± 
 # %% [markdown]
 # ## A full run
 #
-# `make train` runs the training command with its defaults and writes to `runs/latest`. What that
-# trains, read from the Makefile and the command's defaults, against this notebook's short run:
+# `make train` runs the training command with its defaults and writes to `runs/latest` (with
+# `--resume`, so that a second `make train` continues or reads back that run instead of refusing its
+# folder). What that trains, read from the Makefile and the command's defaults, against this
+# notebook's short run:
 
 # %%
 recipe = (Path("..") / "Makefile").read_text().split("\ntrain:")[1].splitlines()[1].strip()
@@ -464,7 +466,7 @@ steps_per_variant = {"make train": full.epochs * -(-len(mnist.train.labels) // f
 print(f"make train runs: {recipe}")
 for name, steps in steps_per_variant.items():
     print(f"{name:26s} {steps} steps per variant")
-assert recipe == "$(PY) -m dcn_numba.train --out runs/latest", "make train passes no option but --out"
+assert recipe == "$(PY) -m dcn_numba.train --out runs/latest --resume", "make train passes only --out and --resume"
 assert steps_per_variant == {"make train": 252, "this notebook's short run": 100}
 
 # %% [markdown]

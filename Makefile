@@ -28,7 +28,7 @@ detect: $(VENV)/.installed
 # Numba and one BLAS thread as above; dcn_numba/apps/segmentation/segment.py gives its time budget.
 .PHONY: segment
 segment: $(VENV)/.installed
-	NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m dcn_numba.segment --out runs/segment
+	NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m dcn_numba.segment --out runs/segment --resume
 
 tutorials: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[tutorials]"
@@ -56,13 +56,14 @@ install-check: $(VENV)/.installed
 	@echo "install-check: every install of the matrix resolves"
 
 # The tests and cross-checks that need torch, OpenVINO, ONNX Runtime and onnxscript (which
-# torch.onnx.export needs), in a venv of their own: every tests/test_torch*.py file.
+# torch.onnx.export needs), in a venv of their own: tests/dcn_numba_torch/ (the tests of dcn_numba.torch).
 TORCH_VENV := .venv-torch
 torch-check:
 	test -x $(TORCH_VENV)/bin/python || $(PYTHON) -m venv $(TORCH_VENV)
 	$(TORCH_VENV)/bin/python -m pip install --quiet -e ".[dev,bench]"
-	$(TORCH_VENV)/bin/python -m pytest -q -n 0 $(wildcard tests/test_torch*.py) tests/crosscheck/test_crosscheck.py
+	$(TORCH_VENV)/bin/python -m pytest -q -n 0 tests/dcn_numba_torch tests/crosscheck/test_crosscheck.py tests/crosscheck/test_crosscheck_dcnv3.py
 	$(TORCH_VENV)/bin/python -m dcn_numba.crosscheck cpu torchvision openvino openvino-nopad onnxruntime
+	$(TORCH_VENV)/bin/python -m dcn_numba.crosscheck --op dcnv3 cpu torch-grid-sample torch-grid-sample-upstream-pads
 
 # The prepared GPU check (benchmarks/gpu_check.py) for a lent GPU machine: it runs on that machine's
 # own Python and packages, not the venv, and installs nothing. Without a GPU it rehearses under the

@@ -4,7 +4,9 @@ NUMBA_ENABLE_CUDASIM must be set before anything imports numba.cuda, so this run
 Set it yourself to force a mode: 1 simulates, 0 uses the GPU.
 
 The tests mirror the package's folders (tests/ops, tests/kernels, ...); the helpers they share
-stay here at the top (helpers.py), importable from every folder.
+stay here at the top (helpers.py, dcnv3_helpers.py), importable from every folder. The tests of
+dcn_numba.torch are in tests/dcn_numba_torch: this folder is on sys.path, so a folder named torch
+would be imported as a namespace package `torch` wherever PyTorch is not installed.
 """
 
 import os

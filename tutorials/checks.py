@@ -7,7 +7,7 @@ A notebook runs them through `exercises.check`, right after the learner's functi
 Each check takes the learner's function, builds its own data from a fixed seed, and asserts what a
 right answer does; the first line of its docstring says what that is. Because a check needs
 nothing from the notebook, the test suite runs each one on plausible wrong answers too
-(tests/test_exercise_checks.py) and expects "not right yet": a check that a mistake can pass
+(tests/tutorials/test_exercise_checks.py) and expects "not right yet": a check that a mistake can pass
 would not be testing its lesson.
 
 The checks are grouped by notebook, in course order.
@@ -301,3 +301,70 @@ def matches_box_iou(iou):
         assert np.isclose(iou(box_a, box_b), expected), \
             f"iou({box_a.round(1)}, {box_b.round(1)}) = {iou(box_a, box_b)}, expected {expected}"
     assert iou([0, 0, 2, 2], [2, 0, 4, 2]) == 0, "boxes that only share an edge overlap by 0"
+
+
+# Notebook 9, semantic segmentation ---------------------------------------------------------------
+
+def matches_mean_iou(mean_iou_by_hand):
+    """mIoU of 30 random 4-class confusion matrices, of one missing a class in truth and prediction, and of one predicting a class never true, equals metrics.mean_iou."""
+    from dcn_numba.apps.segmentation.metrics import mean_iou
+
+    rng = np.random.default_rng(9)
+    matrices = [rng.integers(0, 50, (4, 4)) for _ in range(30)]
+    absent = rng.integers(0, 50, (4, 4))
+    absent[2, :] = absent[:, 2] = 0  # class 2 neither true nor predicted: left out of the mean
+    never_true = rng.integers(0, 50, (4, 4))
+    never_true[3, :] = 0  # class 3 predicted but never true: IoU 0, in the mean
+    for confusion in matrices + [absent, never_true]:
+        mine = float(mean_iou_by_hand(confusion.copy()))
+        assert np.isclose(mine, mean_iou(confusion)), \
+            f"mean_iou_by_hand of\n{confusion}\n= {mine}, expected {mean_iou(confusion)}"
+
+
+# Notebook 10, from DCNv2 to DCNv3 and DCNv4 ------------------------------------------------------
+
+def matches_dcnv3(dcnv3_by_deform_conv2d):
+    """On 2 groups of 3 channels, with a 3 × 3 and a 3 × 5 kernel, random offsets and masks, the output equals dcn_numba.dcnv3."""
+    rng = np.random.default_rng(10)
+    N, H, W, G, D = 2, 6, 7, 2, 3
+    x = rng.standard_normal((N, H, W, G * D))
+    for kernel_h, kernel_w in ((3, 3), (3, 5)):
+        P = kernel_h * kernel_w
+        pad_h, pad_w = kernel_h // 2, kernel_w // 2
+        offset = rng.normal(0, 1.5, (N, H, W, G * P * 2))
+        mask = rng.uniform(0.1, 1.0, (N, H, W, G * P))
+        expected = dcn_numba.dcnv3(x, offset, mask, kernel_h, kernel_w, 1, 1, pad_h, pad_w, 1, 1, G,
+                                   backend="reference")
+        out = np.asarray(dcnv3_by_deform_conv2d(x, offset, mask, kernel_h, kernel_w, pad_h, pad_w, G))
+        assert out.shape == expected.shape, \
+            f"the output has shape {out.shape}, expected {expected.shape} (N, H_out, W_out, C), channels last"
+        assert_close(out, expected, what=f"DCNv3 by deform_conv2d, {kernel_h} × {kernel_w} kernel")
+
+
+def matches_grouped_softmax(softmax_over_taps):
+    """The softmax over each of 3 groups' 9 taps equals the reference's, also for raw values up to 1000."""
+    from dcn_numba.reference.dcnv3 import grouped_softmax
+
+    rng = np.random.default_rng(100)
+    for scale in (1.0, 1000.0):
+        raw = scale * rng.standard_normal((2, 4, 5, 3 * 9))
+        mine = np.asarray(softmax_over_taps(raw.copy(), 3))
+        assert mine.shape == raw.shape, f"the mask has shape {mine.shape}, expected {raw.shape}"
+        assert np.isfinite(mine).all(), f"raw values of size {scale:g} give non-finite masks: is exp overflowing?"
+        assert_close(mine, grouped_softmax(raw, 3), what=f"softmax over each group's taps, raw values of size {scale:g}")
+
+
+def unpacks_like_dcnv4(unpack_offset_mask):
+    """With 3 groups of 8 taps (72 channels, no padding) and 4 groups of 9 (108 channels padded to 112), the offsets and mask equal the reference's unpacking."""
+    from dcn_numba.reference.dcnv3 import pad8, unpack_offset_mask as reference_unpack
+
+    rng = np.random.default_rng(101)
+    for group, P in ((3, 8), (4, 9)):
+        offset_mask = rng.standard_normal((2, 3, 4, pad8(3 * group * P)))
+        expected_offset, expected_mask = reference_unpack(offset_mask, group, P)
+        offset, mask = (np.asarray(a) for a in unpack_offset_mask(offset_mask.copy(), group, P))
+        assert offset.shape == expected_offset.shape and mask.shape == expected_mask.shape, \
+            (f"shapes {offset.shape} and {mask.shape}, expected {expected_offset.shape} (N, H_out, W_out, G·P·2) "
+             f"and {expected_mask.shape} (N, H_out, W_out, G·P)")
+        assert_close(offset, expected_offset, what=f"offset of {group} groups of {P} taps")
+        assert_close(mask, expected_mask, what=f"mask of {group} groups of {P} taps")

@@ -8,7 +8,7 @@ solutions on, figures inline), writes the executed notebooks and the project's M
 build/course, and renders them with mkdocs and mkdocs-jupyter (the `docs` extra), configured by
 mkdocs.yml at the repository root. mkdocs-jupyter renders outputs as they are and executes
 nothing, so a notebook runs once per build. The test suite reuses this module on the notebook it
-has just executed (tests/test_tutorials.py), so no notebook runs twice there either.
+has just executed (tests/tutorials/test_tutorials.py), so no notebook runs twice there either.
 
 Links between the pages are rewritten for the site: a notebook source `NN_name.py` becomes its
 page, `NN_name.ipynb`. The tutorials' helper modules (checks.py, exercises.py, solutions/) are

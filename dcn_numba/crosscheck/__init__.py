@@ -1,6 +1,11 @@
 """Check an implementation of the deformable ops against dcn_numba's NumPy reference.
 
     python -m dcn_numba.crosscheck IMPLEMENTATION [IMPLEMENTATION ...]
+    python -m dcn_numba.crosscheck --op dcnv3 IMPLEMENTATION [IMPLEMENTATION ...]
+
+The first runs the battery of deform_conv2d, deform_roi_pool and deform_psroi_pool (below); the
+second runs the battery of dcnv3 and dcnv4 (`dcnv3`, whose docstring names its implementations
+and conventions).
 
 IMPLEMENTATION is one of dcn_numba's backends ("reference", "cpu", "cuda"), "torchvision",
 "openvino" (DeformableConvolution v8 with bilinear_interpolation_pad=true, and
@@ -31,7 +36,8 @@ gets copies of the arrays of every call; one that changes them fails that case.
 The modules: `battery` (the cases), `conventions` (what the reference computes and the documented
 conventions it does not follow, how a result is judged), `adapters` (the implementations, and the
 one adapter of each library, which the benchmarks and the GPU check also use), `report` (a case run
-on an implementation, the table), `main` (the command).
+on an implementation, the table), `dcnv3` (the DCNv3/DCNv4 battery, conventions and grid_sample
+adapter), `main` (the command).
 
 May import: dcn_numba (the public ops), dcn_numba.ops, and the libraries it compares with, each
 only when asked for.

@@ -2,7 +2,7 @@
 §3), dcn_numba's backends, and a second, independent implementation: DCNv3 written with PyTorch's
 `grid_sample` from the published formulas (an adapter; it needs torch).
 
-    python -m dcn_numba.crosscheck.dcnv3 IMPLEMENTATION [IMPLEMENTATION ...]
+    python -m dcn_numba.crosscheck --op dcnv3 IMPLEMENTATION [IMPLEMENTATION ...]
 
 IMPLEMENTATION is "reference", "cpu", "cuda", "torch-grid-sample", or
 "torch-grid-sample-upstream-pads" (the same with the padding of InternImage's pure-PyTorch
@@ -25,9 +25,6 @@ Where the grid_sample formulation differs from dcn_numba by convention:
   ("pads exchanged"), or fails on mismatched shapes (shown as n/a here) when the exchange changes
   H_out or W_out.
 """
-
-import argparse
-import sys
 
 import numpy as np
 
@@ -350,14 +347,6 @@ def implementation(name):
     raise ValueError(f"unknown implementation {name!r}: expected one of {', '.join(BUILT_IN)}")
 
 
-# ---------------------------------------------------------------------------------------------
-# HOOK — how `python -m dcn_numba.crosscheck` takes this battery in: its cases are `battery()`,
-# its ops OPS, its implementations `implementation(name)` for the names BUILT_IN, its conventions
-# CONVENTIONS, all in the shapes of dcn_numba.crosscheck (Case, Implementation, Convention), and
-# `run_case` runs one case with these conventions. Until the command lists it, `main` runs it alone.
-# ---------------------------------------------------------------------------------------------
-
-
 def report(rows):
     """The table of dcn_numba.crosscheck, and the 'about' line of each convention of this battery
     that a row names (unless the table already explains a convention of that name)."""
@@ -366,24 +355,3 @@ def report(rows):
     about = {c.name: c.about for c in CONVENTIONS if c.name in named and f"\n{c.name}: " not in text}
     return "\n\n".join([text, *(f"{name}: {line}" for name, line in about.items())])
 
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m dcn_numba.crosscheck.dcnv3",
-        description="Check implementations of DCNv3 and DCNv4 against dcn_numba's reference.")
-    parser.add_argument("implementations", nargs="+", metavar="IMPLEMENTATION", help=", ".join(BUILT_IN))
-    arguments = parser.parse_args(argv)
-    try:
-        chosen = [implementation(name) for name in arguments.implementations]
-    except (ValueError, ImportError) as error:
-        parser.error(str(error))
-    rows = [run_case(each, case) for each in chosen for case in battery()]
-    print(report(rows))
-    unexplained = [row for row in rows if not row.explained]
-    ran = [row for row in rows if row.forward != "n/a" or row.failure is not None]
-    print(f"\n{len(ran)} cases run, {len(unexplained)} unexplained")
-    return 1 if unexplained else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

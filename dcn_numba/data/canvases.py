@@ -120,8 +120,17 @@ def add_fragment(canvas, boxes, digit, rng, height_range):
     return False
 
 
+def check_canvas_options(caller, count, size, height_range):
+    """Raise a ValueError, naming `caller`, unless count >= 0 and 1 <= low <= high <= size."""
+    if count < 0:
+        raise ValueError(f"{caller}: count must be >= 0, got {count!r}")
+    if not 1 <= height_range[0] <= height_range[1] <= size:
+        raise ValueError(f"{caller}: height_range must satisfy 1 <= low <= high <= size = {size}, "
+                         f"got {height_range!r}")
+
+
 def make_canvases(digits, count, seed, size=64, max_digits=4, height_range=(14, 56), max_iou=0.1,
-                  fragments=(2, 6), noise=0.1):
+                  fragments=(2, 6), noise=0.1, draw_digit=None):
     """`count` canvases drawn from `digits` (a data.Digits) with a generator seeded by `seed`.
 
     Each canvas draws n ~ U{1..max_digits} digits (one placement attempt each; the first always
@@ -129,12 +138,13 @@ def make_canvases(digits, count, seed, size=64, max_digits=4, height_range=(14, 
     wide for the canvas at that height is made as wide as the canvas),
     then U{fragments} fragments of digits of height in 14–40, then adds N(0, noise²) noise,
     clipped to [0, 1].
+
+    draw_digit, when given, draws each digit instead of `add_digit`, told also the canvas's number
+    n and the digit's label: draw_digit(n, label, canvas, boxes, digit, height, max_iou, rng)
+    returns the digit's box or None, as add_digit does, after the same draws from rng, so that the
+    canvases stay the same (the segmentation toy labels each digit's pixels so).
     """
-    if count < 0:
-        raise ValueError(f"make_canvases: count must be >= 0, got {count!r}")
-    if not 1 <= height_range[0] <= height_range[1] <= size:
-        raise ValueError(f"make_canvases: height_range must satisfy 1 <= low <= high <= size = {size}, "
-                         f"got {height_range!r}")
+    check_canvas_options("make_canvases", count, size, height_range)
     rng = np.random.default_rng(seed)
     images = np.zeros((count, 1, size, size), dtype=np.float32)
     all_boxes, all_labels, all_sources = [], [], []
@@ -144,10 +154,12 @@ def make_canvases(digits, count, seed, size=64, max_digits=4, height_range=(14, 
         for _ in range(int(rng.integers(1, max_digits + 1))):
             index = int(rng.integers(len(digits.labels)))
             height = min(size, int(np.exp(rng.uniform(log_low, log_high))))
-            box = add_digit(canvas, boxes, digits.images[index, 0], height, max_iou, rng)
+            label, digit = int(digits.labels[index]), digits.images[index, 0]
+            box = (add_digit(canvas, boxes, digit, height, max_iou, rng) if draw_digit is None
+                   else draw_digit(n, label, canvas, boxes, digit, height, max_iou, rng))
             if box is not None:
                 boxes.append(box)
-                labels.append(int(digits.labels[index]))
+                labels.append(label)
                 sources.append(index)
         for _ in range(int(rng.integers(fragments[0], fragments[1] + 1))):
             index = int(rng.integers(len(digits.labels)))

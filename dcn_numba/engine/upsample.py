@@ -16,9 +16,7 @@ most two non-zero weights per row, summing to 1 (`bilinear_matrix`), so for ever
 with g = ∂L/∂out: a separable linear map, whose backward is its transpose.
 """
 
-from dcn_numba.engine.autograd import Function
-from dcn_numba.engine.windows import apply_separably, require_ndim
-from dcn_numba.ops.checks import as_pair
+from dcn_numba.engine.windows import SeparableMap
 
 
 def bilinear_matrix(xp, size, output_size, dtype):
@@ -35,19 +33,12 @@ def bilinear_matrix(xp, size, output_size, dtype):
     return matrix
 
 
-class UpsampleBilinear(Function):
-    """Bilinear resampling of x (B, C, H, W) to (B, C, H_out, W_out): out = A_h x A_wᵀ,
-    ∂L/∂x = A_hᵀ g A_w (module docstring)."""
+class UpsampleBilinear(SeparableMap):
+    """Bilinear resampling of x (B, C, H, W) to (B, C, H_out, W_out): the separable map of the
+    bilinear matrices, out = A_h x A_wᵀ, ∂L/∂x = A_hᵀ g A_w (module docstring)."""
 
-    def forward(self, x, output_size):
-        require_ndim("upsample_bilinear", "input", x, "(B, C, H, W)")
-        out_h, out_w = as_pair(output_size, "upsample_bilinear: output_size", 1)
-        self.rows = bilinear_matrix(self.xp, x.shape[2], out_h, x.dtype)
-        self.columns = bilinear_matrix(self.xp, x.shape[3], out_w, x.dtype)
-        return apply_separably(self.xp, self.rows, self.columns, x)
-
-    def backward(self, grad_output):
-        return (apply_separably(self.xp, self.rows.T, self.columns.T, grad_output),)
+    name = "upsample_bilinear"
+    matrix = staticmethod(bilinear_matrix)
 
 
 def upsample_bilinear(x, output_size):

@@ -282,19 +282,28 @@ def apply_separably(xp, rows, columns, x):
     return (columns @ along_rows).reshape(C, rows.shape[0], columns.shape[0], B).transpose(3, 0, 1, 2)
 
 
-class AdaptiveAvgPool2d(Function):
-    """Average pooling to a fixed output size: out = A_h @ x @ A_wᵀ with the pooling matrices
-    A_h (H_out, H) and A_w (W_out, W); ∂L/∂x = A_hᵀ @ g @ A_w."""
+class SeparableMap(Function):
+    """A linear map applied to every (b, c) of x (B, C, H, W) one axis at a time:
+    out = A_h @ x @ A_wᵀ with A_h (H_out, H) and A_w (W_out, W), and ∂L/∂x = A_hᵀ @ g @ A_w, its
+    transpose. A subclass gives the op's `name` (for its error messages) and `matrix(xp, size,
+    output_size, dtype)`, the (output_size, size) matrix of its map along one axis."""
 
     def forward(self, x, output_size):
-        require_ndim("adaptive_avg_pool2d", "input", x, "(B, C, H, W)")
-        out_h, out_w = as_pair(output_size, "adaptive_avg_pool2d: output_size", 1)
-        self.rows = adaptive_pooling_matrix(self.xp, x.shape[2], out_h, x.dtype)
-        self.columns = adaptive_pooling_matrix(self.xp, x.shape[3], out_w, x.dtype)
+        require_ndim(self.name, "input", x, "(B, C, H, W)")
+        out_h, out_w = as_pair(output_size, f"{self.name}: output_size", 1)
+        self.rows = self.matrix(self.xp, x.shape[2], out_h, x.dtype)
+        self.columns = self.matrix(self.xp, x.shape[3], out_w, x.dtype)
         return apply_separably(self.xp, self.rows, self.columns, x)
 
     def backward(self, grad_output):
         return (apply_separably(self.xp, self.rows.T, self.columns.T, grad_output),)
+
+
+class AdaptiveAvgPool2d(SeparableMap):
+    """Average pooling to a fixed output size: the separable map of the pooling matrices."""
+
+    name = "adaptive_avg_pool2d"
+    matrix = staticmethod(adaptive_pooling_matrix)
 
 
 def adaptive_avg_pool2d(x, output_size):

@@ -8,5 +8,7 @@ CPU tile pipeline (`deform_conv_cpu`) and its GPU chunk pipeline (`deform_conv_c
 `deform_roi_pool`; `deform_psroi_pool`. `_targets` compiles and launches for both targets,
 `_cache` keys the compiled-kernel cache on every file here.
 
-May import: dcn_numba.runtime, NumPy, Numba, SciPy's BLAS.
+May import: dcn_numba.runtime, NumPy, Numba, SciPy's BLAS; of dcn_numba.reference, only what names
+an op's parameters (`reference.dcnv3.Parameters` and its P, `taps_of`), which a kernel's geometry
+extends so that the reference and the kernels define them once.
 """

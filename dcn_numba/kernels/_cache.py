@@ -3,8 +3,9 @@
 Numba keys each cached kernel on its own file only, yet a kernel inlines the shared functions of
 other modules (`bilinear`, the ops' `*_math` and `deform_conv_layout`, and any module of this package it
 calls): an edit of `bilinear.bilinear_blend` would leave every kernel compiled from the old text. The locators below key the kernels of
-dcn_numba on the text of every file of dcn_numba/kernels instead (and of the kernel's own file),
-so that the next run after any edit recompiles, and every run after that loads from the cache.
+dcn_numba on the text of every file of dcn_numba/kernels instead (and of the kernel's own file,
+and of reference/dcnv3.py, whose Parameters DCNv3's kernel geometry extends), so that the next
+run after any edit recompiles, and every run after that loads from the cache.
 """
 
 import functools
@@ -17,11 +18,17 @@ KERNELS = pathlib.Path(__file__).resolve().parent
 PACKAGE = KERNELS.parent
 
 
+def stamped_sources():
+    """The files every kernel's stamp covers: those of dcn_numba/kernels, and what the kernels
+    import from outside it (reference/dcnv3.py: the Parameters a DCNv3 geometry extends)."""
+    return [*KERNELS.glob("*.py"), PACKAGE / "reference" / "dcnv3.py"]
+
+
 @functools.cache
 def sources_stamp(own_file):
-    """A hash of the text of every dcn_numba/kernels/*.py file and of `own_file`."""
+    """A hash of the text of every `stamped_sources` file and of `own_file`."""
     digest = hashlib.sha256()
-    for path in sorted({*KERNELS.glob("*.py"), pathlib.Path(own_file).resolve()}):
+    for path in sorted({*stamped_sources(), pathlib.Path(own_file).resolve()}):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()

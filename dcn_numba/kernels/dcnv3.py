@@ -19,7 +19,7 @@ Flat shapes inside the kernels: padded and grad_padded (N·(H + 2)·(W + 2)·C,)
 (N·H_out·W_out·G·P·2,), mask (N·H_out·W_out·G·P,), output and grad_output
 (N·H_out·W_out·C,), as laid out in `dcnv3_math`. Every array is C-contiguous.
 
-Must match dcn_numba.reference.dcnv3 (tests/test_dcnv3_kernels.py checks it).
+Must match dcn_numba.reference.dcnv3 (tests/kernels/test_dcnv3_kernels.py checks it).
 
 Who owns which output:
     forward     CPU: one prange iteration per output position (n, h, w), its C channels as a row,
@@ -37,13 +37,13 @@ from numba import cuda, prange
 from dcn_numba.kernels import bilinear, dcnv3_math, deform_conv_math
 from dcn_numba.kernels._targets import (COUNT, FLAT, cpu_kernel, cuda_kernel, for_cuda, geometry_of,
                                         run_cpu, run_cuda, shared)
-from dcn_numba.kernels.dcnv3_math import (DCNv3Geometry, dcnv3_corner_index, dcnv3_output_coordinates,
-                                          dcnv3_padded_image, dcnv3_sample_location, dcnv3_sample_number,
-                                          dcnv3_store_sample_gradient, dcnv3_tap, in_data_type)
+from dcn_numba.kernels.dcnv3_math import (DCNv3Geometry, dcnv3_corner_index, dcnv3_locate_sample,
+                                          dcnv3_output_coordinates, dcnv3_padded_image, dcnv3_sample_number,
+                                          dcnv3_store_sample_gradient, dcnv3_tap)
 # The bilinear mathematics of §1: the DCNv2 rule on a zero-padded channels-last image.
-from dcn_numba.kernels.bilinear import dcn_locate
 from dcn_numba.kernels.deform_conv_math import (dcn_column_from_corners, dcn_input_gradient_term,
                                                 dcn_offset_mask_terms)
+from dcn_numba.reference.dcnv3 import Parameters, taps_of
 from dcn_numba.runtime.arrays import array_module
 
 # ---------------------------------------------------------------------------------------------
@@ -71,7 +71,7 @@ def dcnv3_forward_cpu(n_positions, padded, offset, mask, output, geometry):
     """out[position, :] for the n_positions = N·H_out·W_out output positions: each sample's
     location and corner weights, found once, serve the contiguous row of its group's channels.
     The taps are the outer loop, so that each tap's (i_x, i_y) is found once for all groups."""
-    H, W, C, D = geometry.H, geometry.W, geometry.C, geometry.group_channels
+    C, D = geometry.C, geometry.group_channels
     for position in prange(n_positions):
         h, w = dcnv3_output_coordinates(position, geometry)
         image = dcnv3_padded_image(position // (geometry.H_out * geometry.W_out), geometry)
@@ -80,9 +80,7 @@ def dcnv3_forward_cpu(n_positions, padded, offset, mask, output, geometry):
             i_x, i_y = dcnv3_tap(p, geometry)
             for g in range(geometry.group):
                 sample = dcnv3_sample_number(position, g, p, geometry)
-                p_y, p_x = dcnv3_sample_location(offset, sample, h, w, i_x, i_y, geometry)
-                top_left, l_y, l_x = dcn_locate(p_y, p_x, H, W)
-                l_y, l_x = in_data_type(padded, l_y), in_data_type(padded, l_x)
+                top_left, l_y, l_x = dcnv3_locate_sample(padded, offset, sample, h, w, i_x, i_y, geometry)
                 m = mask[sample]
                 v00, v01, v10, v11 = corner_rows(padded, image, top_left, g, geometry)
                 group_totals = totals[g * D:(g + 1) * D]
@@ -100,7 +98,7 @@ def dcnv3_backward_cpu(n_tasks, padded, offset, mask, grad_output, grad_padded, 
     """Every gradient of the n_tasks = N·G tasks (image n, group g): the offset and mask gradients
     of its samples, each summed over the group's channels in float64, and grad_input of its
     channels (grad_padded), which this task alone writes."""
-    H, W, C, D = geometry.H, geometry.W, geometry.C, geometry.group_channels
+    C, D = geometry.C, geometry.group_channels
     positions = geometry.H_out * geometry.W_out
     for task in prange(n_tasks):
         n, g = task // geometry.group, task % geometry.group
@@ -111,9 +109,7 @@ def dcnv3_backward_cpu(n_tasks, padded, offset, mask, grad_output, grad_padded, 
             for p in range(geometry.taps):
                 i_x, i_y = dcnv3_tap(p, geometry)
                 sample = dcnv3_sample_number(position, g, p, geometry)
-                p_y, p_x = dcnv3_sample_location(offset, sample, h, w, i_x, i_y, geometry)
-                top_left, l_y, l_x = dcn_locate(p_y, p_x, H, W)
-                l_y, l_x = in_data_type(padded, l_y), in_data_type(padded, l_x)
+                top_left, l_y, l_x = dcnv3_locate_sample(padded, offset, sample, h, w, i_x, i_y, geometry)
                 m = mask[sample]
                 v00, v01, v10, v11 = corner_rows(padded, image, top_left, g, geometry)
                 total_y = 0.0
@@ -150,7 +146,7 @@ GEOMETRY = geometry_of(DCNv3Geometry)
 @cuda_kernel(COUNT, FLAT, FLAT, FLAT, FLAT, GEOMETRY)
 def dcnv3_forward_cuda(n_items, padded, offset, mask, output, geometry):
     """output[n, h, w, c]; one thread per output element."""
-    H, W, C = geometry.H, geometry.W, geometry.C
+    W, C = geometry.W, geometry.C
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
         position, c = index // C, index % C
         g = c // geometry.group_channels
@@ -160,9 +156,7 @@ def dcnv3_forward_cuda(n_items, padded, offset, mask, output, geometry):
         for p in range(geometry.taps):
             i_x, i_y = gpu.dcnv3_tap(p, geometry)
             sample = gpu.dcnv3_sample_number(position, g, p, geometry)
-            p_y, p_x = gpu.dcnv3_sample_location(offset, sample, h, w, i_x, i_y, geometry)
-            top_left, l_y, l_x = bilinear_gpu.dcn_locate(p_y, p_x, H, W)
-            l_y, l_x = gpu.in_data_type(padded, l_y), gpu.in_data_type(padded, l_x)
+            top_left, l_y, l_x = gpu.dcnv3_locate_sample(padded, offset, sample, h, w, i_x, i_y, geometry)
             v00, v01, v10, v11 = bilinear_gpu.padded_corners(padded, image + c, top_left, W, C)
             total += math_gpu.dcn_column_from_corners(v00, v01, v10, v11, l_y, l_x, top_left, mask[sample])
         output[index] = total
@@ -173,7 +167,7 @@ def dcnv3_backward_cuda(n_items, padded, offset, mask, grad_output, grad_padded,
                         grad_mask, geometry):
     """The gradients of one sample group (position, g) per thread: its P samples' offset and mask
     gradients, each summed over the group's channels in float64, and their grad_input shares."""
-    H, W, C, D = geometry.H, geometry.W, geometry.C, geometry.group_channels
+    W, C, D = geometry.W, geometry.C, geometry.group_channels
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
         position, g = index // geometry.group, index % geometry.group
         h, w = gpu.dcnv3_output_coordinates(position, geometry)
@@ -181,9 +175,7 @@ def dcnv3_backward_cuda(n_items, padded, offset, mask, grad_output, grad_padded,
         for p in range(geometry.taps):
             i_x, i_y = gpu.dcnv3_tap(p, geometry)
             sample = gpu.dcnv3_sample_number(position, g, p, geometry)
-            p_y, p_x = gpu.dcnv3_sample_location(offset, sample, h, w, i_x, i_y, geometry)
-            top_left, l_y, l_x = bilinear_gpu.dcn_locate(p_y, p_x, H, W)
-            l_y, l_x = gpu.in_data_type(padded, l_y), gpu.in_data_type(padded, l_x)
+            top_left, l_y, l_x = gpu.dcnv3_locate_sample(padded, offset, sample, h, w, i_x, i_y, geometry)
             m = mask[sample]
             total_y = 0.0
             total_x = 0.0
@@ -212,17 +204,17 @@ def dcnv3_backward_cuda(n_items, padded, offset, mask, grad_output, grad_padded,
 # ---------------------------------------------------------------------------------------------
 
 
-def dcnv3_geometry(input, offset, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
-                   dilation_w, group, group_channels, offset_scale, remove_center):
-    """The DCNv3Geometry of a validated call. offset_scale is a NumPy float64, so that locations are
-    computed in float64 under the CUDA simulator too (a Python float would be narrowed by the
-    float32 constants of the bilinear functions)."""
+def dcnv3_geometry(input, offset, *parameters):
+    """The DCNv3Geometry of a validated call, `parameters` as reference.dcnv3.Parameters.
+    offset_scale is made a NumPy float64, so that locations are computed in float64 under the
+    CUDA simulator too (a Python float would be narrowed by the float32 constants of the
+    bilinear functions)."""
+    parameters = Parameters(*parameters)
+    parameters = parameters._replace(offset_scale=np.float64(parameters.offset_scale),
+                                     remove_center=int(parameters.remove_center))
     N, H, W, C = input.shape
     H_out, W_out = offset.shape[1:3]
-    return DCNv3Geometry(N, H, W, C, H_out, W_out, group, group_channels,
-                         kernel_h * kernel_w - int(remove_center), kernel_h, kernel_w, stride_h,
-                         stride_w, pad_h, pad_w, dilation_h, dilation_w, int(remove_center),
-                         np.float64(offset_scale))
+    return DCNv3Geometry(N, H, W, C, H_out, W_out, taps_of(parameters), *parameters)
 
 
 def zero_padded(xp, input):

@@ -18,32 +18,16 @@ position = (n·H_out + h)·W_out + w, and channel c = g·D + d of a pixel lies a
 from typing import NamedTuple
 
 from dcn_numba.kernels._targets import shared
-from dcn_numba.kernels.bilinear import padded_corner
+from dcn_numba.kernels.bilinear import dcn_locate, padded_corner
+from dcn_numba.reference.dcnv3 import Parameters
 
 
-class DCNv3Geometry(NamedTuple):
-    """Every size and parameter a kernel needs, passed to kernels as one tuple (offset_scale is the
-    only real number)."""
-
-    N: int
-    H: int
-    W: int
-    C: int
-    H_out: int
-    W_out: int
-    group: int
-    group_channels: int
-    taps: int  # P = kernel_h·kernel_w − remove_center
-    kernel_h: int
-    kernel_w: int
-    stride_h: int
-    stride_w: int
-    pad_h: int
-    pad_w: int
-    dilation_h: int
-    dilation_w: int
-    remove_center: int
-    offset_scale: float
+# Every size and parameter a kernel needs, passed to kernels as one tuple: the sizes of a call, its
+# number of taps P = kernel_h·kernel_w − remove_center, then the operator's parameters as the
+# reference names them (reference.dcnv3.Parameters, in the published order; offset_scale is the
+# only real number), so that the parameters are defined once for the reference and the kernels.
+DCNv3Geometry = NamedTuple("DCNv3Geometry", [("N", int), ("H", int), ("W", int), ("C", int), ("H_out", int),
+                                             ("W_out", int), ("taps", int), *Parameters.__annotations__.items()])
 
 
 @shared
@@ -109,6 +93,16 @@ def in_data_type(data, value):
     in float32 (float64 weights would promote every product and halve the width of the CPU's
     vector loops), as the deformable convolution's located tables do."""
     return data.dtype.type(value)
+
+
+@shared
+def dcnv3_locate_sample(padded, offset, sample, h, w, i_x, i_y, geometry):
+    """(top_left, l_y, l_x) of sample s, tap (i_x, i_y) at output (h, w): its location (§3.3,
+    `dcnv3_sample_location`) located on the padded image (`bilinear.dcn_locate`), the weights l_y
+    and l_x in the dtype of `padded` (`in_data_type`). Every DCNv3 kernel finds its samples so."""
+    p_y, p_x = dcnv3_sample_location(offset, sample, h, w, i_x, i_y, geometry)
+    top_left, l_y, l_x = dcn_locate(p_y, p_x, geometry.H, geometry.W)
+    return top_left, in_data_type(padded, l_y), in_data_type(padded, l_x)
 
 
 @shared

@@ -152,8 +152,11 @@ def deform_psroi_pool_forward_cuda(n_items, input, rois, trans, has_trans, outpu
 @cuda_kernel(COUNT, ROWS, BINS, FLAG, BINS, FLAT, GEOMETRY)
 def deform_psroi_pool_grad_input_cuda(n_items, rois, trans, has_trans, grad_output, grad_input,
                                       geometry):
-    """grad_input contributions of one output element (n, ctop, ph, pw) per thread (the walk of
-    deform_roi_pool's grad_input kernel under this op's rule: see there why it is written out)."""
+    """grad_input contributions of one output element (n, ctop, ph, pw) per thread.
+
+    Its walk over a bin's samples is the one of deform_roi_pool's grad_input kernels, under
+    this op's rule: Numba compiles neither closures nor functions passed as arguments for CUDA, so
+    each op writes the walk out with its own rule's functions."""
     H, W = geometry.H, geometry.W
     for index in range(cuda.grid(1), n_items, cuda.gridsize(1)):
         n, ctop, ph, pw = gpu.psroi_output_index(index, geometry)

@@ -29,7 +29,7 @@ INPUT_LAYOUT = "(N, H, W, C), channels last"
 OUTPUT_LAYOUT = "(N, H_out, W_out, C)"
 
 
-def _as_flag(value, name):
+def as_flag(value, name):
     """A bool, or the int 0 or 1 (the published operators pass remove_center as an int), as 0 or 1."""
     if isinstance(value, bool) or (isinstance(value, numbers.Integral) and value in (0, 1)):
         return int(value)
@@ -47,7 +47,7 @@ def _parameters(input, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dil
     dilation_h, dilation_w = as_int(dilation_h, "dilation_h", 1), as_int(dilation_w, "dilation_w", 1)
     group = as_int(group, "group", 1)
     offset_scale = as_real(offset_scale, "offset_scale")
-    remove_center = _as_flag(remove_center, "remove_center")
+    remove_center = as_flag(remove_center, "remove_center")
     N, H, W, C = input.shape
     if group_channels is None:
         if C % group:

@@ -63,8 +63,13 @@ def add_output_options(parser, default, checkpoints=True):
                         help="continue the run in --out from its checkpoint (a finished run is read back)")
     choice.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     if checkpoints:
-        parser.add_argument("--checkpoint-seconds", type=non_negative_float, default=DEFAULT_CHECKPOINT_SECONDS,
-                            help="save a checkpoint at most this often (and at the end of each training)")
+        add_checkpoint_option(parser)
+
+
+def add_checkpoint_option(parser):
+    """--checkpoint-seconds, for commands that train."""
+    parser.add_argument("--checkpoint-seconds", type=non_negative_float, default=DEFAULT_CHECKPOINT_SECONDS,
+                        help="save a checkpoint at most this often (and at the end of each training)")
 
 
 def memory_bytes():

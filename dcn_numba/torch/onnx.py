@@ -1,5 +1,5 @@
 """ONNX export: the deformable convolution as ONNX's own DeformConv (opset 19), and a clear refusal
-for the RoI pooling ops, which ONNX lacks.
+for the RoI pooling ops and DCNv3/DCNv4, which ONNX lacks.
 
 Inside torch.onnx.export (torch.onnx.is_in_onnx_export()), dcn_numba.torch.deform_conv2d returns
 the node that deform_conv below makes instead of calling dcn_numba's kernels, so that
@@ -34,10 +34,10 @@ def deform_conv(input, offset, weight, bias, stride, padding, dilation, mask):
                                    dtype=input.dtype, shape=shape, version=DEFORM_CONV_OPSET)
 
 
-def refuse(name):
-    """Raise the error that says why the RoI pooling op `name` cannot be exported."""
+def refuse(name, missing="deformable RoI pooling operator",
+           advice="keep the RoI head in PyTorch, or export the part of the model before it"):
+    """Raise the error that says why the op `name` cannot be exported: ONNX has no `missing`."""
     raise NotImplementedError(
-        f"dcn_numba.torch.{name} cannot be exported to ONNX: ONNX has no deformable RoI pooling "
-        "operator (its only deformable operator is DeformConv, opset 19, which "
-        "dcn_numba.torch.deform_conv2d exports to); keep the RoI head in PyTorch, or export the "
-        "part of the model before it")
+        f"dcn_numba.torch.{name} cannot be exported to ONNX: ONNX has no {missing} (its only "
+        "deformable operator is DeformConv, opset 19, which dcn_numba.torch.deform_conv2d exports "
+        f"to); {advice}")

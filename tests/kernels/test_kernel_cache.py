@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 import dcn_numba
+from dcn_numba.kernels import _cache
 
 RUN_A_KERNEL = """
 import numpy as np
@@ -55,3 +56,20 @@ def test_an_edit_of_the_shared_mathematics_takes_effect_on_the_next_run(tmp_path
     edited, hits = run_in(tmp_path)
     assert edited == 0.0, "the edit of bilinear_blend did not take effect"
     assert hits == 0
+
+
+def test_an_edit_of_the_parameters_dcnv3_kernels_extend_changes_the_stamp(tmp_path, monkeypatch):
+    # DCNv3's kernel geometry is reference.dcnv3.Parameters with the sizes in front: reordering
+    # those fields must recompile the kernels, which read them by position.
+    package = pathlib.Path(dcn_numba.__file__).parent
+    copy = tmp_path / "dcn_numba"
+    for folder in ("kernels", "reference"):
+        shutil.copytree(package / folder, copy / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(_cache, "KERNELS", copy / "kernels")
+    monkeypatch.setattr(_cache, "PACKAGE", copy)
+    own_file = copy / "kernels" / "dcnv3.py"
+    before = _cache.sources_stamp.__wrapped__(own_file)
+    reference = copy / "reference" / "dcnv3.py"
+    reference.write_text(reference.read_text().replace("    stride_h: int\n    stride_w: int\n",
+                                                       "    stride_w: int\n    stride_h: int\n"))
+    assert _cache.sources_stamp.__wrapped__(own_file) != before

@@ -79,7 +79,8 @@ def part_offsets_figure(detector, canvases, anchors, count=6, min_score=0.5):
         draw_bins(axis, before, "tab:cyan", "--")
         draw_bins(axis, after, "tab:red", "-")
         axis.set(xlim=(0, size), ylim=(size, 0))
-        axis.set_title(f"'{labels[0]}' score {scores[0]:.2f}, bins moved {shifts[-1]:.1f} px", fontsize=9)
+        # two short lines: one line of a panel's width ran into the next panel's title
+        axis.set_title(f"'{labels[0]}' score {scores[0]:.2f}\nbins moved {shifts[-1]:.1f} px", fontsize=9)
         axis.axis("off")
     for axis in axes.flat[len(shifts):]:
         axis.axis("off")

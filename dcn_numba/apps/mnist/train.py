@@ -45,16 +45,16 @@ from dcn_numba.engine import functional as F
 from dcn_numba.apps.mnist import viz
 from dcn_numba.runtime.arrays import gpu_available, to_device
 from dcn_numba.engine.autograd import Tensor, no_grad
-from dcn_numba import speed
-from dcn_numba.runtime.settings import keep_freed_memory, leave_the_cores_to_the_kernels
+from dcn_numba.runtime.settings import leave_the_cores_to_the_kernels
 from dcn_numba.data.mnist import Digits, load_mnist, scale_about_centre, scale_factors, scaled_digits, subset
 from dcn_numba.apps.mnist.models import MnistNet
 from dcn_numba.engine.optim import Adam, CosineSchedule
 from dcn_numba.apps.mnist.receptive_field import unit_spreads
+from dcn_numba.apps.command import train_command
 from dcn_numba.runs.checkpoint import CHECKPOINT, Checkpoint, Checkpoints, capture, restore
 from dcn_numba.runs.options import (add_output_options, positive_float, positive_int, run_settings,
                                     seed_int)
-from dcn_numba.runs.outputs import OutputError, open_run
+from dcn_numba.runs.outputs import open_run
 
 VARIANTS = {
     "regular": dict(),
@@ -340,18 +340,14 @@ def format_table(metrics):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    keep_freed_memory()
-    speed.switch_on()
-    try:
-        metrics = run(args)
-    except OutputError as error:
-        build_parser().error(str(error))
-    print(format_table(metrics))
-    print(f"setting: {args.setting} scales; accuracy on the setting's test digits, then on every test "
-          f"digit at each factor (canvas {CANVAS_SIZE}×{CANVAS_SIZE}); outputs in {args.out}/")
+def report(args, metrics):
+    """The comparison table and the line that says what it measured and where the outputs are."""
+    return (f"{format_table(metrics)}\nsetting: {args.setting} scales; accuracy on the setting's test digits, "
+            f"then on every test digit at each factor (canvas {CANVAS_SIZE}×{CANVAS_SIZE}); outputs in {args.out}/")
 
+
+def main(argv=None):
+    train_command(argv, parse_args, run, build_parser, report)
 
 if __name__ == "__main__":
     main()

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from dcn_numba.data.canvases import INK_THRESHOLD, add_digit, add_fragment
+from dcn_numba.data.canvases import INK_THRESHOLD, add_digit, check_canvas_options, make_canvases
 
 BACKGROUND = 10
 CLASSES = 11
@@ -36,47 +36,27 @@ class LabelledCanvases(NamedTuple):
     digit_labels: list
 
 
-def draw_labelled_digit(canvas, label_map, boxes, digit, label, height, max_iou, rng):
-    """`canvases.add_digit` (same placement, same draws from rng) on a blank copy of the canvas,
-    then drawn onto `canvas`, labelling `label_map` with `label` where the digit's ink is the
-    brighter stroke. Returns the digit's box, or None when it found no place."""
-    alone = np.zeros_like(canvas)
-    box = add_digit(alone, boxes, digit, height, max_iou, rng)
-    if box is not None:
-        label_map[(alone > INK_THRESHOLD) & (alone >= canvas)] = label
-        np.maximum(canvas, alone, out=canvas)
-    return box
+def digit_labeller(label_maps):
+    """A `draw_digit` for `canvases.make_canvases` that labels the pixels of canvas n's digits in
+    label_maps[n] (S, S): `canvases.add_digit` (same placement, same draws from rng) on a blank
+    copy of the canvas, then drawn onto it, labelling with the digit's label the pixels where its
+    ink is the brighter stroke."""
+    def draw_labelled_digit(n, label, canvas, boxes, digit, height, max_iou, rng):
+        alone = np.zeros_like(canvas)
+        box = add_digit(alone, boxes, digit, height, max_iou, rng)
+        if box is not None:
+            label_maps[n][(alone > INK_THRESHOLD) & (alone >= canvas)] = label
+            np.maximum(canvas, alone, out=canvas)
+        return box
+    return draw_labelled_digit
 
 
 def labelled_canvases(digits, count, seed, size=64, max_digits=4, height_range=(14, 56), max_iou=0.1,
                       fragments=(2, 6), noise=0.1):
-    """`count` canvases from `digits` (a data.Digits) and a generator seeded by `seed`, drawn
-    exactly as `canvases.make_canvases` draws them (same arguments, same images), with labels."""
-    if count < 0:
-        raise ValueError(f"labelled_canvases: count must be >= 0, got {count!r}")
-    if not 1 <= height_range[0] <= height_range[1] <= size:
-        raise ValueError(f"labelled_canvases: height_range must satisfy 1 <= low <= high <= size = "
-                         f"{size}, got {height_range!r}")
-    rng = np.random.default_rng(seed)
-    images = np.zeros((count, 1, size, size), dtype=np.float32)
+    """`count` canvases from `digits` (a data.Digits) and a generator seeded by `seed`:
+    `canvases.make_canvases` with the same arguments (so the same images), with labels."""
+    check_canvas_options("labelled_canvases", count, size, height_range)
     labels = np.full((count, size, size), BACKGROUND, dtype=np.uint8)
-    all_boxes, all_digit_labels = [], []
-    log_low, log_high = np.log(height_range[0]), np.log(height_range[1] + 1)
-    for n in range(count):
-        canvas, boxes, digit_labels = images[n, 0], [], []
-        for _ in range(int(rng.integers(1, max_digits + 1))):
-            index = int(rng.integers(len(digits.labels)))
-            height = min(size, int(np.exp(rng.uniform(log_low, log_high))))
-            label = int(digits.labels[index])
-            box = draw_labelled_digit(canvas, labels[n], boxes, digits.images[index, 0], label, height,
-                                      max_iou, rng)
-            if box is not None:
-                boxes.append(box)
-                digit_labels.append(label)
-        for _ in range(int(rng.integers(fragments[0], fragments[1] + 1))):
-            add_fragment(canvas, boxes, digits.images[int(rng.integers(len(digits.labels))), 0], rng, (14, 41))
-        canvas += rng.normal(0, noise, canvas.shape).astype(np.float32)
-        np.clip(canvas, 0, 1, out=canvas)
-        all_boxes.append(np.array(boxes, dtype=np.float32).reshape(-1, 4))
-        all_digit_labels.append(np.array(digit_labels, dtype=np.int64))
-    return LabelledCanvases(images, labels, all_boxes, all_digit_labels)
+    canvases = make_canvases(digits, count, seed, size, max_digits, height_range, max_iou, fragments, noise,
+                             draw_digit=digit_labeller(labels))
+    return LabelledCanvases(canvases.images, labels, canvases.boxes, canvases.labels)

@@ -5,10 +5,13 @@
 
 Each (variant, seed) of TABLE_VARIANTS is one run of the training command (`segment.run`, the
 same options) with one variant, in its own folder <runs>/seed<n>/<variant>. A run whose
-metrics.json exists with the same settings is read, not repeated, so the table completes over
-several invocations, each continuing where the last stopped (a run cut off part-way has no
-metrics.json and is trained again); the seeds are taken one at a time, every variant of a seed
-before the next seed. The results files are written from the runs of the seeds asked for.
+metrics.json exists with the same settings is read, not repeated (also one written before run
+folders held a run.json), so the table completes over several invocations, each continuing
+where the last stopped: a run cut off part-way has no metrics.json and is resumed from its
+checkpoint (the command's --resume); one cut off before run folders held a run.json has none and
+is trained again. A folder holding a run with other settings is refused, naming them, unless
+--overwrite replaces it. The seeds are taken one at a time, every variant of a seed before the
+next seed. The results files are written from the runs of the seeds asked for.
 
 Budget (the whole table within 2 hours on 2 cores), with one Numba and one BLAS thread, on the
 shared 2-core machine. `python -m dcn_numba.segment --variants regular deformable1 deformable2
@@ -38,7 +41,8 @@ from dcn_numba.data.bootstrap import bootstrap_interval
 from dcn_numba.data.mnist import load_mnist
 from dcn_numba import speed
 from dcn_numba.runtime.settings import keep_freed_memory
-from dcn_numba.runs.options import mean_std, threads
+from dcn_numba.runs.options import add_checkpoint_option, mean_std, threads
+from dcn_numba.runs.outputs import OutputError, is_temporary
 from dcn_numba.apps.segmentation import segment
 from dcn_numba.apps.segmentation.data import CLASSES
 from dcn_numba.apps.segmentation.files import write_figure, write_json, write_text
@@ -73,6 +77,10 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--runs", default="runs/segmentation", help="folder of the training runs")
     parser.add_argument("--docs", default="docs", help="folder the results files are written to")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the runs in --runs made with other settings or left unfinished "
+                             "(without it an unfinished run is resumed)")
+    add_checkpoint_option(parser)
     args = segment.check_training_options(parser, parser.parse_args(argv))
     if min(args.seeds) < 0:
         parser.error(f"--seeds must be >= 0, got {args.seeds}")
@@ -80,9 +88,10 @@ def parse_args(argv=None):
 
 
 def run_args(options, variant, seed):
-    """The training command's arguments of one run of the table."""
+    """The training command's arguments of one run of the table: resumed, unless --overwrite."""
     return argparse.Namespace(**{k: v for k, v in vars(options).items() if k not in ("seeds", "runs", "docs")},
-                              variants=[variant], seed=seed, out=str(Path(options.runs) / f"seed{seed}" / variant))
+                              variants=[variant], seed=seed, out=str(Path(options.runs) / f"seed{seed}" / variant),
+                              resume=not options.overwrite)
 
 
 def stored_run(args):
@@ -97,6 +106,20 @@ def stored_run(args):
     return metrics
 
 
+def clear_unmarked_unfinished_run(args):
+    """Delete what a run cut off before run folders held a run.json left in args.out: no run.json,
+    no metrics.json, only that run's own files (the ground truth, the variant's weights and
+    predictions, temporaries). It has no checkpoint, so it is trained again from its first step
+    either way; the folder is otherwise refused as holding files that no run wrote."""
+    folder = Path(args.out)
+    names = {entry.name for entry in folder.iterdir()} if folder.is_dir() else set()
+    variant = args.variants[0]
+    own = {"ground_truth.npz", f"{variant}.npz", f"predictions_{variant}.npz"}
+    if names and all(name in own or is_temporary(name) for name in names):
+        for name in names:
+            (folder / name).unlink()
+
+
 def get_runs(options, mnist):
     """{variant: {seed: metrics}} of every run of the table, trained unless stored, on
     canvases made from the digits of `mnist`."""
@@ -107,6 +130,7 @@ def get_runs(options, mnist):
             metrics = stored_run(args)
             if metrics is None:
                 print(f"training {variant}, seed {seed}", flush=True)
+                clear_unmarked_unfinished_run(args)
                 canvases = canvases or segment.make_canvases(args, mnist)
                 metrics = segment.run(args, canvases)[variant]
             runs[variant][seed] = metrics
@@ -252,5 +276,8 @@ def main(argv):
     keep_freed_memory()
     speed.switch_on()
     mnist = load_mnist(options.data)
-    runs = get_runs(options, mnist)
+    try:
+        runs = get_runs(options, mnist)
+    except OutputError as error:
+        raise SystemExit(f"python -m dcn_numba.experiment segmentation: error: {error}") from None
     write_results(runs, options, " ".join(["python -m dcn_numba.experiment segmentation", *argv]), mnist)

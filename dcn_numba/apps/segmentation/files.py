@@ -1,6 +1,7 @@
-"""Every file the segmentation commands write goes through one of these functions, one per kind
-of file, each written atomically (`dcn_numba.runs.outputs.write_atomically`: a temporary file in
-the same folder, renamed into place), so that a kill never leaves half a file."""
+"""The files the segmentation commands write, one function per kind of file, each written
+atomically (`dcn_numba.runs.outputs.write_atomically`: a temporary file in the same folder,
+renamed into place), so that a kill never leaves half a file. (A run's metrics.json and checkpoint
+are written by its `dcn_numba.runs` Run, atomically too.)"""
 
 from pathlib import Path
 

@@ -133,14 +133,20 @@ def figure_panels(canvases, stride):
     return titles, [b, small[1], large[1]], [background, np.array(small[2]), np.array(large[2])]
 
 
-def sampling_figure(nets, canvases):
-    """The figure (a matplotlib Figure, drawn without a display) for `nets` ({name: SegNet}): one
-    row per net, one panel per unit of `figure_panels`, each with its canvas, its unit (green
-    cross) and the 9, 81 and 729 points (navy, orange, red) it reads, and the spread of the 729."""
+def sampling_figure(nets, canvases, figure=None):
+    """The figure for `nets` ({name: SegNet}): one row per net, one panel per unit of
+    `figure_panels`, each with its canvas, its unit (green cross) and the 9, 81 and 729 points
+    (navy, orange, red) it reads, and the spread of the 729. Drawn into `figure` (an empty one,
+    such as pyplot's in a notebook), or into a new Figure drawn without a display when None."""
     stride = next(iter(nets.values())).stride
     titles, indices, units = figure_panels(canvases, stride)
     images = canvases.images[indices]
-    figure = Figure(figsize=(2.8 * len(units), 2.9 * len(nets)), layout="constrained")
+    size = (2.8 * len(units), 2.9 * len(nets))
+    if figure is None:
+        figure = Figure(figsize=size, layout="constrained")
+    else:
+        figure.set_size_inches(*size)
+        figure.set_layout_engine("constrained")
     axes = figure.subplots(len(nets), len(units), squeeze=False)
     for row, (name, net) in enumerate(nets.items()):
         locations = res5_locations(net, images)

@@ -9,7 +9,11 @@ and seeds: train canvases from the training digits, test canvases from the test 
 same number of steps from the same seed, with per-pixel cross-entropy, and is scored by mIoU on
 the test canvases (`metrics`).
 
-A run writes to --out: per variant its weights (<variant>.npz) and its predicted class for every
+--out is one run (`dcn_numba.runs.outputs`): a folder holding another run is refused unless
+--resume continues it (from its checkpoint, saved at most every --checkpoint-seconds and after
+each variant: weights, optimiser state, step, random state; the result is the one an
+uninterrupted run gives) or --overwrite replaces it. Every file is written to a temporary name
+and renamed into place: per variant its weights (<variant>.npz) and its predicted class for every
 pixel of every test canvas (predictions_<variant>.npz, array `labels` (N, H, W) uint8), the true
 classes once (ground_truth.npz, array `labels`, same shape), and, last, metrics.json: per variant
 `miou` (a fraction), `per_class_iou` (by class name, null for a class absent from both truth and
@@ -27,7 +31,6 @@ from other jobs the same steps took 0.40, 0.37 and 0.71 s, and the run would tak
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -35,10 +38,13 @@ from tqdm.auto import tqdm
 from dcn_numba.data.mnist import load_mnist
 from dcn_numba.engine.autograd import Tensor, no_grad
 from dcn_numba.engine.optim import Adam, CosineSchedule
-from dcn_numba import speed
-from dcn_numba.runtime.settings import keep_freed_memory
+from dcn_numba.runtime.settings import leave_the_cores_to_the_kernels
+from dcn_numba.apps.command import train_command
+from dcn_numba.runs.checkpoint import CHECKPOINT, Checkpoint, Checkpoints, capture, restore
+from dcn_numba.runs.options import add_output_options, run_settings
+from dcn_numba.runs.outputs import open_run
 from dcn_numba.apps.segmentation.data import CLASS_NAMES, CLASSES, labelled_canvases
-from dcn_numba.apps.segmentation.files import write_json, write_npz
+from dcn_numba.apps.segmentation.files import write_npz
 from dcn_numba.apps.segmentation.metrics import class_iou, confusion_matrix, mean_iou
 from dcn_numba.apps.segmentation.model import SegNet, pixel_cross_entropy, width_matched
 from dcn_numba.apps.segmentation.sampling import spread_by_size
@@ -61,6 +67,7 @@ TRAIN_CANVAS_SEED = 11
 TEST_CANVAS_SEED = 12
 CANVAS_SIZE = 64
 WARMUP_STEPS = 50
+COMMAND = "python -m dcn_numba.segment"
 
 
 def training_options(steps):
@@ -86,7 +93,7 @@ def build_parser():
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=DEFAULT_VARIANTS,
                         help="which nets to train")
     parser.add_argument("--seed", type=int, default=0, help="seeds the weights and the batch order")
-    parser.add_argument("--out", default="runs/segment", help="output folder")
+    add_output_options(parser, default="runs/segment")
     return parser
 
 
@@ -130,27 +137,42 @@ def make_net(variant, seed):
     return SegNet(**options, seed=seed)
 
 
-def training_batches(train, steps, batch_size, rng):
-    """(images, labels) of each training step: canvases drawn without replacement, the whole
-    set reshuffled whenever fewer than a batch remain."""
-    order = np.array([], dtype=np.int64)
-    for _ in range(steps):
-        if len(order) < batch_size:
-            order = np.concatenate([order, rng.permutation(len(train.images))])
-        chosen, order = order[:batch_size], order[batch_size:]
-        yield train.images[chosen], train.labels[chosen]
+def training_batch(train, batch_size, rng, order):
+    """(images, labels) of one training step, and the canvases left in `order` (the rest of the
+    current shuffle): canvases drawn without replacement, the whole set reshuffled whenever fewer
+    than a batch remain."""
+    if len(order) < batch_size:
+        order = np.concatenate([order, rng.permutation(len(train.images))])
+    chosen, order = order[:batch_size], order[batch_size:]
+    return (train.images[chosen], train.labels[chosen]), order
 
 
-def train_variant(variant, train, args):
-    """Train one variant; returns the net, its loss per step and its seconds per step."""
+def train_variant(variant, train, args, checkpoints=None, saved=None, done=None):
+    """Train one variant; returns the net, its loss per step and its seconds per step.
+
+    With `checkpoints` (runs.checkpoint.Checkpoints) the training state is saved at most every
+    args.checkpoint_seconds and when training ends, together with `done` (the metrics of the
+    variants finished before); a `saved` Checkpoint of this variant is continued from, so the
+    result is the uninterrupted one."""
     net = make_net(variant, args.seed)
     optimizer = Adam(net.parameters(), lr=args.lr)
     schedule = CosineSchedule(optimizer, args.steps, warmup_steps=min(WARMUP_STEPS, args.steps // 10))
     rng = np.random.default_rng(args.seed)
     losses, seconds = [], []
+    order = np.array([], dtype=np.int64)  # the canvases still to draw before the next reshuffle
+    if saved is not None and saved.values["command"].get("variant") == variant:
+        arrays, values = restore(saved, net, optimizer, schedule, rng)
+        losses, seconds, order = values["losses"], values["seconds"], arrays["order"]
+
+    def save(force=False):
+        if checkpoints is not None:
+            values = dict(done=done or {}, variant=variant, losses=losses, seconds=seconds)
+            checkpoints.save(lambda: capture(net, optimizer, schedule, rng, {"order": order}, values), force)
+
     net.train()
-    progress = tqdm(total=args.steps, desc=f"{variant:>12}", unit="step")
-    for images, labels in training_batches(train, args.steps, args.batch_size, rng):
+    progress = tqdm(total=args.steps, initial=len(losses), desc=f"{variant:>12}", unit="step")
+    while len(losses) < args.steps:
+        (images, labels), order = training_batch(train, args.batch_size, rng, order)
         began = time.perf_counter()
         schedule.step()
         loss = pixel_cross_entropy(net(Tensor(images)), labels)
@@ -159,9 +181,11 @@ def train_variant(variant, train, args):
         optimizer.step()
         seconds.append(time.perf_counter() - began)
         losses.append(loss.item())
+        save()
         progress.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
         progress.update()
     progress.close()
+    save(force=True)
     return net, losses, seconds
 
 
@@ -189,32 +213,50 @@ def settings(args):
                 train_canvases=args.train_canvases, test_canvases=args.test_canvases, canvas_size=CANVAS_SIZE)
 
 
+def variant_metrics(variant, net, predicted, losses, seconds, test, args):
+    """The metrics.json entry of one trained variant, from its `predicted` classes of the test
+    canvases."""
+    return dict(
+        scores(predicted, test.labels),
+        spread_by_size=spread_by_size(net, test),
+        params=int(net.num_parameters()),
+        # the first steps compile and warm up: the median is the step's time
+        seconds_per_step=float(np.median(seconds)),
+        training_seconds=float(np.sum(seconds)),
+        variant=dict(VARIANTS[variant]),
+        **settings(args),
+        loss=losses,
+    )
+
+
 def run(args, canvases=None):
-    """Train and evaluate every variant of args.variants; write the outputs to args.out, metrics.json
-    last; returns the metrics. `canvases` (train, test) are made from args when not given."""
+    """Train and evaluate every variant of args.variants into the run folder args.out; returns
+    the metrics. The folder is checked first (`runs.outputs.open_run`; an OutputError names
+    --out), before any work; metrics.json is written last. A finished run resumed is read back.
+    `canvases` (train, test) are made from args when not given."""
+    folder = open_run(args.out, COMMAND, run_settings(args), args.resume, args.overwrite)
+    if folder.finished:
+        return folder.metrics()
+    # The engine holds BLAS to one thread from its first deformable kernel on; holding it from the
+    # first step makes every product of every variant, resumed or not, the same one.
+    leave_the_cores_to_the_kernels()
     train, test = make_canvases(args) if canvases is None else canvases
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_npz(out / "ground_truth.npz", dict(labels=test.labels))
-    metrics = {}
+    checkpoints = Checkpoints(folder, args.checkpoint_seconds)
+    saved = checkpoints.load()
+    done = dict(saved.values["command"]["done"]) if saved is not None else {}
+    write_npz(folder.file("ground_truth.npz"), dict(labels=test.labels))
     for variant in args.variants:
-        net, losses, seconds = train_variant(variant, train, args)
-        write_npz(out / f"{variant}.npz", net.state_dict())
+        if variant in done:  # trained and scored before the run was interrupted
+            continue
+        net, losses, seconds = train_variant(variant, train, args, checkpoints, saved, done)
+        write_npz(folder.file(f"{variant}.npz"), net.state_dict())
         predicted = predict(net, test.images)
-        write_npz(out / f"predictions_{variant}.npz", dict(labels=predicted))
-        metrics[variant] = dict(
-            scores(predicted, test.labels),
-            spread_by_size=spread_by_size(net, test),
-            params=int(net.num_parameters()),
-            # the first steps compile and warm up: the median is the step's time
-            seconds_per_step=float(np.median(seconds)),
-            training_seconds=float(np.sum(seconds)),
-            variant=dict(VARIANTS[variant]),
-            **settings(args),
-            loss=losses,
-        )
-        print(f"{variant}: mIoU {metrics[variant]['miou']:.3f}", flush=True)
-    write_json(out / "metrics.json", metrics)
+        write_npz(folder.file(f"predictions_{variant}.npz"), dict(labels=predicted))
+        done[variant] = variant_metrics(variant, net, predicted, losses, seconds, test, args)
+        checkpoints.save(lambda: Checkpoint({}, dict(command=dict(done=done))), force=True)
+        print(f"{variant}: mIoU {done[variant]['miou']:.3f}", flush=True)
+    metrics = {variant: done[variant] for variant in args.variants}
+    folder.finish(metrics, leftovers=[CHECKPOINT])
     return metrics
 
 
@@ -226,10 +268,10 @@ def format_table(metrics):
     return "\n".join(lines)
 
 
+def report(args, metrics):
+    """The table and the line that says what it measured and where the outputs are."""
+    return f"{format_table(metrics)}\nmIoU in %, on {args.test_canvases} test canvases; outputs in {args.out}/"
+
+
 def main(argv=None):
-    args = parse_args(argv)
-    keep_freed_memory()
-    speed.switch_on()
-    metrics = run(args)
-    print(format_table(metrics))
-    print(f"mIoU in %, on {args.test_canvases} test canvases; outputs in {args.out}/")
+    train_command(argv, parse_args, run, build_parser, report)

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 from numba import cuda
 
-TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
+TUTORIALS = Path(__file__).resolve().parents[2] / "tutorials"
 sys.path.insert(0, str(TUTORIALS))
 import checks  # noqa: E402  (the tutorials' own modules, found in tutorials/)
 import exercises  # noqa: E402
 
+import dcn_numba  # noqa: E402
 from dcn_numba.engine import functional as F  # noqa: E402
 from dcn_numba.engine.autograd import Tensor  # noqa: E402
 from dcn_numba.reference import deform_roi_pool as roi_reference  # noqa: E402
@@ -385,6 +386,101 @@ def iou_without_clamping_the_overlap(box_a, box_b):
     return shared / (area_a + area_b - shared)
 
 
+
+def miou_as_mean_recall(confusion):
+    confusion = np.asarray(confusion, dtype=np.float64)
+    rows = confusion.sum(axis=1)  # the true pixels of each class only: recall, not IoU
+    return float(np.mean(np.diag(confusion)[rows > 0] / rows[rows > 0]))
+
+
+def miou_counting_absent_classes_as_0(confusion):
+    confusion = np.asarray(confusion, dtype=np.float64)
+    hits = np.diag(confusion)
+    union = confusion.sum(axis=1) + confusion.sum(axis=0) - hits
+    return float(np.mean(np.where(union > 0, hits / np.maximum(union, 1), 0.0)))
+
+
+def miou_over_the_sum_without_the_overlap(confusion):
+    confusion = np.asarray(confusion, dtype=np.float64)
+    hits = np.diag(confusion)
+    total = confusion.sum(axis=1) + confusion.sum(axis=0)  # the hits counted twice
+    return float(np.mean(hits[total > 0] / total[total > 0]))
+
+
+def miou_of_pooled_pixels(confusion):
+    confusion = np.asarray(confusion, dtype=np.float64)
+    return float(np.trace(confusion) / confusion.sum())  # pixel accuracy
+
+
+def dcnv3_with(input, offset, mask, kernel_h, kernel_w, pad_h, pad_w, group, *, x_first=True, column_major=True,
+               depthwise=True):
+    """DCNv3 by deform_conv2d, the layouts converted or not as the flags say."""
+    N, H_out, W_out = offset.shape[:3]
+    C = input.shape[3]
+    K = kernel_h * kernel_w
+    taps = (kernel_w, kernel_h) if column_major else (kernel_h, kernel_w)
+    pairs = offset.reshape(N, H_out, W_out, group, *taps, 2)
+    pairs = pairs[..., ::-1] if x_first else pairs
+    pairs = pairs.transpose(0, 3, 5, 4, 6, 1, 2) if column_major else pairs.transpose(0, 3, 4, 5, 6, 1, 2)
+    offset_v2 = np.ascontiguousarray(pairs).reshape(N, group * 2 * K, H_out, W_out)
+    m = mask.reshape(N, H_out, W_out, group, *taps)
+    m = m.transpose(0, 3, 5, 4, 1, 2) if column_major else m.transpose(0, 3, 4, 5, 1, 2)
+    mask_v2 = np.ascontiguousarray(m).reshape(N, group * K, H_out, W_out)
+    in_group = 1 if depthwise else C // group
+    weight = np.ones((C, in_group, kernel_h, kernel_w))
+    out = dcn_numba.deform_conv2d(np.ascontiguousarray(input.transpose(0, 3, 1, 2)), offset_v2, weight,
+                                  padding=(pad_h, pad_w), mask=mask_v2)
+    return out.transpose(0, 2, 3, 1)
+
+
+def dcnv3_with_y_first_pairs(*args):
+    return dcnv3_with(*args, x_first=False)
+
+
+def dcnv3_with_row_major_taps(*args):
+    return dcnv3_with(*args, column_major=False)
+
+
+def dcnv3_summing_the_group_channels(*args):
+    return dcnv3_with(*args, depthwise=False)
+
+
+def softmax_over_every_channel(mask, group):
+    exponentials = np.exp(mask - mask.max(axis=-1, keepdims=True))
+    return exponentials / exponentials.sum(axis=-1, keepdims=True)
+
+
+def softmax_across_the_groups(mask, group):
+    grouped = mask.reshape(*mask.shape[:3], group, -1)
+    exponentials = np.exp(grouped - grouped.max(axis=-2, keepdims=True))
+    return (exponentials / exponentials.sum(axis=-2, keepdims=True)).reshape(mask.shape)
+
+
+def softmax_without_the_maximum(mask, group):
+    grouped = mask.reshape(*mask.shape[:3], group, -1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        exponentials = np.exp(grouped)
+        return (exponentials / exponentials.sum(axis=-1, keepdims=True)).reshape(mask.shape)
+
+
+def unpack_every_offset_first(offset_mask, group, P):
+    offset = offset_mask[..., :2 * group * P]  # as if all groups' offsets came before all masks
+    mask = offset_mask[..., 2 * group * P:3 * group * P]
+    return offset, mask
+
+
+def unpack_mask_before_offsets(offset_mask, group, P):
+    N, H_out, W_out = offset_mask.shape[:3]
+    groups = offset_mask[..., :3 * group * P].reshape(N, H_out, W_out, group, 3 * P)
+    return (groups[..., P:].reshape(N, H_out, W_out, group * 2 * P),
+            groups[..., :P].reshape(N, H_out, W_out, group * P))
+
+
+def unpack_with_the_padding(offset_mask, group, P):
+    N, H_out, W_out, width = offset_mask.shape
+    offset = offset_mask[..., :3 * group * P].reshape(N, H_out, W_out, group, 3 * P)[..., :2 * P]
+    return offset.reshape(N, H_out, W_out, group * 2 * P), offset_mask[..., 2 * group * P:]
+
 WRONG_ANSWERS = {
     "sample_zero_padded": [sample_without_the_shift, sample_with_the_border_repeated,
                            sample_without_the_validity_test],
@@ -406,6 +502,11 @@ WRONG_ANSWERS = {
     "training_step": [step_without_zero_grad, step_without_the_update, step_updating_before_backward],
     "spread": [spread_about_the_unweighted_centre, spread_as_mean_distance, spread_divided_by_the_count],
     "iou": [iou_over_the_sum_of_areas, iou_of_inclusive_pixel_boxes, iou_without_clamping_the_overlap],
+    "mean_iou_by_hand": [miou_as_mean_recall, miou_counting_absent_classes_as_0, miou_over_the_sum_without_the_overlap,
+                         miou_of_pooled_pixels],
+    "dcnv3_by_deform_conv2d": [dcnv3_with_y_first_pairs, dcnv3_with_row_major_taps, dcnv3_summing_the_group_channels],
+    "softmax_over_taps": [softmax_over_every_channel, softmax_across_the_groups, softmax_without_the_maximum],
+    "unpack_offset_mask": [unpack_every_offset_first, unpack_mask_before_offsets, unpack_with_the_padding],
 }
 CASES = [(exercise, wrong) for exercise, answers in WRONG_ANSWERS.items() for wrong in answers]
 

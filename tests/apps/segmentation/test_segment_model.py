@@ -21,6 +21,17 @@ def digits():
     return load_mnist().test
 
 
+@pytest.mark.parametrize("make, name", [(labelled_canvases, "labelled_canvases"), (make_canvases, "make_canvases")],
+                         ids=["labelled", "plain"])
+@pytest.mark.parametrize("arguments, message", [({"count": -1}, "count must be >= 0, got -1"),
+                                                ({"count": 2, "height_range": (20, 70)},
+                                                 r"height_range must satisfy 1 <= low <= high <= size = 64, got \(20, 70\)")],
+                         ids=["negative_count", "height_over_size"])
+def test_bad_canvas_options_are_refused_in_the_callers_name(digits, make, name, arguments, message):
+    with pytest.raises(ValueError, match=f"^{name}: {message}$"):
+        make(digits, seed=0, **arguments)
+
+
 def test_labelled_canvases_are_the_detectors_canvases(digits):
     ours = labelled_canvases(digits, 6, seed=3)
     theirs = make_canvases(digits, 6, seed=3)

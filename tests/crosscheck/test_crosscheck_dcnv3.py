@@ -1,6 +1,6 @@
-"""The DCNv3/DCNv4 cross-check (dcn_numba.crosscheck.dcnv3): dcn_numba's backends agree on every case,
-the hand-computed values are right, a wrong convention is a MISMATCH, the documented conventions
-are named, and the exit status says so. The grid_sample adapters need torch and are skipped
+"""The DCNv3/DCNv4 cross-check (dcn_numba.crosscheck.dcnv3, run as `python -m dcn_numba.crosscheck
+--op dcnv3`): dcn_numba's backends agree on every case, the hand-computed values are right, a wrong
+convention is a MISMATCH, the documented conventions are named, and the exit status says so. The grid_sample adapters need torch and are skipped
 without it."""
 
 import numpy as np
@@ -9,6 +9,7 @@ import pytest
 import dcn_numba
 from dcn_numba.crosscheck.adapters import Implementation, NotApplicable
 from dcn_numba.crosscheck import dcnv3 as crosscheck
+from dcn_numba.crosscheck.main import main
 from dcn_numba.reference import dcnv3 as reference
 
 
@@ -115,12 +116,29 @@ def test_the_gradient_at_minus_one_is_named():
     assert verdicts["samples exactly on -1 (integer offsets)"] == ("agrees", "gradient at exactly -1", None)
 
 
-def test_the_command_reports_and_exits(capsys):
-    assert crosscheck.main(["reference", "cpu"]) == 0
+def test_the_command_runs_this_battery_with_op_dcnv3(capsys):
+    assert main(["--op", "dcnv3", "reference", "cpu"]) == 0
     output = capsys.readouterr().out
     assert "22 cases run, 0 unexplained" in output
+    assert "hand: tap 1 is one column left (column-major)" in output
+
+
+def test_the_command_exits_1_on_a_mismatch_and_names_the_conventions(capsys, monkeypatch):
+    """A wrong implementation makes the command exit 1; a convention met is named under the table."""
+    wrong = {"row-major": transposed_taps(), "exchanged-pads": exchanged_pads()}
+    monkeypatch.setattr(crosscheck, "implementation", lambda name: wrong[name])
+    assert main(["--op", "dcnv3", "row-major"]) == 1
+    assert "MISMATCH" in capsys.readouterr().out
+    assert main(["--op", "dcnv3", "exchanged-pads"]) == 0
+    assert "pads exchanged: InternImage's pure-PyTorch function pads the rows by pad_w" in capsys.readouterr().out
+
+
+def test_the_command_refuses_names_of_the_other_battery():
+    with pytest.raises(SystemExit) as caught:
+        main(["--op", "dcnv3", "torchvision"])
+    assert caught.value.code == 2
     with pytest.raises(SystemExit):
-        crosscheck.main(["nonsense"])
+        main(["--op", "dcnv5", "cpu"])
 
 
 @pytest.mark.parametrize("name", ["torch-grid-sample", "torch-grid-sample-upstream-pads"])

@@ -391,7 +391,7 @@ def test_cuda_tensors_without_cupy_are_refused_saying_what_to_install(monkeypatc
 
 def _example_script():
     """The Python block under '## Training on several processes' in docs/torch.md."""
-    text = (pathlib.Path(__file__).parent.parent / "docs" / "torch.md").read_text()
+    text = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "torch.md").read_text()
     section = text.split("## Training on several processes", 1)[1]
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
@@ -399,7 +399,7 @@ def _example_script():
 def test_the_two_process_ddp_example_trains_and_keeps_the_processes_equal(tmp_path):
     script = tmp_path / "ddp_example.py"
     script.write_text(_example_script())
-    root = pathlib.Path(__file__).parent.parent
+    root = pathlib.Path(__file__).resolve().parents[2]
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(root), os.environ.get("PYTHONPATH", "")]))
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,

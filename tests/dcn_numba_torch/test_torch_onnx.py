@@ -20,7 +20,7 @@ onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is not inst
                                                         "(pip install -e '.[bench]')")
 dt = pytest.importorskip("dcn_numba.torch")
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 class GivenOffsets(torch.nn.Module):

@@ -15,7 +15,7 @@ from dcn_numba.engine.dcnv3 import (DCNv3, DCNv4, GELUFunction, LayerNormFunctio
                                     dcnv3 as dcnv3_function, dcnv4 as dcnv4_function)
 from dcn_numba.reference import dcnv3 as reference
 from dcn_numba.reference.gradcheck import assert_close, check_gradients
-from engine.autograd_helpers import check_tensor_function
+from autograd_helpers import check_tensor_function
 from dcnv3_helpers import packed, random_call
 
 # ---------------------------------------------------------------------------------------------

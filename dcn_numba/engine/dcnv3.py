@@ -183,11 +183,77 @@ def center_feature_blend(layer, features, y, x_proj):
     center_feature_scale_proj_weightᵀ + center_feature_scale_proj_bias) per group (λ = 1/2 at the
     start, both being zero)."""
     *leading, C = y.shape
-    scale = F.sigmoid(F.linear(features, layer.center_feature_scale_proj_weight,
-                               layer.center_feature_scale_proj_bias))
+    scale = layer.sigmoid(layer.linear(features, layer.center_feature_scale_proj_weight,
+                                       layer.center_feature_scale_proj_bias))
     scale = scale.reshape(*leading, layer.group, 1)
     grouped = (*leading, layer.group, C // layer.group)
     return (y.reshape(grouped) * (1 - scale) + x_proj.reshape(grouped) * scale).reshape(*leading, C)
+
+
+class DCNv3Flow:
+    """The DCNv3 layer's data flow, written once for this engine's layer and dcn_numba.torch's:
+    x = input_proj(input); x1 = dw_conv(input) (GELU(LayerNorm(depthwise conv))); offset =
+    offset(x1); mask = softmax over each group's P taps of mask(x1); y = dcnv3(x, offset, mask)
+    (optionally blended with x, `center_feature_scale`); out = output_proj(y). A framework's layer
+    brings those sublayers and its primitives: channels_first, softmax (over the last axis),
+    sigmoid, linear, and sample (its dcnv3 operator with the layer's parameters)."""
+
+    def forward(self, input):
+        """input (N, H, W, C) → (N, H_out, W_out, C)."""
+        N, H, W, _ = input.shape
+        x = self.input_proj(input)
+        x1 = self.dw_conv(self.channels_first(input))
+        offset = self.offset(x1)
+        mask = self.softmax(self.mask(x1).reshape(N, H, W, self.group, -1)).reshape(N, H, W, -1)
+        y = self.sample(x, offset, mask)
+        if self.center_feature_scale:
+            y = center_feature_blend(self, x1, y, x)
+        return self.output_proj(y)
+
+
+class DCNv4Flow:
+    """The DCNv4 layer's data flow, written once for this engine's layer and dcn_numba.torch's:
+    x = value_proj(input); offset_mask = offset_mask(input), or of a depthwise convolution of the
+    input (`offset_mask_dw`) when there is one; y = dcnv4(x, offset_mask), no softmax (optionally
+    blended with x, its λ computed from y); out = output_proj(y); without_pointwise drops
+    value_proj and output_proj. Primitives as DCNv3Flow's, plus channels_last; sample is dcnv4."""
+
+    def forward(self, input, shape=None):
+        """input (N, L, C) with shape = (H, W), a square H = W = √L when None → (N, L, C)."""
+        N, L, C = input.shape
+        H, W = shape if shape is not None else (math.isqrt(L), math.isqrt(L))
+        x = input if self.without_pointwise else self.value_proj(input)
+        x = x.reshape(N, H, W, C)
+        features = input
+        if self.offset_mask_dw is not None:
+            features = self.offset_mask_dw(self.channels_first(input.reshape(N, H, W, C)))
+            features = self.channels_last(features).reshape(N, L, C)
+        offset_mask = self.offset_mask(features).reshape(N, H, W, -1)
+        y = self.sample(x, offset_mask)
+        if self.center_feature_scale:
+            y = center_feature_blend(self, y, y, x)
+        y = y.reshape(N, L, C)
+        return y if self.without_pointwise else self.output_proj(y)
+
+
+class EnginePrimitives:
+    """The primitives of the layers' flows in this engine."""
+
+    @staticmethod
+    def channels_first(x):
+        """(N, H, W, C) → (N, C, H, W)."""
+        return x.transpose(0, 3, 1, 2)
+
+    @staticmethod
+    def channels_last(x):
+        """(N, C, H, W) → (N, H, W, C)."""
+        return x.transpose(0, 2, 3, 1)
+
+    @staticmethod
+    def softmax(logits):
+        return SoftmaxFunction.apply(logits, axis=-1)
+
+    sigmoid, linear = staticmethod(F.sigmoid), staticmethod(F.linear)
 
 
 def add_center_feature_scale(layer, group, channels):
@@ -203,12 +269,10 @@ def check_channels(layer, channels, group):
         raise ValueError(f"{layer}: channels must be divisible by group, got {channels} and {group}")
 
 
-class DCNv3(nn.Module):
-    """InternImage's DCNv3 layer, on (N, H, W, C): x = input_proj(input); x1 = GELU(LayerNorm(
-    depthwise conv of input)) (`dw_conv`); offset = offset(x1); mask = softmax over each group's P
-    taps of mask(x1); y = dcnv3(x, offset, mask) (optionally blended with x, `center_feature_scale`);
-    out = output_proj(y). offset and mask start at zero: the first forward averages the kernel's
-    window with weights 1/P. Only the published defaults act_layer='GELU', norm_layer='LN'."""
+class DCNv3(EnginePrimitives, DCNv3Flow, nn.Module):
+    """InternImage's DCNv3 layer on (N, H, W, C), its forward DCNv3Flow's. offset and mask start
+    at zero: the first forward averages the kernel's window with weights 1/P. Only the published
+    defaults act_layer='GELU', norm_layer='LN'."""
 
     def __init__(self, channels=64, kernel_size=3, dw_kernel_size=None, stride=1, pad=1, dilation=1,
                  group=4, offset_scale=1.0, act_layer="GELU", norm_layer="LN", center_feature_scale=False,
@@ -233,27 +297,13 @@ class DCNv3(nn.Module):
         if center_feature_scale:
             add_center_feature_scale(self, group, channels)
 
-    def forward(self, input):
-        """input (N, H, W, C) → (N, H_out, W_out, C)."""
-        N, H, W, _ = input.shape
-        x = self.input_proj(input)
-        x1 = self.dw_conv(input.transpose(0, 3, 1, 2))
-        offset = self.offset(x1)
-        logits = self.mask(x1).reshape(N, H, W, self.group, self.taps)
-        mask = SoftmaxFunction.apply(logits, axis=-1).reshape(N, H, W, self.group * self.taps)
-        y = dcnv3(x, offset, mask, self.operator_parameters)
-        if self.center_feature_scale:
-            y = center_feature_blend(self, x1, y, x)
-        return self.output_proj(y)
+    def sample(self, x, offset, mask):
+        return dcnv3(x, offset, mask, self.operator_parameters)
 
 
-class DCNv4(nn.Module):
-    """FlashInternImage's DCNv4 layer, on (N, L, C) with shape = (H, W) (a square H = W = √L when
-    None): x = value_proj(input); offset_mask = offset_mask(input), or of a depthwise convolution
-    of the input (`offset_mask_dw`) when dw_kernel_size is given; y = dcnv4(x, offset_mask), no
-    softmax (optionally blended with x, its λ computed from y); out = output_proj(y).
-    without_pointwise drops value_proj and output_proj. offset_mask starts at zero, so every
-    mask value m does: the first forward's dcnv4 gives 0."""
+class DCNv4(EnginePrimitives, DCNv4Flow, nn.Module):
+    """FlashInternImage's DCNv4 layer on (N, L, C), its forward DCNv4Flow's. offset_mask starts at
+    zero, so every mask value m does: the first forward's dcnv4 gives 0."""
 
     def __init__(self, channels=64, kernel_size=3, stride=1, pad=1, dilation=1, group=4, offset_scale=1.0,
                  dw_kernel_size=None, center_feature_scale=False, remove_center=False, output_bias=True,
@@ -272,19 +322,5 @@ class DCNv4(nn.Module):
         if center_feature_scale:
             add_center_feature_scale(self, group, channels)
 
-    def forward(self, input, shape=None):
-        """input (N, L, C) → (N, L, C)."""
-        N, L, C = input.shape
-        H, W = shape if shape is not None else (math.isqrt(L), math.isqrt(L))
-        x = input if self.without_pointwise else self.value_proj(input)
-        x = x.reshape(N, H, W, C)
-        features = input
-        if self.offset_mask_dw is not None:
-            features = self.offset_mask_dw(input.reshape(N, H, W, C).transpose(0, 3, 1, 2))
-            features = features.transpose(0, 2, 3, 1).reshape(N, L, C)
-        offset_mask = self.offset_mask(features).reshape(N, H, W, -1)
-        y = dcnv4(x, offset_mask, self.operator_parameters)
-        if self.center_feature_scale:
-            y = center_feature_blend(self, y, y, x)
-        y = y.reshape(N, L, C)
-        return y if self.without_pointwise else self.output_proj(y)
+    def sample(self, x, offset_mask):
+        return dcnv4(x, offset_mask, self.operator_parameters)

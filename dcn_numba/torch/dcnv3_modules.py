@@ -1,8 +1,8 @@
 """InternImage's DCNv3 layer and FlashInternImage's DCNv4 layer as torch.nn.Modules on the ops of
 dcn_numba.torch.dcnv3, with the published module structure, parameter names and initialisation,
 so that a state dict of a published block loads with load_state_dict(strict=True). They are the
-layers of dcn_numba.engine.dcnv3 (docs/specification.md §3.7), written with torch's own Linear,
-Conv2d, LayerNorm and GELU.
+layers of dcn_numba.engine.dcnv3 (docs/specification.md §3.7), with torch's own Linear, Conv2d,
+LayerNorm and GELU; their forward is the engine's DCNv3Flow and DCNv4Flow, written once for both.
 
     DCNv3  on (N, H, W, C), channels last
     DCNv4  on (N, L = H·W, C), forward(input, shape=(H, W))
@@ -13,6 +13,7 @@ import math
 import torch
 from torch import Tensor
 
+from dcn_numba.engine.dcnv3 import DCNv3Flow, DCNv4Flow
 from dcn_numba.torch.dcnv3 import dcnv3, dcnv4
 
 
@@ -59,21 +60,29 @@ def _add_center_feature_scale(layer, group, channels):
     layer.center_feature_scale_proj_bias = torch.nn.Parameter(torch.zeros(group))
 
 
-def _center_feature_blend(layer, features, y, x_proj):
-    """y·(1 − λ) + x_proj·λ with one λ = sigmoid(features · center_feature_scale_proj_weightᵀ +
-    center_feature_scale_proj_bias) per group (λ = 1/2 at the start, both being zero)."""
-    scale = torch.sigmoid(torch.nn.functional.linear(
-        features, layer.center_feature_scale_proj_weight, layer.center_feature_scale_proj_bias))
-    scale = scale.repeat_interleave(layer.channels // layer.group, dim=-1)
-    return y * (1 - scale) + x_proj * scale
+class TorchPrimitives:
+    """The primitives of the layers' flows (dcn_numba.engine.dcnv3.DCNv3Flow, DCNv4Flow) in torch."""
+
+    @staticmethod
+    def channels_first(x: Tensor) -> Tensor:
+        """(N, H, W, C) → (N, C, H, W)."""
+        return x.permute(0, 3, 1, 2)
+
+    @staticmethod
+    def channels_last(x: Tensor) -> Tensor:
+        """(N, C, H, W) → (N, H, W, C)."""
+        return x.permute(0, 2, 3, 1)
+
+    @staticmethod
+    def softmax(logits: Tensor) -> Tensor:
+        return torch.softmax(logits, dim=-1)
+
+    sigmoid, linear = staticmethod(torch.sigmoid), staticmethod(torch.nn.functional.linear)
 
 
-class DCNv3(torch.nn.Module):
-    """InternImage's DCNv3 layer, on (N, H, W, C): x = input_proj(input); x1 = GELU(LayerNorm(
-    depthwise conv of input)) (`dw_conv`); offset = offset(x1); mask = softmax over each group's P
-    taps of mask(x1); y = dcnv3(x, offset, mask) (optionally blended with x, `center_feature_scale`);
-    out = output_proj(y). offset and mask start at zero: the first forward averages the kernel's
-    window with weights 1/P. Only the published defaults act_layer='GELU', norm_layer='LN'."""
+class DCNv3(TorchPrimitives, DCNv3Flow, torch.nn.Module):
+    """dcn_numba.engine.dcnv3.DCNv3 as a torch.nn.Module: the same sublayers, parameter names and
+    initialisation, the same forward (DCNv3Flow), this module's dcnv3 operator."""
 
     def __init__(self, channels=64, kernel_size=3, dw_kernel_size=None, stride=1, pad=1, dilation=1,
                  group=4, offset_scale=1.0, act_layer="GELU", norm_layer="LN", center_feature_scale=False,
@@ -100,28 +109,15 @@ class DCNv3(torch.nn.Module):
         if center_feature_scale:
             _add_center_feature_scale(self, group, channels)
 
-    def forward(self, input: Tensor) -> Tensor:
-        """input (N, H, W, C) → (N, H_out, W_out, C)."""
-        N, H, W, _ = input.shape
-        x = self.input_proj(input)
-        x1 = self.dw_conv(input.permute(0, 3, 1, 2))
-        offset = self.offset(x1)
-        mask = torch.softmax(self.mask(x1).reshape(N, H, W, self.group, -1), dim=-1).reshape(N, H, W, -1)
-        y = dcnv3(x, offset, mask, self.kernel_size, self.kernel_size, self.stride, self.stride, self.pad,
-                  self.pad, self.dilation, self.dilation, self.group, self.group_channels, self.offset_scale,
-                  bool(self.remove_center))
-        if self.center_feature_scale:
-            y = _center_feature_blend(self, x1, y, x)
-        return self.output_proj(y)
+    def sample(self, x: Tensor, offset: Tensor, mask: Tensor) -> Tensor:
+        return dcnv3(x, offset, mask, self.kernel_size, self.kernel_size, self.stride, self.stride, self.pad,
+                     self.pad, self.dilation, self.dilation, self.group, self.group_channels, self.offset_scale,
+                     bool(self.remove_center))
 
 
-class DCNv4(torch.nn.Module):
-    """FlashInternImage's DCNv4 layer, on (N, L, C) with shape = (H, W) (a square H = W = √L when
-    None): x = value_proj(input); offset_mask = offset_mask(input), or of a depthwise convolution
-    of the input (`offset_mask_dw`) when dw_kernel_size is given; y = dcnv4(x, offset_mask), no
-    softmax (optionally blended with x, its λ computed from y); out = output_proj(y).
-    without_pointwise drops value_proj and output_proj. offset_mask starts at zero, so every
-    mask value m does: the first forward's dcnv4 gives 0."""
+class DCNv4(TorchPrimitives, DCNv4Flow, torch.nn.Module):
+    """dcn_numba.engine.dcnv3.DCNv4 as a torch.nn.Module: the same sublayers, parameter names and
+    initialisation, the same forward (DCNv4Flow), this module's dcnv4 operator."""
 
     def __init__(self, channels=64, kernel_size=3, stride=1, pad=1, dilation=1, group=4, offset_scale=1.0,
                  dw_kernel_size=None, center_feature_scale=False, remove_center=False, output_bias=True,
@@ -140,21 +136,7 @@ class DCNv4(torch.nn.Module):
         if center_feature_scale:
             _add_center_feature_scale(self, group, channels)
 
-    def forward(self, input: Tensor, shape=None) -> Tensor:
-        """input (N, L, C) → (N, L, C)."""
-        N, L, C = input.shape
-        H, W = shape if shape is not None else (math.isqrt(L), math.isqrt(L))
-        x = input if self.without_pointwise else self.value_proj(input)
-        x = x.reshape(N, H, W, C)
-        features = input
-        if self.offset_mask_dw is not None:
-            features = self.offset_mask_dw(input.reshape(N, H, W, C).permute(0, 3, 1, 2))
-            features = features.permute(0, 2, 3, 1).reshape(N, L, C)
-        offset_mask = self.offset_mask(features).reshape(N, H, W, -1)
-        y = dcnv4(x, offset_mask, self.kernel_size, self.kernel_size, self.stride, self.stride, self.pad,
-                  self.pad, self.dilation, self.dilation, self.group, self.group_channels, self.offset_scale,
-                  bool(self.remove_center))
-        if self.center_feature_scale:
-            y = _center_feature_blend(self, y, y, x)
-        y = y.reshape(N, L, C)
-        return y if self.without_pointwise else self.output_proj(y)
+    def sample(self, x: Tensor, offset_mask: Tensor) -> Tensor:
+        return dcnv4(x, offset_mask, self.kernel_size, self.kernel_size, self.stride, self.stride, self.pad,
+                     self.pad, self.dilation, self.dilation, self.group, self.group_channels, self.offset_scale,
+                     bool(self.remove_center))

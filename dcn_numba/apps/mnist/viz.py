@@ -24,6 +24,7 @@ CANVAS_SIZE = 48
 # The three levels of points, last layer first: its 9 taps, their 81, and the 729 of the first layer.
 LEVEL_STYLES = ((3, dict(s=30, c="navy")), (2, dict(s=12, c="darkorange", alpha=0.6)),
                 (1, dict(s=5, c="red", alpha=0.25)))
+LEGEND = ("the unit", "the last layer's 9 points", "the middle layer's 81", "the first layer's 729")
 
 
 def figure_panels(digits, canvas_size=CANVAS_SIZE):
@@ -58,16 +59,31 @@ def draw_sampling_points(axes, net, images, kinds, device):
     units = panel_units(net, images, kinds)
     traces = unit_traces(net, images, units, device)
     for ax, image, unit, (levels, _) in zip(axes, images, units, traces):
-        ax.imshow(image[0], cmap="gray_r", vmin=0, vmax=1)
-        for level, style in LEVEL_STYLES:
-            ax.scatter(levels[level - 1][:, 1], levels[level - 1][:, 0], linewidths=0, **style)
-        centre = feature_to_image(unit, net.deform_layers_input_stride)
-        ax.scatter([centre[1]], [centre[0]], s=80, c="limegreen", marker="+", linewidths=2)
-        ax.set_xlim(-0.5, image.shape[-1] - 0.5)
-        ax.set_ylim(image.shape[-2] - 0.5, -0.5)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        draw_unit_points(ax, image[0], levels, feature_to_image(unit, net.deform_layers_input_stride))
     return [levels for levels, _ in traces]
+
+
+def draw_unit_points(ax, image, levels, centre):
+    """One panel: the image (H, W), the unit at `centre` (green cross) and its points, `levels`
+    first layer first (red 729, orange 81, navy 9, drawn in the reverse order)."""
+    ax.imshow(image, cmap="gray_r", vmin=0, vmax=1)
+    for level, style in LEVEL_STYLES:
+        ax.scatter(levels[level - 1][:, 1], levels[level - 1][:, 0], linewidths=0, **style)
+    ax.scatter([centre[1]], [centre[0]], s=80, c="limegreen", marker="+", linewidths=2)
+    ax.set_xlim(-0.5, image.shape[-1] - 0.5)
+    ax.set_ylim(image.shape[-2] - 0.5, -0.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def add_points_legend(figure, ax, labels=LEGEND):
+    """A legend under the figure naming the unit and its three levels of points, as `ax` (a panel
+    of `draw_unit_points`) draws them."""
+    points = ax.collections  # the three levels' scatters, then the unit's cross
+    legend = figure.legend([points[-1], *points[:-1]], labels, loc="outside lower center", ncols=4, fontsize=8,
+                           markerscale=1.5)
+    for handle in legend.legend_handles:
+        handle.set_alpha(1)  # the faint red of 729 overlapping points would be invisible alone
 
 
 def plot_sampling_locations(nets, digits, device, path):
@@ -81,6 +97,7 @@ def plot_sampling_locations(nets, digits, device, path):
         axes[row, 0].set_ylabel(name, fontsize=9)
     for ax, title in zip(axes[0], titles):
         ax.set_title(title, fontsize=9)
+    add_points_legend(figure, axes[0, 0])
     figure.suptitle("Sampling points of three stacked 3×3 layers (9, 81 and 729) for one unit")
     figure.savefig(path, dpi=110)
 

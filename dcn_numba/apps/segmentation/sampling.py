@@ -24,13 +24,13 @@ from matplotlib.figure import Figure
 
 from dcn_numba.engine.autograd import Tensor, no_grad
 from dcn_numba.ops.locations import feature_to_image, level_points, spread, trace_back_levels
+from dcn_numba.apps.mnist.viz import add_points_legend, draw_unit_points
 from dcn_numba.apps.segmentation.data import BACKGROUND
 
 MARGIN = 2
 SIZE_BINS = (14, 20, 28, 40, 57)  # digit heights, pixels: bins [14, 20), [20, 28), [28, 40), [40, 57)
-# The three levels of points, last layer first: its 9 taps, their 81, and the 729 of res5a.
-LEVEL_STYLES = ((3, dict(s=30, c="navy")), (2, dict(s=12, c="darkorange", alpha=0.6)),
-                (1, dict(s=5, c="red", alpha=0.25)))
+# The names of the unit and its three levels of points in the figure's legend.
+LEGEND = ("the unit", "res5c's 9 points", "res5b's 81", "res5a's 729")
 
 
 def res5_locations(net, images, batch_size=50):
@@ -136,7 +136,7 @@ def figure_panels(canvases, stride):
 def sampling_figure(nets, canvases, figure=None):
     """The figure for `nets` ({name: SegNet}): one row per net, one panel per unit of
     `figure_panels`, each with its canvas, its unit (green cross) and the 9, 81 and 729 points
-    (navy, orange, red) it reads, and the spread of the 729. Drawn into `figure` (an empty one,
+    (navy, orange, red) it reads, and the spread of the 729; a legend names them. Drawn into `figure` (an empty one,
     such as pyplot's in a notebook), or into a new Figure drawn without a display when None."""
     stride = next(iter(nets.values())).stride
     titles, indices, units = figure_panels(canvases, stride)
@@ -152,18 +152,11 @@ def sampling_figure(nets, canvases, figure=None):
         locations = res5_locations(net, images)
         for b, (ax, unit) in enumerate(zip(axes[row], units)):
             levels = unit_points(locations, b, unit, stride)
-            ax.imshow(images[b, 0], cmap="gray_r", vmin=0, vmax=1)
-            for level, style in LEVEL_STYLES:
-                ax.scatter(levels[level - 1][:, 1], levels[level - 1][:, 0], linewidths=0, **style)
-            centre = feature_to_image(unit, stride)
-            ax.scatter([centre[1]], [centre[0]], s=80, c="limegreen", marker="+", linewidths=2)
+            draw_unit_points(ax, images[b, 0], levels, feature_to_image(unit, stride))
             ax.text(1, 3, f"spread {spread(levels[0]):.1f} px", fontsize=7, color="navy")
-            ax.set_xlim(-0.5, images.shape[-1] - 0.5)
-            ax.set_ylim(images.shape[-2] - 0.5, -0.5)
-            ax.set_xticks([])
-            ax.set_yticks([])
         axes[row, 0].set_ylabel(name, fontsize=9)
     for ax, title in zip(axes[0], titles):
         ax.set_title(title, fontsize=9)
+    add_points_legend(figure, axes[0, 0], LEGEND)
     figure.suptitle("Sampling points of res5c, res5b and res5a (9, 81 and 729) for one unit")
     return figure

@@ -2,6 +2,8 @@
 
     python -m dcn_numba.experiment segmentation --seeds 0 1 2
         → docs/results_segmentation.md, docs/results_segmentation.json, docs/segmentation_sampling.png
+    python -m dcn_numba.experiment segmentation --seeds 0 --figure-only
+        → docs/segmentation_sampling.png alone, from seed 0's regular and deformable3 runs
 
 Each (variant, seed) of TABLE_VARIANTS is one run of the training command (`segment.run`, the
 same options) with one variant, in its own folder <runs>/seed<n>/<variant>. A run whose
@@ -77,6 +79,9 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--runs", default="runs/segmentation", help="folder of the training runs")
     parser.add_argument("--docs", default="docs", help="folder the results files are written to")
+    parser.add_argument("--figure-only", action="store_true",
+                        help=f"draw {FIGURE} alone, from the first seed's {' and '.join(FIGURE_VARIANTS)} runs "
+                             "(trained unless stored), leaving the results files as they are")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the runs in --runs made with other settings or left unfinished "
                              "(without it an unfinished run is resumed)")
@@ -120,12 +125,12 @@ def clear_unmarked_unfinished_run(args):
             (folder / name).unlink()
 
 
-def get_runs(options, mnist):
-    """{variant: {seed: metrics}} of every run of the table, trained unless stored, on
-    canvases made from the digits of `mnist`."""
-    runs, canvases = {variant: {} for variant in TABLE_VARIANTS}, None
+def get_runs(options, mnist, variants=TABLE_VARIANTS):
+    """{variant: {seed: metrics}} of every run of `variants` (the table's), trained unless stored,
+    on canvases made from the digits of `mnist`."""
+    runs, canvases = {variant: {} for variant in variants}, None
     for seed in options.seeds:
-        for variant in TABLE_VARIANTS:
+        for variant in variants:
             args = run_args(options, variant, seed)
             metrics = stored_run(args)
             if metrics is None:
@@ -263,11 +268,17 @@ def write_results(runs, options, command, mnist):
     write_json(docs / "results_segmentation.json",
                {variant: {"miou": per_seed(runs, variant, "miou"), "seeds": list(options.seeds)}
                 for variant in TABLE_VARIANTS})
+    write_sampling_figure(options, mnist)
+    print(text, flush=True)
+
+
+def write_sampling_figure(options, mnist):
+    """docs/segmentation_sampling.png from the weights of the first seed's FIGURE_VARIANTS."""
     seed = options.seeds[0]
     nets = {f"{variant} (seed {seed})": segment.make_net(variant, seed).load(
         Path(run_args(options, variant, seed).out) / f"{variant}.npz") for variant in FIGURE_VARIANTS}
-    write_figure(docs / FIGURE, sampling_figure(nets, segment.test_canvases(options, mnist)))
-    print(text, flush=True)
+    Path(options.docs).mkdir(parents=True, exist_ok=True)
+    write_figure(Path(options.docs) / FIGURE, sampling_figure(nets, segment.test_canvases(options, mnist)))
 
 
 def main(argv):
@@ -276,8 +287,13 @@ def main(argv):
     keep_freed_memory()
     speed.switch_on()
     mnist = load_mnist(options.data)
+    if options.figure_only:
+        options.seeds = options.seeds[:1]  # the figure shows the first seed's nets
     try:
-        runs = get_runs(options, mnist)
+        runs = get_runs(options, mnist, FIGURE_VARIANTS if options.figure_only else TABLE_VARIANTS)
     except OutputError as error:
         raise SystemExit(f"python -m dcn_numba.experiment segmentation: error: {error}") from None
+    if options.figure_only:
+        write_sampling_figure(options, mnist)
+        return
     write_results(runs, options, " ".join(["python -m dcn_numba.experiment segmentation", *argv]), mnist)

@@ -97,6 +97,23 @@ def test_table_completes_over_several_invocations(tmp_path, monkeypatch, mnist):
     assert experiment.stored_run(stored) is None
 
 
+def test_figure_only_trains_the_figure_runs_of_the_first_seed_and_writes_the_figure_alone(
+        tmp_path, monkeypatch, mnist):
+    monkeypatch.setattr(experiment, "load_mnist", lambda path: mnist)
+    trained, train = [], segment.run
+
+    def counted_run(args, canvases):
+        trained.append((args.variants[0], args.seed))
+        return train(args, canvases)
+
+    monkeypatch.setattr(segment, "run", counted_run)
+    experiment.main(["--seeds", "1", "0", "--figure-only", *TINY_RUN, "--runs", str(tmp_path / "runs"),
+                     "--docs", str(tmp_path / "docs")])
+    assert trained == [(variant, 1) for variant in experiment.FIGURE_VARIANTS]
+    assert sorted(path.name for path in (tmp_path / "docs").iterdir()) == [experiment.FIGURE]
+    assert (tmp_path / "docs" / experiment.FIGURE).stat().st_size > 0
+
+
 def test_experiment_dispatches_segmentation_and_every_other_table(monkeypatch):
     calls = []
     monkeypatch.setattr(dispatcher.segmentation_experiment, "main", lambda argv: calls.append(("seg", argv)))

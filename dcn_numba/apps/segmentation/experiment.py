@@ -125,9 +125,10 @@ def clear_unmarked_unfinished_run(args):
             (folder / name).unlink()
 
 
-def get_runs(options, mnist, variants=TABLE_VARIANTS):
-    """{variant: {seed: metrics}} of every run of `variants` (the table's), trained unless stored,
-    on canvases made from the digits of `mnist`."""
+def get_runs(options, mnist, variants=None):
+    """{variant: {seed: metrics}} of every run of `variants` (None: the table's, TABLE_VARIANTS),
+    trained unless stored, on canvases made from the digits of `mnist`."""
+    variants = TABLE_VARIANTS if variants is None else variants
     runs, canvases = {variant: {} for variant in variants}, None
     for seed in options.seeds:
         for variant in variants:
@@ -290,7 +291,7 @@ def main(argv):
     if options.figure_only:
         options.seeds = options.seeds[:1]  # the figure shows the first seed's nets
     try:
-        runs = get_runs(options, mnist, FIGURE_VARIANTS if options.figure_only else TABLE_VARIANTS)
+        runs = get_runs(options, mnist, FIGURE_VARIANTS if options.figure_only else None)
     except OutputError as error:
         raise SystemExit(f"python -m dcn_numba.experiment segmentation: error: {error}") from None
     if options.figure_only:

@@ -1,5 +1,8 @@
 """Random DCNv3 and DCNv4 calls for the tests: shapes and parameters drawn by hypothesis, samples
-placed a margin away from the pixel grid (where bilinear interpolation has kinks)."""
+placed a margin away from the pixel grid (where bilinear interpolation has kinks); and the names
+and shapes of the published layers' state dicts, which both frameworks' layers must load."""
+
+import math
 
 import numpy as np
 from hypothesis import assume
@@ -87,3 +90,32 @@ def packed(offset, mask, group, rng=None):
     if rng is not None:
         padding = rng.standard_normal(padding.shape)
     return np.concatenate([rows, padding], axis=-1)
+
+
+def published_dcnv3_shapes(C, G, k=3, dk=3, remove_center=0, center_feature_scale=False):
+    """The names and shapes of the state dict of InternImage's DCNv3 layer (ops_dcnv3/modules/dcnv3.py:
+    dw_conv = Sequential(conv, Sequential(to_channels_last, LayerNorm), GELU))."""
+    P = k * k - remove_center
+    shapes = {"dw_conv.0.weight": (C, 1, dk, dk), "dw_conv.0.bias": (C,),
+              "dw_conv.1.1.weight": (C,), "dw_conv.1.1.bias": (C,),
+              "offset.weight": (G * P * 2, C), "offset.bias": (G * P * 2,),
+              "mask.weight": (G * P, C), "mask.bias": (G * P,),
+              "input_proj.weight": (C, C), "input_proj.bias": (C,),
+              "output_proj.weight": (C, C), "output_proj.bias": (C,)}
+    if center_feature_scale:
+        shapes.update({"center_feature_scale_proj_weight": (G, C), "center_feature_scale_proj_bias": (G,)})
+    return shapes
+
+
+def published_dcnv4_shapes(C, G, k=3, dk=None, remove_center=0, center_feature_scale=False, output_bias=True):
+    """The names and shapes of the state dict of DCNv4's layer (DCNv4_op/DCNv4/modules/dcnv4.py)."""
+    width = math.ceil(3 * G * (k * k - remove_center) / 8) * 8
+    shapes = {"offset_mask.weight": (width, C), "offset_mask.bias": (width,),
+              "value_proj.weight": (C, C), "value_proj.bias": (C,), "output_proj.weight": (C, C)}
+    if output_bias:
+        shapes["output_proj.bias"] = (C,)
+    if dk is not None:
+        shapes.update({"offset_mask_dw.weight": (C, 1, dk, dk), "offset_mask_dw.bias": (C,)})
+    if center_feature_scale:
+        shapes.update({"center_feature_scale_proj_weight": (G, C), "center_feature_scale_proj_bias": (G,)})
+    return shapes

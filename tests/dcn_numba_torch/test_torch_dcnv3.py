@@ -8,7 +8,6 @@ Needs torch, which dcn_numba does not require: without it the tests skip, saying
 (`make torch-check` runs them).
 """
 
-import math
 
 import numpy as np
 import pytest
@@ -21,7 +20,8 @@ dt = pytest.importorskip("dcn_numba.torch")
 import dcn_numba  # noqa: E402
 from dcn_numba.engine import dcnv3 as engine  # noqa: E402
 from dcn_numba.engine.autograd import Tensor  # noqa: E402
-from dcnv3_helpers import geometries, packed, random_call  # noqa: E402
+from dcnv3_helpers import (geometries, packed, published_dcnv3_shapes, published_dcnv4_shapes,  # noqa: E402
+                           random_call)
 
 # Two groups of two channels, a 3×3 kernel, stride (1, 2), unequal pads, offset_scale ≠ 1: every
 # convention of §3 that a call can get wrong shows in the values.
@@ -164,33 +164,10 @@ def test_bad_arguments_are_refused_with_dcn_numbas_messages():
 # The layers: the published state dicts, and the engine's layers
 
 
-def published_dcnv3_shapes(C, G, k=3, dk=3, remove_center=0, center_feature_scale=False):
-    """The names and shapes of the state dict of InternImage's DCNv3 layer (ops_dcnv3/modules/dcnv3.py:
-    dw_conv = Sequential(conv, Sequential(to_channels_last, LayerNorm), GELU))."""
-    P = k * k - remove_center
-    shapes = {"dw_conv.0.weight": (C, 1, dk, dk), "dw_conv.0.bias": (C,),
-              "dw_conv.1.1.weight": (C,), "dw_conv.1.1.bias": (C,),
-              "offset.weight": (G * P * 2, C), "offset.bias": (G * P * 2,),
-              "mask.weight": (G * P, C), "mask.bias": (G * P,),
-              "input_proj.weight": (C, C), "input_proj.bias": (C,),
-              "output_proj.weight": (C, C), "output_proj.bias": (C,)}
-    if center_feature_scale:
-        shapes.update({"center_feature_scale_proj_weight": (G, C), "center_feature_scale_proj_bias": (G,)})
-    return shapes
 
 
-def published_dcnv4_shapes(C, G, k=3, dk=None, remove_center=0, center_feature_scale=False, output_bias=True):
-    """The names and shapes of the state dict of DCNv4's layer (DCNv4_op/DCNv4/modules/dcnv4.py)."""
-    width = math.ceil(3 * G * (k * k - remove_center) / 8) * 8
-    shapes = {"offset_mask.weight": (width, C), "offset_mask.bias": (width,),
-              "value_proj.weight": (C, C), "value_proj.bias": (C,), "output_proj.weight": (C, C)}
-    if output_bias:
-        shapes["output_proj.bias"] = (C,)
-    if dk is not None:
-        shapes.update({"offset_mask_dw.weight": (C, 1, dk, dk), "offset_mask_dw.bias": (C,)})
-    if center_feature_scale:
-        shapes.update({"center_feature_scale_proj_weight": (G, C), "center_feature_scale_proj_bias": (G,)})
-    return shapes
+
+
 
 
 def synthetic_state(shapes, seed, small=()):

@@ -16,7 +16,7 @@ from dcn_numba.engine.dcnv3 import (DCNv3, DCNv4, GELUFunction, LayerNormFunctio
 from dcn_numba.reference import dcnv3 as reference
 from dcn_numba.reference.gradcheck import assert_close, check_gradients
 from autograd_helpers import check_tensor_function
-from dcnv3_helpers import packed, random_call
+from dcnv3_helpers import packed, published_dcnv3_shapes, published_dcnv4_shapes, random_call
 
 # ---------------------------------------------------------------------------------------------
 # Functions
@@ -60,37 +60,7 @@ def test_the_operator_functions_pass_the_operators_gradients(backend):
 
 
 # ---------------------------------------------------------------------------------------------
-# The published state dicts
-
-
-def published_dcnv3_shapes(C, G, k=3, dk=3, remove_center=0, center_feature_scale=False):
-    """The names and shapes of the state dict of InternImage's DCNv3 layer
-    (ops_dcnv3/modules/dcnv3.py: nn.Sequential(conv, nn.Sequential(to_channels_last, LayerNorm), GELU))."""
-    P = k * k - remove_center
-    shapes = {"dw_conv.0.weight": (C, 1, dk, dk), "dw_conv.0.bias": (C,),
-              "dw_conv.1.1.weight": (C,), "dw_conv.1.1.bias": (C,),
-              "offset.weight": (G * P * 2, C), "offset.bias": (G * P * 2,),
-              "mask.weight": (G * P, C), "mask.bias": (G * P,),
-              "input_proj.weight": (C, C), "input_proj.bias": (C,),
-              "output_proj.weight": (C, C), "output_proj.bias": (C,)}
-    if center_feature_scale:
-        shapes.update({"center_feature_scale_proj_weight": (G, C), "center_feature_scale_proj_bias": (G,)})
-    return shapes
-
-
-def published_dcnv4_shapes(C, G, k=3, dk=None, remove_center=0, center_feature_scale=False, output_bias=True):
-    """The names and shapes of the state dict of DCNv4's layer (DCNv4_op/DCNv4/modules/dcnv4.py)."""
-    K = G * (k * k - remove_center)
-    shapes = {"offset_mask.weight": (int(math.ceil(3 * K / 8) * 8), C),
-              "offset_mask.bias": (int(math.ceil(3 * K / 8) * 8),),
-              "value_proj.weight": (C, C), "value_proj.bias": (C,), "output_proj.weight": (C, C)}
-    if output_bias:
-        shapes["output_proj.bias"] = (C,)
-    if dk is not None:
-        shapes.update({"offset_mask_dw.weight": (C, 1, dk, dk), "offset_mask_dw.bias": (C,)})
-    if center_feature_scale:
-        shapes.update({"center_feature_scale_proj_weight": (G, C), "center_feature_scale_proj_bias": (G,)})
-    return shapes
+# The published state dicts (their names and shapes: dcnv3_helpers)
 
 
 def synthetic_state(shapes, rng, small=()):

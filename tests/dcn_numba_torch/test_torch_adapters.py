@@ -18,25 +18,12 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[torch]')")
 dt = pytest.importorskip("dcn_numba.torch")
+from torch_helpers import random_rois, random_tensor  # noqa: E402
 
 import dcn_numba  # noqa: E402
 from dcn_numba.torch import bridge  # noqa: E402
 from dcn_numba.ops.deform_conv import output_size  # noqa: E402
 from dcn_numba.ops.locations import sampling_locations  # noqa: E402
-
-
-def _tensor(rng, shape, low=None, high=None):
-    """A float64 tensor needing gradients: standard normal, or uniform in [low, high)."""
-    values = rng.standard_normal(shape) if low is None else rng.uniform(low, high, shape)
-    return torch.tensor(values, requires_grad=True)
-
-
-def _rois(rng, count, batch_size, width, height):
-    """(count, 5) RoIs (batch_index, x1, y1, x2, y2) inside a width × height image."""
-    x = np.sort(rng.uniform(0, width - 1, (count, 2)), axis=1)
-    y = np.sort(rng.uniform(0, height - 1, (count, 2)), axis=1)
-    batch_index = rng.integers(0, batch_size, count)
-    return torch.tensor(np.stack([batch_index, x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=1))
 
 
 def test_the_module_imports_the_real_torch():
@@ -52,11 +39,11 @@ def test_the_module_imports_the_real_torch():
 def test_gradcheck_deform_conv2d(modulated):
     rng = np.random.default_rng(1)
     # 2 weight groups, 2 offset groups, a 2×2 kernel; H_out, W_out = 4, 6 with padding 1, dilation (2, 1)
-    x = _tensor(rng, (2, 4, 4, 5))
-    offset = _tensor(rng, (2, 2 * 2 * 4, 4, 6), -1.5, 1.5)
-    weight = _tensor(rng, (4, 2, 2, 2))
-    bias = _tensor(rng, (4,))
-    mask = _tensor(rng, (2, 2 * 4, 4, 6), 0, 1) if modulated else None
+    x = random_tensor(rng, (2, 4, 4, 5))
+    offset = random_tensor(rng, (2, 2 * 2 * 4, 4, 6), -1.5, 1.5)
+    weight = random_tensor(rng, (4, 2, 2, 2))
+    bias = random_tensor(rng, (4,))
+    mask = random_tensor(rng, (2, 2 * 4, 4, 6), 0, 1) if modulated else None
 
     def conv(x, offset, weight, bias, mask):
         return dt.deform_conv2d(x, offset, weight, bias, stride=1, padding=1, dilation=(2, 1),
@@ -67,9 +54,9 @@ def test_gradcheck_deform_conv2d(modulated):
 
 def test_gradcheck_deform_roi_pool():
     rng = np.random.default_rng(2)
-    x = _tensor(rng, (2, 3, 6, 7))
-    rois = _rois(rng, 3, 2, 7, 6)
-    offset = _tensor(rng, (3, 2, 2, 3), -0.5, 0.5)
+    x = random_tensor(rng, (2, 3, 6, 7))
+    rois = torch.tensor(random_rois(rng, 3, 2, 7, 6))
+    offset = random_tensor(rng, (3, 2, 2, 3), -0.5, 0.5)
 
     def pool(x, offset):
         return dt.deform_roi_pool(x, rois, offset, output_size=(2, 3), sampling_ratio=2, gamma=0.1)
@@ -79,9 +66,9 @@ def test_gradcheck_deform_roi_pool():
 
 def test_gradcheck_deform_psroi_pool():
     rng = np.random.default_rng(3)
-    x = _tensor(rng, (2, 8, 6, 7))
-    rois = _rois(rng, 3, 2, 7, 6)
-    trans = _tensor(rng, (3, 4, 2, 2), -0.5, 0.5)
+    x = random_tensor(rng, (2, 8, 6, 7))
+    rois = torch.tensor(random_rois(rng, 3, 2, 7, 6))
+    trans = random_tensor(rng, (3, 4, 2, 2), -0.5, 0.5)
 
     def pool(x, trans):
         return dt.deform_psroi_pool(x, rois, trans, output_dim=2, group_size=2, pooled_size=2,
@@ -118,11 +105,11 @@ def _conv_tensors(config, offsets):
     H_out, W_out = (output_size(n, k, s, p, d) for n, k, s, p, d in zip(
         (H, W), (kh, kw), config["stride"], config["padding"], config["dilation"]))
     B, G_off, K = config["B"], config["offset_groups"], kh * kw
-    x = _tensor(rng, (B, config["C_in"], H, W))
+    x = random_tensor(rng, (B, config["C_in"], H, W))
     offset = torch.tensor(offsets(rng, (B, 2 * G_off * K, H_out, W_out)), requires_grad=True)
-    weight = _tensor(rng, (config["C_out"], config["C_in"] // config["groups"], kh, kw))
-    bias = _tensor(rng, (config["C_out"],)) if config["bias"] else None
-    mask = _tensor(rng, (B, G_off * K, H_out, W_out), 0, 1) if config["mask"] else None
+    weight = random_tensor(rng, (config["C_out"], config["C_in"] // config["groups"], kh, kw))
+    bias = random_tensor(rng, (config["C_out"],)) if config["bias"] else None
+    mask = random_tensor(rng, (B, G_off * K, H_out, W_out), 0, 1) if config["mask"] else None
     return x, offset, weight, bias, mask
 
 
@@ -211,7 +198,7 @@ def test_non_contiguous_tensors_give_the_result_of_their_contiguous_copies():
 def test_pooling_modules_equal_the_numpy_api():
     rng = np.random.default_rng(7)
     x = torch.tensor(rng.standard_normal((2, 8, 6, 7)))
-    rois = _rois(rng, 3, 2, 7, 6)
+    rois = torch.tensor(random_rois(rng, 3, 2, 7, 6))
     offset = torch.tensor(rng.uniform(-1, 1, (3, 2, 2, 2)))
     trans = torch.tensor(rng.uniform(-1, 1, (3, 4, 2, 2)))
     roi = dt.DeformRoIPool(output_size=2, spatial_scale=1.0, sampling_ratio=2, gamma=0.2)
@@ -230,8 +217,8 @@ def test_pooling_modules_equal_the_numpy_api():
 def test_deform_roi_pool_without_offsets_is_torchvision_roi_align():
     torchvision = pytest.importorskip("torchvision", reason="torchvision is not installed")
     rng = np.random.default_rng(8)
-    x = _tensor(rng, (2, 3, 6, 7))
-    rois = _rois(rng, 4, 2, 7, 6)
+    x = random_tensor(rng, (2, 3, 6, 7))
+    rois = torch.tensor(random_rois(rng, 4, 2, 7, 6))
     ours = dt.DeformRoIPool(output_size=(2, 3), sampling_ratio=2)(x, rois)
     theirs = torchvision.ops.roi_align(x, rois, (2, 3), 1.0, 2, aligned=True)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)

@@ -10,6 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[torch]')")
 dt = pytest.importorskip("dcn_numba.torch")
+from torch_helpers import random_rois, random_tensor  # noqa: E402
 
 import dcn_numba  # noqa: E402
 
@@ -18,37 +19,23 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated
 OPS = ("deform_conv2d", "deform_roi_pool", "deform_psroi_pool")
 
 
-def _tensor(rng, shape, low=None, high=None, grad=True):
-    """A float64 tensor: standard normal, or uniform in [low, high)."""
-    values = rng.standard_normal(shape) if low is None else rng.uniform(low, high, shape)
-    return torch.tensor(values, requires_grad=grad)
-
-
-def _rois(rng, count, batch_size, width, height):
-    """(count, 5) RoIs (batch_index, x1, y1, x2, y2) inside a width × height image."""
-    x = np.sort(rng.uniform(0, width - 1, (count, 2)), axis=1)
-    y = np.sort(rng.uniform(0, height - 1, (count, 2)), axis=1)
-    batch_index = rng.integers(0, batch_size, count)
-    return torch.tensor(np.stack([batch_index, x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=1))
-
-
 def _op_arguments(name, optional=True, seed=0):
     """The arguments of torch.ops.dcn_numba.<name>, in its schema's order: float64 tensors that
     need gradients, then the parameters. optional=False leaves out the optional tensors."""
     rng = np.random.default_rng(seed)
     if name == "deform_conv2d":
         # 2 weight groups, 2 offset groups, a 2×2 kernel: H_out, W_out = 5, 7
-        x, offset = _tensor(rng, (2, 4, 5, 6)), _tensor(rng, (2, 16, 5, 7), -1.5, 1.5)
-        weight = _tensor(rng, (4, 2, 2, 2))
-        bias, mask = _tensor(rng, (4,)), _tensor(rng, (2, 8, 5, 7), 0, 1)
+        x, offset = random_tensor(rng, (2, 4, 5, 6)), random_tensor(rng, (2, 16, 5, 7), -1.5, 1.5)
+        weight = random_tensor(rng, (4, 2, 2, 2))
+        bias, mask = random_tensor(rng, (4,)), random_tensor(rng, (2, 8, 5, 7), 0, 1)
         if not optional:
             bias = mask = None
         return (x, offset, weight, bias, mask, [1, 1], [1, 1], [2, 1])
-    x, rois = _tensor(rng, (2, 8, 6, 7)), _rois(rng, 3, 2, 7, 6)
+    x, rois = random_tensor(rng, (2, 8, 6, 7)), torch.tensor(random_rois(rng, 3, 2, 7, 6))
     if name == "deform_roi_pool":
-        offset = _tensor(rng, (3, 2, 2, 3), -0.5, 0.5) if optional else None
+        offset = random_tensor(rng, (3, 2, 2, 3), -0.5, 0.5) if optional else None
         return (x, rois, offset, [2, 3], 1.0, 2, 0.1)
-    trans = _tensor(rng, (3, 4, 2, 2), -0.5, 0.5) if optional else None
+    trans = random_tensor(rng, (3, 4, 2, 2), -0.5, 0.5) if optional else None
     return (x, rois, trans, 1.0, 2, 2, 2, None, 2, 0.1)
 
 
@@ -196,7 +183,7 @@ def test_fx_symbolic_trace_keeps_each_op_a_single_node():
 
     rng = np.random.default_rng(6)
     x = torch.tensor(rng.standard_normal((2, 8, 6, 7)), dtype=torch.float32)
-    rois = _rois(rng, 3, 2, 7, 6).float()
+    rois = torch.tensor(random_rois(rng, 3, 2, 7, 6)).float()
     offset = torch.tensor(rng.uniform(-0.5, 0.5, (3, 2, 2, 3)), dtype=torch.float32)
     trans = torch.tensor(rng.uniform(-0.5, 0.5, (3, 2, 2, 2)), dtype=torch.float32)
     traced = torch.fx.symbolic_trace(Detector())
@@ -227,7 +214,7 @@ def test_torchscript_compiles_a_model_of_the_three_modules_and_equals_eager():
     rng = np.random.default_rng(7)
     inputs = (torch.randn(2, 4, 6, 7, requires_grad=True),
               torch.tensor(rng.uniform(-1, 1, (2, 18, 6, 7)), dtype=torch.float32),
-              _rois(rng, 3, 2, 7, 6).float(),
+              torch.tensor(random_rois(rng, 3, 2, 7, 6)).float(),
               torch.tensor(rng.uniform(-0.5, 0.5, (3, 2, 2, 3)), dtype=torch.float32),
               torch.tensor(rng.uniform(-0.5, 0.5, (3, 2, 2, 2)), dtype=torch.float32))
     scripted = torch.jit.script(model)

@@ -11,16 +11,9 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[torch]')")
 dt = pytest.importorskip("dcn_numba.torch")
+from torch_helpers import random_rois  # noqa: E402
 
 HALF = [torch.float16, torch.bfloat16]
-
-
-def _rois(rng, count, batch_size, width, height):
-    """(count, 5) RoIs (batch_index, x1, y1, x2, y2) inside a width × height image."""
-    x = np.sort(rng.uniform(0, width - 1, (count, 2)), axis=1)
-    y = np.sort(rng.uniform(0, height - 1, (count, 2)), axis=1)
-    batch_index = rng.integers(0, batch_size, count)
-    return np.stack([batch_index, x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=1)
 
 
 def _calls(seed=0):
@@ -40,7 +33,7 @@ def _calls(seed=0):
     # cross an integer, where bilinear interpolation has a kink and the offset gradient a jump.
     conv = (tensor((2, 4, 6, 5)), tensor((2, 18, 6, 5), -2, 2, 2 ** -6), tensor((3, 4, 3, 3)),
             tensor((3,)), tensor((2, 9, 6, 5), 0, 1))
-    rois = torch.tensor(np.round(_rois(rng, 3, 2, 5, 6) * 16) / 16, dtype=torch.float32)
+    rois = torch.tensor(np.round(random_rois(rng, 3, 2, 5, 6) * 16) / 16, dtype=torch.float32)
     roi = (tensor((2, 8, 6, 5)), rois, tensor((3, 2, 2, 2), -0.5, 0.5, 2 ** -8))
     ps = (tensor((2, 8, 6, 5)), rois, tensor((3, 2, 2, 2), -0.5, 0.5, 2 ** -8))
     return [

@@ -287,11 +287,11 @@ class DCNv3(EnginePrimitives, DCNv3Flow, nn.Module):
         dw_kernel_size = kernel_size if dw_kernel_size is None else dw_kernel_size
         self.operator_parameters = Parameters(kernel_size, kernel_size, stride, stride, pad, pad, dilation, dilation,
                                            group, channels // group, float(offset_scale), int(remove_center))
-        self.taps = kernel_size * kernel_size - int(remove_center)
+        taps = kernel_size * kernel_size - int(remove_center)
         self.dw_conv = Stack(depthwise(channels, dw_kernel_size, rng),
                              Stack(ToChannelsLast(), LayerNorm(channels, eps=1e-6)), GELU())
-        self.offset = zero_linear(channels, group * self.taps * 2, rng)
-        self.mask = zero_linear(channels, group * self.taps, rng)
+        self.offset = zero_linear(channels, group * taps * 2, rng)
+        self.mask = zero_linear(channels, group * taps, rng)
         self.input_proj = projection(channels, channels, rng)
         self.output_proj = projection(channels, channels, rng)
         if center_feature_scale:

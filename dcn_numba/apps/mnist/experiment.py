@@ -140,7 +140,8 @@ def header(command, runs):
         f"({os.cpu_count()} cores, {threads()}). Every run trains one variant for {first['epochs']} epochs (batch "
         f"{first['batch_size']}, Adam, peak learning rate {first['lr']}, cosine decay) on "
         f"{first['train_digits']:,} training digits scaled about the image centre onto a "
-        f"{first['canvas_size']}×{first['canvas_size']} canvas: {training_scales(runs, first)}. Test: {first['test_digits']:,} test digits, all of them at each "
+        f"{first['canvas_size']}×{first['canvas_size']} canvas: {training_scales(runs, first)}. "
+        f"Test: {first['test_digits']:,} test digits, all of them at each "
         "factor ×f (factor 1 is the test digit unchanged, padded), and, for the setting's test "
         "accuracy, each at a factor drawn once from the setting's training range.",
         "",
@@ -153,7 +154,8 @@ def training_scales(runs, first):
     if {setting for setting, _ in runs} == {"seen-log"}:
         return (f"by a factor drawn for every digit of every batch, log-uniform in {low}–{high} (seen "
                 "scales drawn log-uniformly)")
-    return f"by a factor drawn for every digit of every batch, uniform in {low}–{high} (seen scales), or by 1 (unseen scales)"
+    return (f"by a factor drawn for every digit of every batch, uniform in {low}–{high} (seen scales), "
+            "or by 1 (unseen scales)")
 
 
 def factors_of(runs):

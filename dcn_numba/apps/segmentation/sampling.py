@@ -136,8 +136,9 @@ def figure_panels(canvases, stride):
 def sampling_figure(nets, canvases, figure=None):
     """The figure for `nets` ({name: SegNet}): one row per net, one panel per unit of
     `figure_panels`, each with its canvas, its unit (green cross) and the 9, 81 and 729 points
-    (navy, orange, red) it reads, and the spread of the 729; a legend names them. Drawn into `figure` (an empty one,
-    such as pyplot's in a notebook), or into a new Figure drawn without a display when None."""
+    (navy, orange, red) it reads, and the spread of the 729; a legend names them. Drawn into
+    `figure` (an empty one, such as pyplot's in a notebook), or into a new Figure drawn without a
+    display when None."""
     stride = next(iter(nets.values())).stride
     titles, indices, units = figure_panels(canvases, stride)
     images = canvases.images[indices]

@@ -64,12 +64,16 @@ def cpu_helper(func):
     return njit(func, inline="always", **CPU_OPTIONS)
 
 
-def cpu_kernel(func=None, *, reassociate=False):
+def cpu_kernel(func=None, *, reassociate=False, contract=False):
     """A CPU kernel: a parallel loop over an output index space (`numba.prange`).
-    reassociate: as for `serial_kernel`, for a kernel whose owned sums should vectorise."""
+    reassociate: as for `serial_kernel`, for a kernel whose owned sums should vectorise.
+    contract: the compiler may fuse a multiplication and the addition of its product into one
+    multiply-add, rounded once (LLVM's `contract` flag), as the CUDA compiler does by default."""
     if func is None:
-        return lambda func: cpu_kernel(func, reassociate=reassociate)
-    return njit(func, parallel=True, fastmath={"reassoc"} if reassociate else False, **CPU_OPTIONS)
+        return lambda func: cpu_kernel(func, reassociate=reassociate, contract=contract)
+    flags = {"reassoc"} if reassociate else set()
+    flags |= {"contract"} if contract else set()
+    return njit(func, parallel=True, fastmath=flags or False, **CPU_OPTIONS)
 
 
 def serial_kernel(func=None, *, reassociate=False):

@@ -22,20 +22,26 @@ Flat shapes inside the kernels: padded and grad_padded (N·(H + 2)·(W + 2)·C,)
 Must match dcn_numba.reference.dcnv3 (tests/kernels/test_dcnv3_kernels.py checks it).
 
 Who owns which output:
-    forward     CPU: one prange iteration per output position (n, h, w), its C channels as a row,
-                summed in float64
+    forward     CPU: one prange iteration per output row (n, h): at each of its positions the
+                G·P samples are located first, then each group's channels, a contiguous row, are
+                summed over the group's P samples in float64
                 CUDA: one thread per output element (n, h, w, c), summed in float64
     backward    CPU: one iteration per image and group (n, g): it alone writes group g's channels
                 of image n in grad_input, so no races, and its samples' offset and mask gradients
                 CUDA: one thread per sample group (n, h, w, g): its offset and mask gradients,
                 summed over the group's channels in float64, and atomic adds into the corners
+
+The CPU kernels let the compiler fuse a multiplication and an addition into one multiply-add
+(`cpu_kernel(contract=True)`), as the CUDA compiler does by default: 8-9% faster at the
+benchmark's shape (benchmarks/RESULTS.md), and a difference from the reference in the last bits
+only.
 """
 
 import numpy as np
 from numba import cuda, prange
 
 from dcn_numba.kernels import bilinear, dcnv3_math, deform_conv_math
-from dcn_numba.kernels._targets import (COUNT, FLAT, cpu_kernel, cuda_kernel, for_cuda, geometry_of,
+from dcn_numba.kernels._targets import (COUNT, FLAT, cpu_helper, cpu_kernel, cuda_kernel, for_cuda, geometry_of,
                                         run_cpu, run_cuda, shared)
 from dcn_numba.kernels.dcnv3_math import (DCNv3Geometry, dcnv3_corner_index, dcnv3_locate_sample,
                                           dcnv3_output_coordinates, dcnv3_padded_image, dcnv3_sample_number,
@@ -51,85 +57,122 @@ from dcn_numba.runtime.arrays import array_module
 # ---------------------------------------------------------------------------------------------
 
 
-@shared
-def corner_rows(padded, image, top_left, g, geometry):
-    """The four corners' values of group g's D channels of a located sample, as four contiguous
-    rows of the padded input (a sample that reads no pixel reads the image's first corners, in
-    bounds and meaningless, as `bilinear.padded_corners` does). Row views start at index 0, so
-    Numba adds no negative-index wraparound to the loops over them, and they vectorise."""
+@cpu_helper
+def tap_table(geometry):
+    """(i_x, i_y) of the G·P samples k = g·P + p of one output position, as two arrays: built once
+    per kernel iteration, because `dcnv3_tap` divides, and two integer divisions per sample
+    cost as much as locating it."""
+    samples = geometry.group * geometry.taps
+    tap_x = np.empty(samples, dtype=np.int64)
+    tap_y = np.empty(samples, dtype=np.int64)
+    for k in range(samples):
+        tap_x[k], tap_y[k] = dcnv3_tap(k % geometry.taps, geometry)
+    return tap_x, tap_y
+
+
+@cpu_helper
+def sample_tables(geometry, dtype):
+    """Empty tables for the located G·P samples of one output position: top_left (int64) and the
+    weights (l_y, l_x) in the data's dtype, as `dcnv3_locate_sample` gives them."""
+    samples = geometry.group * geometry.taps
+    return np.empty(samples, dtype=np.int64), np.empty((2, samples), dtype=dtype)
+
+
+@cpu_helper
+def locate_position(padded, offset, position, h, w, tap_x, tap_y, top_lefts, weights, geometry):
+    """Locate the G·P samples of output position (h, w) (`dcnv3_locate_sample`) into the tables of
+    `sample_tables`. A position's samples are numbered consecutively: sample k = g·P + p of the
+    position is s = position·G·P + k."""
+    first = dcnv3_sample_number(position, 0, 0, geometry)
+    for k in range(top_lefts.size):
+        top_lefts[k], weights[0, k], weights[1, k] = dcnv3_locate_sample(padded, offset, first + k, h, w,
+                                                                         tap_x[k], tap_y[k], geometry)
+
+
+@cpu_helper
+def corner_starts(image, top_left, g, geometry):
+    """Flat indices of the first of group g's D channels at the four corners of a located sample,
+    as unsigned integers: Numba wraps negative signed indices around, and that test on every read
+    keeps the channel loops from vectorising. A sample that reads no pixel reads the image's first
+    corners, in bounds and meaningless, as `bilinear.padded_corners` does."""
     top_left = max(top_left, 0)
     D = geometry.group_channels
-    v00 = dcnv3_corner_index(image, top_left, 0, g * D, geometry)
-    v01 = dcnv3_corner_index(image, top_left, 1, g * D, geometry)
-    v10 = dcnv3_corner_index(image, top_left, 2, g * D, geometry)
-    v11 = dcnv3_corner_index(image, top_left, 3, g * D, geometry)
-    return padded[v00:v00 + D], padded[v01:v01 + D], padded[v10:v10 + D], padded[v11:v11 + D]
+    return (np.uint64(dcnv3_corner_index(image, top_left, 0, g * D, geometry)),
+            np.uint64(dcnv3_corner_index(image, top_left, 1, g * D, geometry)),
+            np.uint64(dcnv3_corner_index(image, top_left, 2, g * D, geometry)),
+            np.uint64(dcnv3_corner_index(image, top_left, 3, g * D, geometry)))
 
 
-@cpu_kernel
-def dcnv3_forward_cpu(n_positions, padded, offset, mask, output, geometry):
-    """out[position, :] for the n_positions = N·H_out·W_out output positions: each sample's
-    location and corner weights, found once, serve the contiguous row of its group's channels.
-    The taps are the outer loop, so that each tap's (i_x, i_y) is found once for all groups."""
-    C, D = geometry.C, geometry.group_channels
-    for position in prange(n_positions):
-        h, w = dcnv3_output_coordinates(position, geometry)
-        image = dcnv3_padded_image(position // (geometry.H_out * geometry.W_out), geometry)
-        totals = np.zeros(C, dtype=np.float64)
-        for p in range(geometry.taps):
-            i_x, i_y = dcnv3_tap(p, geometry)
+@cpu_kernel(contract=True)
+def dcnv3_forward_cpu(n_rows, padded, offset, mask, output, geometry):
+    """The n_rows = N·H_out output rows: at each position, its G·P samples located first
+    (`locate_position`), then each group's D channels summed over its P samples, a sample's
+    location and corner weights serving the contiguous row of its group's channels."""
+    C, D, P = geometry.C, geometry.group_channels, geometry.taps
+    for row in prange(n_rows):
+        n, h = row // geometry.H_out, row % geometry.H_out
+        image = dcnv3_padded_image(n, geometry)
+        tap_x, tap_y = tap_table(geometry)
+        top_lefts, weights = sample_tables(geometry, padded.dtype)
+        totals = np.empty(D, dtype=np.float64)
+        for w in range(geometry.W_out):
+            position = row * geometry.W_out + w
+            first_sample = dcnv3_sample_number(position, 0, 0, geometry)
+            locate_position(padded, offset, position, h, w, tap_x, tap_y, top_lefts, weights, geometry)
             for g in range(geometry.group):
-                sample = dcnv3_sample_number(position, g, p, geometry)
-                top_left, l_y, l_x = dcnv3_locate_sample(padded, offset, sample, h, w, i_x, i_y, geometry)
-                m = mask[sample]
-                v00, v01, v10, v11 = corner_rows(padded, image, top_left, g, geometry)
-                group_totals = totals[g * D:(g + 1) * D]
-                for d in range(D):
-                    group_totals[d] += dcn_column_from_corners(v00[d], v01[d], v10[d], v11[d], l_y, l_x,
-                                                               top_left, m)
-        out = output[position * C:(position + 1) * C]
-        for c in range(C):
-            out[c] = totals[c]
+                totals[:] = 0.0
+                for k in range(g * P, (g + 1) * P):
+                    top_left, l_y, l_x = top_lefts[k], weights[0, k], weights[1, k]
+                    m = mask[np.uint64(first_sample + k)]
+                    v00, v01, v10, v11 = corner_starts(image, top_left, g, geometry)
+                    for d in range(np.uint64(D)):
+                        totals[d] += dcn_column_from_corners(padded[v00 + d], padded[v01 + d], padded[v10 + d],
+                                                             padded[v11 + d], l_y, l_x, top_left, m)
+                first_channel = np.uint64(position * C + g * D)
+                for d in range(np.uint64(D)):
+                    output[first_channel + d] = totals[d]
 
 
-@cpu_kernel(reassociate=True)
+@cpu_kernel(reassociate=True, contract=True)
 def dcnv3_backward_cpu(n_tasks, padded, offset, mask, grad_output, grad_padded, grad_offset,
                        grad_mask, geometry):
     """Every gradient of the n_tasks = N·G tasks (image n, group g): the offset and mask gradients
     of its samples, each summed over the group's channels in float64, and grad_input of its
     channels (grad_padded), which this task alone writes."""
     C, D = geometry.C, geometry.group_channels
-    positions = geometry.H_out * geometry.W_out
     for task in prange(n_tasks):
         n, g = task // geometry.group, task % geometry.group
         image = dcnv3_padded_image(n, geometry)
-        for position in range(n * positions, (n + 1) * positions):
-            h, w = dcnv3_output_coordinates(position, geometry)
-            grad_row = grad_output[position * C + g * D:position * C + (g + 1) * D]
-            for p in range(geometry.taps):
-                i_x, i_y = dcnv3_tap(p, geometry)
-                sample = dcnv3_sample_number(position, g, p, geometry)
-                top_left, l_y, l_x = dcnv3_locate_sample(padded, offset, sample, h, w, i_x, i_y, geometry)
-                m = mask[sample]
-                v00, v01, v10, v11 = corner_rows(padded, image, top_left, g, geometry)
-                total_y = 0.0
-                total_x = 0.0
-                total_m = 0.0
-                for d in range(D):
-                    term_y, term_x, term_m = dcn_offset_mask_terms(v00[d], v01[d], v10[d], v11[d], l_y, l_x,
-                                                                   top_left, m, grad_row[d])
-                    total_y += term_y
-                    total_x += term_x
-                    total_m += term_m
-                dcnv3_store_sample_gradient(grad_offset, grad_mask, sample, total_y, total_x, total_m,
-                                            geometry)
-                if top_left < 0:
-                    continue  # a sample that reads no pixel scatters nothing
-                for corner in range(4):
-                    target = dcnv3_corner_index(image, top_left, corner, g * D, geometry)
-                    grad_pixel = grad_padded[target:target + D]
-                    for d in range(D):
-                        grad_pixel[d] += dcn_input_gradient_term(grad_row[d], m, l_y, l_x, corner)
+        tap_x, tap_y = tap_table(geometry)
+        for h in range(geometry.H_out):
+            for w in range(geometry.W_out):
+                position = (n * geometry.H_out + h) * geometry.W_out + w
+                grad_row = np.uint64(position * C + g * D)
+                for k in range(g * geometry.taps, (g + 1) * geometry.taps):
+                    sample = dcnv3_sample_number(position, 0, k, geometry)
+                    top_left, l_y, l_x = dcnv3_locate_sample(padded, offset, sample, h, w, tap_x[k], tap_y[k],
+                                                             geometry)
+                    m = mask[np.uint64(sample)]
+                    v00, v01, v10, v11 = corner_starts(image, top_left, g, geometry)
+                    total_y = 0.0
+                    total_x = 0.0
+                    total_m = 0.0
+                    for d in range(np.uint64(D)):
+                        term_y, term_x, term_m = dcn_offset_mask_terms(
+                            padded[v00 + d], padded[v01 + d], padded[v10 + d], padded[v11 + d], l_y, l_x,
+                            top_left, m, grad_output[grad_row + d])
+                        total_y += term_y
+                        total_x += term_x
+                        total_m += term_m
+                    dcnv3_store_sample_gradient(grad_offset, grad_mask, sample, total_y, total_x, total_m,
+                                                geometry)
+                    if top_left < 0:
+                        continue  # a sample that reads no pixel scatters nothing
+                    for corner in range(4):
+                        target = np.uint64(dcnv3_corner_index(image, top_left, corner, g * D, geometry))
+                        for d in range(np.uint64(D)):
+                            grad_padded[target + d] += dcn_input_gradient_term(grad_output[grad_row + d], m,
+                                                                               l_y, l_x, corner)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,7 +272,7 @@ def dcnv3(input, offset, mask, *parameters, backend):
     output = xp.empty((geometry.N, geometry.H_out, geometry.W_out, geometry.C), dtype=input.dtype)
     arrays = (zero_padded(xp, input), offset.reshape(-1), mask.reshape(-1), output.reshape(-1))
     if backend == "cpu":
-        run_cpu(dcnv3_forward_cpu, geometry.N * geometry.H_out * geometry.W_out, *arrays, geometry)
+        run_cpu(dcnv3_forward_cpu, geometry.N * geometry.H_out, *arrays, geometry)
     else:
         run_cuda(dcnv3_forward_cuda, output.size, *arrays, geometry)
     return output

@@ -43,7 +43,7 @@ from numba import cuda, prange
 from dcn_numba.kernels import bilinear, dcnv3_math, deform_conv_math
 from dcn_numba.kernels._targets import (COUNT, FLAT, cpu_helper, cpu_kernel, cuda_kernel, for_cuda, geometry_of,
                                         run_cpu, run_cuda, shared)
-from dcn_numba.kernels.dcnv3_math import (DCNv3Geometry, dcnv3_corner_index, dcnv3_locate_sample,
+from dcn_numba.kernels.dcnv3_math import (DCNv3Geometry, dcnv3_corner_index, dcnv3_locate, dcnv3_sample_location,
                                           dcnv3_output_coordinates, dcnv3_padded_image, dcnv3_sample_number,
                                           dcnv3_store_sample_gradient, dcnv3_tap)
 # The bilinear mathematics of §1: the DCNv2 rule on a zero-padded channels-last image.
@@ -71,22 +71,33 @@ def tap_table(geometry):
 
 
 @cpu_helper
-def sample_tables(geometry, dtype):
-    """Empty tables for the located G·P samples of one output position: top_left (int64) and the
-    weights (l_y, l_x) in the data's dtype, as `dcnv3_locate_sample` gives them."""
-    samples = geometry.group * geometry.taps
-    return np.empty(samples, dtype=np.int64), np.empty((2, samples), dtype=dtype)
+def row_tables(geometry, groups, dtype):
+    """Empty tables for the located samples of `groups` groups at each position of one output row:
+    (p_y, p_x) in float64, then top_left (int64) and the weights l_y, l_x in the data's dtype."""
+    size = geometry.W_out * groups * geometry.taps
+    return (np.empty(size, dtype=np.float64), np.empty(size, dtype=np.float64),
+            np.empty(size, dtype=np.int64), np.empty(size, dtype=dtype), np.empty(size, dtype=dtype))
 
 
 @cpu_helper
-def locate_position(padded, offset, position, h, w, tap_x, tap_y, top_lefts, weights, geometry):
-    """Locate the G·P samples of output position (h, w) (`dcnv3_locate_sample`) into the tables of
-    `sample_tables`. A position's samples are numbered consecutively: sample k = g·P + p of the
-    position is s = position·G·P + k."""
-    first = dcnv3_sample_number(position, 0, 0, geometry)
-    for k in range(top_lefts.size):
-        top_lefts[k], weights[0, k], weights[1, k] = dcnv3_locate_sample(padded, offset, first + k, h, w,
-                                                                         tap_x[k], tap_y[k], geometry)
+def locate_row(padded, offset, n, h, first_group, groups, tap_x, tap_y, tables, geometry):
+    """Locate the samples of groups first_group … first_group + groups − 1 at every position w of
+    output row (n, h) into `tables` (`row_tables`): sample i = (g − first_group)·P + p of position w
+    at j = w·S + i, S = groups·P. Two passes, as `dcnv3_locate_sample` takes its two steps: the
+    locations (`dcnv3_sample_location`), then the pixels and weights (`dcnv3_locate`); each pass
+    is a loop that vectorises, where one loop doing both does not."""
+    p_y, p_x, top_lefts, l_y, l_x = tables
+    S = groups * geometry.taps
+    first_tap = first_group * geometry.taps
+    for w in range(geometry.W_out):
+        first_sample = dcnv3_sample_number((n * geometry.H_out + h) * geometry.W_out + w, first_group, 0,
+                                           geometry)
+        for i in range(S):
+            p_y[w * S + i], p_x[w * S + i] = dcnv3_sample_location(offset, first_sample + i, h, w,
+                                                                   tap_x[first_tap + i], tap_y[first_tap + i],
+                                                                   geometry)
+    for j in range(top_lefts.size):
+        top_lefts[j], l_y[j], l_x[j] = dcnv3_locate(padded, p_y[j], p_x[j], geometry)
 
 
 @cpu_helper
@@ -105,24 +116,26 @@ def corner_starts(image, top_left, g, geometry):
 
 @cpu_kernel(contract=True)
 def dcnv3_forward_cpu(n_rows, padded, offset, mask, output, geometry):
-    """The n_rows = N·H_out output rows: at each position, its G·P samples located first
-    (`locate_position`), then each group's D channels summed over its P samples, a sample's
-    location and corner weights serving the contiguous row of its group's channels."""
-    C, D, P = geometry.C, geometry.group_channels, geometry.taps
+    """The n_rows = N·H_out output rows: the row's samples located first (`locate_row`), then at
+    each position each group's D channels summed over its P samples, a sample's location and
+    corner weights serving the contiguous row of its group's channels."""
+    C, D, P, G = geometry.C, geometry.group_channels, geometry.taps, geometry.group
     for row in prange(n_rows):
         n, h = row // geometry.H_out, row % geometry.H_out
         image = dcnv3_padded_image(n, geometry)
         tap_x, tap_y = tap_table(geometry)
-        top_lefts, weights = sample_tables(geometry, padded.dtype)
+        tables = row_tables(geometry, G, padded.dtype)
+        locate_row(padded, offset, n, h, 0, G, tap_x, tap_y, tables, geometry)
+        top_lefts, l_ys, l_xs = tables[2:]
         totals = np.empty(D, dtype=np.float64)
         for w in range(geometry.W_out):
             position = row * geometry.W_out + w
             first_sample = dcnv3_sample_number(position, 0, 0, geometry)
-            locate_position(padded, offset, position, h, w, tap_x, tap_y, top_lefts, weights, geometry)
-            for g in range(geometry.group):
+            for g in range(G):
                 totals[:] = 0.0
                 for k in range(g * P, (g + 1) * P):
-                    top_left, l_y, l_x = top_lefts[k], weights[0, k], weights[1, k]
+                    j = w * G * P + k
+                    top_left, l_y, l_x = top_lefts[j], l_ys[j], l_xs[j]
                     m = mask[np.uint64(first_sample + k)]
                     v00, v01, v10, v11 = corner_starts(image, top_left, g, geometry)
                     for d in range(np.uint64(D)):
@@ -138,20 +151,24 @@ def dcnv3_backward_cpu(n_tasks, padded, offset, mask, grad_output, grad_padded, 
                        grad_mask, geometry):
     """Every gradient of the n_tasks = N·G tasks (image n, group g): the offset and mask gradients
     of its samples, each summed over the group's channels in float64, and grad_input of its
-    channels (grad_padded), which this task alone writes."""
-    C, D = geometry.C, geometry.group_channels
+    channels (grad_padded), which this task alone writes. Each output row's samples of group g are
+    located first (`locate_row`)."""
+    C, D, P = geometry.C, geometry.group_channels, geometry.taps
     for task in prange(n_tasks):
         n, g = task // geometry.group, task % geometry.group
         image = dcnv3_padded_image(n, geometry)
         tap_x, tap_y = tap_table(geometry)
+        tables = row_tables(geometry, 1, padded.dtype)
+        top_lefts, l_ys, l_xs = tables[2:]
         for h in range(geometry.H_out):
+            locate_row(padded, offset, n, h, g, 1, tap_x, tap_y, tables, geometry)
             for w in range(geometry.W_out):
                 position = (n * geometry.H_out + h) * geometry.W_out + w
                 grad_row = np.uint64(position * C + g * D)
-                for k in range(g * geometry.taps, (g + 1) * geometry.taps):
-                    sample = dcnv3_sample_number(position, 0, k, geometry)
-                    top_left, l_y, l_x = dcnv3_locate_sample(padded, offset, sample, h, w, tap_x[k], tap_y[k],
-                                                             geometry)
+                for p in range(P):
+                    sample = dcnv3_sample_number(position, g, p, geometry)
+                    j = w * P + p
+                    top_left, l_y, l_x = top_lefts[j], l_ys[j], l_xs[j]
                     m = mask[np.uint64(sample)]
                     v00, v01, v10, v11 = corner_starts(image, top_left, g, geometry)
                     total_y = 0.0
@@ -168,11 +185,17 @@ def dcnv3_backward_cpu(n_tasks, padded, offset, mask, grad_output, grad_padded, 
                                                 geometry)
                     if top_left < 0:
                         continue  # a sample that reads no pixel scatters nothing
-                    for corner in range(4):
-                        target = np.uint64(dcnv3_corner_index(image, top_left, corner, g * D, geometry))
+                    for low in range(0, 4, 2):
+                        # corners low and low + 1, (y, x0) and (y, x0 + 1), in one loop: fewer loops to
+                        # enter per sample, and still few enough arrays for the loop to vectorise
+                        high = low + 1
+                        target_low = np.uint64(dcnv3_corner_index(image, top_left, low, g * D, geometry))
+                        target_high = np.uint64(dcnv3_corner_index(image, top_left, high, g * D, geometry))
                         for d in range(np.uint64(D)):
-                            grad_padded[target + d] += dcn_input_gradient_term(grad_output[grad_row + d], m,
-                                                                               l_y, l_x, corner)
+                            grad_padded[target_low + d] += dcn_input_gradient_term(grad_output[grad_row + d], m,
+                                                                                   l_y, l_x, low)
+                            grad_padded[target_high + d] += dcn_input_gradient_term(grad_output[grad_row + d], m,
+                                                                                    l_y, l_x, high)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -96,13 +96,21 @@ def in_data_type(data, value):
 
 
 @shared
-def dcnv3_locate_sample(padded, offset, sample, h, w, i_x, i_y, geometry):
-    """(top_left, l_y, l_x) of sample s, tap (i_x, i_y) at output (h, w): its location (§3.3,
-    `dcnv3_sample_location`) located on the padded image (`bilinear.dcn_locate`), the weights l_y
-    and l_x in the dtype of `padded` (`in_data_type`). Every DCNv3 kernel finds its samples so."""
-    p_y, p_x = dcnv3_sample_location(offset, sample, h, w, i_x, i_y, geometry)
+def dcnv3_locate(padded, p_y, p_x, geometry):
+    """(top_left, l_y, l_x) of a sample at (p_y, p_x), located on the padded image
+    (`bilinear.dcn_locate`), the weights l_y and l_x in the dtype of `padded` (`in_data_type`)."""
     top_left, l_y, l_x = dcn_locate(p_y, p_x, geometry.H, geometry.W)
     return top_left, in_data_type(padded, l_y), in_data_type(padded, l_x)
+
+
+@shared
+def dcnv3_locate_sample(padded, offset, sample, h, w, i_x, i_y, geometry):
+    """(top_left, l_y, l_x) of sample s, tap (i_x, i_y) at output (h, w): its location (§3.3,
+    `dcnv3_sample_location`), located (`dcnv3_locate`). Every DCNv3 kernel finds its samples so;
+    the CPU kernels take the two steps in two passes over a row of samples, each a loop that
+    vectorises (`kernels.dcnv3.locate_row`)."""
+    p_y, p_x = dcnv3_sample_location(offset, sample, h, w, i_x, i_y, geometry)
+    return dcnv3_locate(padded, p_y, p_x, geometry)
 
 
 @shared

@@ -15,10 +15,18 @@ least 10× faster than the grid_sample formulation, forward + backward at least 
 runs both on one thread and times the CPU time the process spends instead of the wall time: on a
 machine shared with other work, a multi-threaded wall time measures the other work too (and
 PyTorch's thread pool suffers more from it than Numba's), the CPU time of one thread does not.
+
+    python benchmarks/bench_dcnv3.py --keep-freed-memory
+
+times both under `dcn_numba.runtime.settings.keep_freed_memory()` instead of glibc's default
+malloc settings: the grid_sample formulation allocates tensors of several MB, which glibc by
+default gives back to the operating system and page-faults in again at the next call (the first
+line says how many page faults each implementation took per call, either way).
 """
 
 import argparse
 import math
+import resource
 import sys
 import time
 
@@ -27,6 +35,7 @@ import numpy as np
 
 from dcn_numba import dcnv3, dcnv3_backward
 from dcn_numba.reference.gradcheck import describe_mismatch
+from dcn_numba.runtime.settings import keep_freed_memory
 from timing import interleaved_best_times, machine_description, row
 
 SHAPE = dict(N=1, H=56, W=56, group=4, group_channels=16)
@@ -127,6 +136,16 @@ def interleaved_best_cpu_times(candidates, rounds, repeats=3):
     return best
 
 
+def page_faults_per_call(run, calls=10):
+    """The minor page faults (fresh pages the kernel zero-fills) the process takes per call of
+    `run`, after one call to warm up."""
+    run()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        run()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
 def verdict(what, ours_seconds, baseline_seconds):
     """The target's line: the ratio measured and PASS or MISS."""
     ratio = baseline_seconds / ours_seconds
@@ -139,12 +158,19 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5, help="turns of interleaved timing (default 5)")
     parser.add_argument("--cpu-time", action="store_true",
                         help="one thread each, timed by the process's CPU time instead of the wall time")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="time both under keep_freed_memory()'s malloc settings instead of glibc's defaults")
     arguments = parser.parse_args(argv)
     if arguments.cpu_time:
         numba.set_num_threads(1)
+    kept = arguments.keep_freed_memory and keep_freed_memory()
+    if arguments.keep_freed_memory and not kept:
+        sys.exit("keep_freed_memory() did not take effect here (malloc is not glibc's)")
     parameters = dict(PARAMETERS, group=SHAPE["group"], group_channels=SHAPE["group_channels"])
     clock = "CPU time of one thread" if arguments.cpu_time else "wall time"
     print(machine_description(), f"| {numba.get_num_threads()} Numba threads | {clock}")
+    print("malloc: " + ("freed memory kept in the process (keep_freed_memory), for both" if kept
+                        else "glibc's defaults (freed blocks of over 128 kB go back to the system)"))
     print(f"DCNv3 input ({SHAPE['N']}, {SHAPE['H']}, {SHAPE['W']}, {SHAPE['group'] * SHAPE['group_channels']}), "
           f"{SHAPE['group']} groups, 3×3, pad 1, float32")
     arrays = problem(**SHAPE)
@@ -174,6 +200,8 @@ def main(argv=None):
             print(row(name, elapsed, None if name == baseline_name else seconds.get(baseline_name), "grid_sample"))
         if baseline_name in seconds:
             print(verdict(what, ours_seconds, seconds[baseline_name]))
+        print("page faults per call: " + ", ".join(f"{name} {page_faults_per_call(run):,.0f}"
+                                                   for name, run in closures.items()))
 
 
 if __name__ == "__main__":

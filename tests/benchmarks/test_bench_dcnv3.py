@@ -49,3 +49,16 @@ def test_an_implementation_that_disagrees_is_not_timed(monkeypatch, capsys):
     with pytest.raises(SystemExit, match="disagrees with the reference: not timing it"):
         bench.main(["--rounds", "1"])
     assert "MISMATCH dcn_numba cpu grad_offset" in capsys.readouterr().out
+
+
+def test_page_faults_are_counted_per_call():
+    import mmap
+
+    def touch_fresh_pages(pages=64):
+        region = mmap.mmap(-1, pages * mmap.PAGESIZE)  # anonymous memory: each page faults at first touch
+        for page in range(pages):
+            region[page * mmap.PAGESIZE] = 1
+        region.close()
+
+    assert 64 <= bench.page_faults_per_call(touch_fresh_pages, calls=4) < 128
+    assert bench.page_faults_per_call(lambda: None, calls=4) < 8

@@ -60,8 +60,7 @@ from dcn_numba.runtime.arrays import array_module
 @cpu_helper
 def tap_table(geometry):
     """(i_x, i_y) of the G·P samples k = g·P + p of one output position, as two arrays: built once
-    per kernel iteration, because `dcnv3_tap` divides, and two integer divisions per sample
-    cost as much as locating it."""
+    per kernel iteration rather than per sample, because `dcnv3_tap` divides twice."""
     samples = geometry.group * geometry.taps
     tap_x = np.empty(samples, dtype=np.int64)
     tap_y = np.empty(samples, dtype=np.int64)
@@ -112,6 +111,17 @@ def corner_starts(image, top_left, g, geometry):
             np.uint64(dcnv3_corner_index(image, top_left, 1, g * D, geometry)),
             np.uint64(dcnv3_corner_index(image, top_left, 2, g * D, geometry)),
             np.uint64(dcnv3_corner_index(image, top_left, 3, g * D, geometry)))
+
+
+@cpu_helper
+def scatter_corner_pair(grad_padded, grad_output, grad_row, first, second, corner, m, l_y, l_x, D):
+    """grad_input += m · go · w of corners `corner` and `corner` + 1 of a valid sample, the two
+    pixels side by side in one row, whose group's D channels start at `first` and `second` in
+    grad_padded (`corner_starts`): both in one loop, so that fewer loops are entered per sample,
+    and still few enough arrays for the loop to vectorise (all four in one loop are too many)."""
+    for d in range(np.uint64(D)):
+        grad_padded[first + d] += dcn_input_gradient_term(grad_output[grad_row + d], m, l_y, l_x, corner)
+        grad_padded[second + d] += dcn_input_gradient_term(grad_output[grad_row + d], m, l_y, l_x, corner + 1)
 
 
 @cpu_kernel(contract=True)
@@ -185,17 +195,8 @@ def dcnv3_backward_cpu(n_tasks, padded, offset, mask, grad_output, grad_padded, 
                                                 geometry)
                     if top_left < 0:
                         continue  # a sample that reads no pixel scatters nothing
-                    for low in range(0, 4, 2):
-                        # corners low and low + 1, (y, x0) and (y, x0 + 1), in one loop: fewer loops to
-                        # enter per sample, and still few enough arrays for the loop to vectorise
-                        high = low + 1
-                        target_low = np.uint64(dcnv3_corner_index(image, top_left, low, g * D, geometry))
-                        target_high = np.uint64(dcnv3_corner_index(image, top_left, high, g * D, geometry))
-                        for d in range(np.uint64(D)):
-                            grad_padded[target_low + d] += dcn_input_gradient_term(grad_output[grad_row + d], m,
-                                                                                   l_y, l_x, low)
-                            grad_padded[target_high + d] += dcn_input_gradient_term(grad_output[grad_row + d], m,
-                                                                                    l_y, l_x, high)
+                    scatter_corner_pair(grad_padded, grad_output, grad_row, v00, v01, 0, m, l_y, l_x, D)
+                    scatter_corner_pair(grad_padded, grad_output, grad_row, v10, v11, 2, m, l_y, l_x, D)
 
 
 # ---------------------------------------------------------------------------------------------
